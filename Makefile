@@ -1,0 +1,26 @@
+# make test : create .venv (pinned), then run the test suite.
+# make demo : create .venv, then run the toy-world pipeline (see README).
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+
+.PHONY: test demo demo-quick bench clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and alone: the pin resolves to the local CPU wheel, nothing pulls CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) toyworld_pipeline.py
+
+demo-quick: $(STAMP)
+	$(PY) toyworld_pipeline.py --quick
+
+clean-venv:
+	rm -rf .venv
