@@ -1,0 +1,228 @@
+"""Strict checkpoint loading and saving (safetensors) for the three public layouts.
+
+Each layout is one explicit, ordered table of key-prefix renames from the file's names to this package's
+module names, plus an explicit ignore list. Every key must be mapped or ignored, every parameter must be
+filled, and every shape must match; the error names the offending key (and both shapes). No `strict=False`.
+
+  llava-hf (legacy, hub files)        llava-hf (transformers >= 4.52)     ours
+  language_model.model.*              model.language_model.*              language_model.*
+  language_model.lm_head.*            lm_head.*                           lm_head.*
+  vision_tower.vision_model.*         model.vision_tower.vision_model.*   vision_tower.*   (CLIP names below)
+  multi_modal_projector.linear_1/2    model.multi_modal_projector.*       projector.linear_1/2
+
+  liuhaotian LLaVA-1.5: model.embed_tokens/layers/norm -> language_model.*, lm_head, model.mm_projector.0/2 ->
+  projector.linear_1/2, `rotary_emb.inv_freq` ignored; the CLIP tower comes from a separate openai CLIP dir.
+
+  openai CLIP (inside vision_model.*): embeddings.{class_embedding, patch_embedding, position_embedding},
+  pre_layrnorm, encoder.layers.N.*, post_layernorm  ->  class_embedding, ..., layers.N.*, post_layernorm.
+
+Files: model.safetensors, or shards listed in model.safetensors.index.json; pickles (pytorch_model.bin and its
+index) only through torch.load(weights_only=True). Weights are cast to the requested dtype.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import CLIPConfig, LlavaConfig
+
+IGNORE_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
+
+CLIP_INNER = [  # inside a CLIP tower: file name -> ours
+    ("embeddings.class_embedding", "class_embedding"),
+    ("embeddings.patch_embedding.", "patch_embedding."),
+    ("embeddings.position_embedding.", "position_embedding."),
+    ("embeddings.token_embedding.", "token_embedding."),
+    ("encoder.layers.", "layers."),
+    ("", ""),  # pre_layrnorm, post_layernorm, final_layer_norm keep their names
+]
+
+LLAVA_HF = [
+    ("language_model.model.", "language_model."), ("model.language_model.", "language_model."),
+    ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."),
+    ("vision_tower.vision_model.", "vision_tower.<clip>"), ("model.vision_tower.vision_model.", "vision_tower.<clip>"),
+    # transformers 5 holds the tower without the `vision_model.` level and saves it as `vision_tower.*`
+    ("model.vision_tower.", "vision_tower.<clip>"), ("vision_tower.", "vision_tower.<clip>"),
+    ("multi_modal_projector.", "projector."), ("model.multi_modal_projector.", "projector."),
+]
+
+LIUHAOTIAN = [
+    ("model.mm_projector.0.", "projector.linear_1."), ("model.mm_projector.2.", "projector.linear_2."),
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower.<clip>"),  # present when saved with the tower
+    ("model.", "language_model."), ("lm_head.", "lm_head."),
+]
+
+CLIP_AS_TOWER = [("vision_model.", "vision_tower.<clip>")]  # openai CLIP dir feeding a liuhaotian LLaVA
+CLIP_UNUSED_BY_LLAVA = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
+
+CLIP_FULL = [("vision_model.", "vision_model.<clip>"), ("text_model.", "text_model.<clip>"),
+             ("visual_projection.", "visual_projection."), ("text_projection.", "text_projection."),
+             ("logit_scale", "logit_scale")]
+
+
+def map_key(key: str, table) -> str | None:
+    """File key -> our key through the first matching prefix rule (None: no rule matches)."""
+    for src, dst in table:
+        if key.startswith(src):
+            rest = key[len(src):]
+            if dst.endswith("<clip>"):
+                for csrc, cdst in CLIP_INNER:
+                    if rest.startswith(csrc):
+                        return dst[: -len("<clip>")] + cdst + rest[len(csrc):]
+            return dst + rest
+    return None
+
+
+# ---------------------------------------------------------------------- reading files
+def _tensor_sources(path: str):
+    """Yield (key, loader) for every tensor in the checkpoint directory; loader() returns the tensor."""
+    st_index, st_single = os.path.join(path, "model.safetensors.index.json"), os.path.join(path, "model.safetensors")
+    pt_index, pt_single = os.path.join(path, "pytorch_model.bin.index.json"), os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(st_index) or os.path.isfile(pt_index):
+        index = st_index if os.path.isfile(st_index) else pt_index
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif os.path.isfile(st_single) or os.path.isfile(pt_single):
+        files = [os.path.basename(st_single if os.path.isfile(st_single) else pt_single)]
+    else:
+        raise FileNotFoundError(f"no weights in {path!r}: expected model.safetensors, model.safetensors.index.json, "
+                                "pytorch_model.bin or pytorch_model.bin.index.json")
+    for name in files:
+        fpath = os.path.join(path, name)
+        if not os.path.isfile(fpath):
+            raise FileNotFoundError(f"shard {fpath!r} listed in the index is missing")
+        if name.endswith(".safetensors"):
+            with safe_open(fpath, framework="pt") as f:
+                for k in f.keys():
+                    yield k, (lambda f=f, k=k: f.get_tensor(k))
+        else:  # a pickle: tensors only, never arbitrary objects
+            sd = torch.load(fpath, map_location="cpu", weights_only=True)
+            for k, v in sd.items():
+                yield k, (lambda v=v: v)
+
+
+def load_into(module: torch.nn.Module, sources, ignore_prefixes=(), source_name="checkpoint"):
+    """Copy every mapped tensor into `module` (strict). `sources` = [(directory, rename table), ...]."""
+    params = dict(module.state_dict())
+    filled, unknown = set(), []
+    for path, tbl in sources:
+        for key, get in _tensor_sources(path):
+            if key.endswith(IGNORE_SUFFIXES) or key.startswith(tuple(ignore_prefixes)):
+                continue
+            ours = map_key(key, tbl)
+            if ours is None or ours not in params:
+                unknown.append(f"{key} (in {path})")
+                continue
+            t = get()
+            if tuple(t.shape) != tuple(params[ours].shape):
+                raise ValueError(f"shape mismatch for {key!r} (in {path}): checkpoint {tuple(t.shape)} vs model "
+                                 f"{tuple(params[ours].shape)} ({ours})")
+            with torch.no_grad():
+                params[ours].copy_(t.to(params[ours].dtype))
+            filled.add(ours)
+    if unknown:
+        raise KeyError(f"{source_name}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
+    missing = sorted(set(params) - filled)
+    if missing:
+        raise KeyError(f"{source_name}: {len(missing)} missing key(s): " + ", ".join(missing[:10]))
+
+
+def _empty(cls, config, dtype, device):
+    with torch.device("meta"):  # no random init for weights that are about to be overwritten
+        m = cls(config)
+    return m.to_empty(device=device).to(dtype)
+
+
+def _read_json(path):
+    f = os.path.join(path, "config.json")
+    if not os.path.isfile(f):
+        raise FileNotFoundError(f"no config.json in {path!r}")
+    with open(f) as fh:
+        return json.load(fh)
+
+
+def load_llava(cls, path, dtype=torch.float32, device="cpu", vision_tower=None):
+    raw = _read_json(path)
+    config = LlavaConfig.from_dict(raw, source=os.path.join(path, "config.json"))
+    liuhaotian = "text_config" not in raw
+    sources = [(path, LIUHAOTIAN if liuhaotian else LLAVA_HF)]
+    if liuhaotian:
+        if vision_tower is None:
+            raise ValueError(f"{path!r} is a liuhaotian LLaVA checkpoint without its CLIP tower: pass "
+                             "vision_tower=<openai CLIP directory>")
+        config.vision = CLIPConfig.from_dir(vision_tower).vision
+        sources.append((vision_tower, CLIP_AS_TOWER))
+    model = _empty(cls, config, dtype, device)
+    load_into(model, sources, ignore_prefixes=CLIP_UNUSED_BY_LLAVA if liuhaotian else (), source_name=path)
+    return model.eval()
+
+
+def load_clip(cls, path, dtype=torch.float32, device="cpu"):
+    model = _empty(cls, CLIPConfig.from_dir(path), dtype, device)
+    load_into(model, [(path, CLIP_FULL)], source_name=path)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------- writing
+def _inverse(our_key: str, table) -> str:
+    for src, dst in table:
+        if dst.endswith("<clip>") and our_key.startswith(dst[: -len("<clip>")]):
+            rest = our_key[len(dst) - len("<clip>"):]
+            for csrc, cdst in CLIP_INNER:
+                if rest.startswith(cdst) and cdst:
+                    return src + csrc + rest[len(cdst):]
+            return src + rest
+        if not dst.endswith("<clip>") and our_key.startswith(dst):
+            return src + our_key[len(dst):]
+    raise KeyError(our_key)
+
+
+def save_state(state: dict, path: str, max_shard_bytes: int, config: dict):
+    """Write config.json + safetensors (sharded with an index above max_shard_bytes); each file atomically."""
+    os.makedirs(path, exist_ok=True)
+    shards, cur, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v.detach().contiguous().cpu(), size + n
+    shards.append(cur)
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    for name, shard in zip(names, shards):
+        tmp = os.path.join(path, name + ".tmp")
+        save_file(shard, tmp, metadata={"format": "pt"})
+        os.replace(tmp, os.path.join(path, name))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        _write_json(os.path.join(path, "model.safetensors.index.json"), index)
+    elif os.path.exists(os.path.join(path, "model.safetensors.index.json")):
+        os.remove(os.path.join(path, "model.safetensors.index.json"))  # a stale index would shadow the new file
+    _write_json(os.path.join(path, "config.json"), config)
+
+
+def _write_json(fpath, obj):
+    with open(fpath + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(fpath + ".tmp", fpath)
+
+
+def save_llava(model, path, max_shard_bytes):
+    # legacy prefixes: the hub's own files use them, and every transformers version maps them on load
+    table = [LLAVA_HF[0], LLAVA_HF[2], LLAVA_HF[4], LLAVA_HF[8]]
+    state = {_inverse(k, table): v for k, v in model.state_dict().items()}
+    cfg = model.config.to_dict()
+    cfg["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    save_state(state, path, max_shard_bytes, cfg)
+
+
+def save_clip(model, path, max_shard_bytes):
+    state = {_inverse(k, CLIP_FULL): v for k, v in model.state_dict().items()}
+    save_state(state, path, max_shard_bytes, model.config.to_dict())

@@ -1,0 +1,250 @@
+"""Configuration dataclasses for LLaVA-1.5 (CLIP vision tower + 2-layer projector + LLaMA decoder) and CLIP.
+
+Two on-disk formats are read:
+  * llava-hf `config.json` (model_type "llava"): `text_config` and `vision_config` are *sparse* overrides of
+    transformers' LlamaConfig / CLIPVisionConfig defaults, so every omitted field is filled with those defaults
+    here (e.g. CLIP's hidden_act "quick_gelu", LLaMA's rms_norm_eps 1e-6).
+  * the original liuhaotian LLaVA-1.5 `config.json` (model_type "llava_llama"): a flat LLaMA config plus
+    `mm_*` fields (`mm_vision_select_layer`, `mm_projector_type: mlp2x_gelu`, `mm_vision_select_feature: patch`,
+    `image_aspect_ratio: pad`); its CLIP tower lives in a separate openai CLIP directory.
+
+`LlavaConfig.to_dict()` writes the llava-hf format with full sub-configs (nothing left to defaults).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _pick(cls, d: dict, **overrides):
+    """Build dataclass `cls` from the keys of `d` it knows; unknown keys are config noise (e.g. torch_dtype)."""
+    names = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in d.items() if k in names}
+    kw.update(overrides)
+    return cls(**kw)
+
+
+@dataclass
+class VisionConfig:
+    # defaults = transformers CLIPVisionConfig (ViT-B/32); llava-hf always overrides the size fields
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 32
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    projection_dim: int = 512
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class CLIPTextConfig:
+    # defaults = transformers CLIPTextConfig
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 49406
+    eos_token_id: int = 49407  # pooling token; eos 2 = legacy rule "pool at argmax(input_ids)"
+    projection_dim: int = 512
+
+
+@dataclass
+class TextConfig:
+    # defaults = transformers LlamaConfig
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None -> MHA
+    head_dim: int | None = None  # None -> hidden / heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.hidden_act != "silu":
+            raise ValueError(f"text_config.hidden_act={self.hidden_act!r}: only LLaMA's silu is implemented")
+        if self.tie_word_embeddings:
+            raise ValueError("text_config.tie_word_embeddings=True: LLaVA-1.5 has an untied lm_head")
+
+
+def _text_config(d: dict, source: str) -> TextConfig:
+    """LLaMA fields; transformers 5 keeps rope_theta inside `rope_parameters`, v4 and liuhaotian at top level.
+    Only plain RoPE is implemented, so any scaling is an error rather than a silently different model."""
+    d = dict(d)
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"{source}: RoPE scaling {rope!r} is not supported (plain rope_theta only)")
+    if "rope_theta" in rope:
+        d["rope_theta"] = rope["rope_theta"]
+    return _pick(TextConfig, d)
+
+
+@dataclass
+class LlavaConfig:
+    vision: VisionConfig = field(default_factory=lambda: VisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768))
+    text: TextConfig = field(default_factory=TextConfig)
+    image_token_id: int = 32000
+    pad_token_id: int | None = None
+    projector_hidden_act: str = "gelu"
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"  # "default" drops CLS, "full" keeps it
+    multimodal_projector_bias: bool = True
+    image_aspect_ratio: str = "pad"  # preprocessing hint: "pad" = LLaVA-1.5 expand-to-square
+
+    def __post_init__(self):
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}")
+        if self.projector_hidden_act != "gelu":
+            raise ValueError(f"projector_hidden_act={self.projector_hidden_act!r}: LLaVA-1.5 uses exact gelu")
+        n = self.vision.num_hidden_layers
+        if not -n <= self.vision_feature_layer <= n:
+            raise ValueError(f"vision_feature_layer={self.vision_feature_layer} outside [-{n}, {n}]")
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.num_patches + (1 if self.vision_feature_select_strategy == "full" else 0)
+
+    @property
+    def vision_layers_used(self) -> int:
+        """hidden_states[i] is the output of block i (0 = embeddings), so layer -2 needs n-1 blocks."""
+        n = self.vision.num_hidden_layers
+        return self.vision_feature_layer % (n + 1)
+
+    # ---------------------------------------------------------------- reading
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config.json") -> "LlavaConfig":
+        if "text_config" in d or d.get("model_type") == "llava":
+            tc = dict(d.get("text_config") or {})
+            vc = dict(d.get("vision_config") or {})
+            if not vc:  # llava-hf leaves the whole vision config to LlavaConfig's defaults
+                vc = asdict(cls().vision)
+            layer = d.get("vision_feature_layer", -2)
+            if not isinstance(layer, int):
+                raise ValueError(f"{source}: vision_feature_layer={layer!r}: only a single layer is supported")
+            return cls(
+                vision=_pick(VisionConfig, vc), text=_text_config(tc, source),
+                image_token_id=d.get("image_token_index", d.get("image_token_id", 32000)),
+                pad_token_id=d.get("pad_token_id", tc.get("pad_token_id")),
+                projector_hidden_act=d.get("projector_hidden_act", "gelu"),
+                vision_feature_layer=layer,
+                vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
+                multimodal_projector_bias=d.get("multimodal_projector_bias", True),
+                image_aspect_ratio=d.get("image_aspect_ratio", "square"),
+            )
+        if "mm_projector_type" in d or "mm_vision_tower" in d:
+            if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+                raise ValueError(f"{source}: mm_projector_type={d['mm_projector_type']!r}: only mlp2x_gelu")
+            feat = d.get("mm_vision_select_feature", "patch")
+            if feat not in ("patch", "cls_patch"):
+                raise ValueError(f"{source}: mm_vision_select_feature={feat!r}")
+            # the vision sub-config comes from the separate CLIP directory (see Llava.from_pretrained)
+            return cls(
+                vision=VisionConfig(hidden_size=d.get("mm_hidden_size", 1024), intermediate_size=4096,
+                                    num_hidden_layers=24, num_attention_heads=16, image_size=336,
+                                    patch_size=14, projection_dim=768),
+                text=_text_config(d, source),
+                # the original model only knows 32000 tokens and splices images at a -200 sentinel; we keep the
+                # llava-hf convention (a real token id per image position) and use vocab_size as that id.
+                image_token_id=d.get("image_token_index", d["vocab_size"] if "vocab_size" in d else 32000),
+                pad_token_id=d.get("pad_token_id"),
+                vision_feature_layer=d.get("mm_vision_select_layer", -2),
+                vision_feature_select_strategy="default" if feat == "patch" else "full",
+                image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
+            )
+        raise ValueError(f"{source}: neither a llava-hf config (text_config) nor a liuhaotian one (mm_*)")
+
+    @classmethod
+    def from_dir(cls, path: str) -> "LlavaConfig":
+        f = os.path.join(path, "config.json")
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no config.json in {path!r}")
+        with open(f) as fh:
+            try:
+                d = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: invalid JSON ({e})") from None
+        return cls.from_dict(d, source=f)
+
+    def is_liuhaotian(self, d: dict) -> bool:
+        return "mm_projector_type" in d or "mm_vision_tower" in d
+
+    # ---------------------------------------------------------------- writing (llava-hf layout)
+    def to_dict(self) -> dict:
+        text = asdict(self.text)
+        text.update(model_type="llama", architectures=["LlamaForCausalLM"])
+        vision = asdict(self.vision)
+        vision.update(model_type="clip_vision_model")
+        return {
+            "architectures": ["LlavaForConditionalGeneration"],
+            "model_type": "llava",
+            "image_token_index": self.image_token_id,
+            "pad_token_id": self.pad_token_id,
+            "projector_hidden_act": self.projector_hidden_act,
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": self.vision_feature_select_strategy,
+            "multimodal_projector_bias": self.multimodal_projector_bias,
+            "image_seq_length": self.num_image_tokens,
+            "image_aspect_ratio": self.image_aspect_ratio,
+            "tie_word_embeddings": False,
+            "text_config": text,
+            "vision_config": vision,
+        }
+
+
+@dataclass
+class CLIPConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    projection_dim: int = 512
+    logit_scale_init_value: float = 2.6592
+
+    @classmethod
+    def from_dir(cls, path: str) -> "CLIPConfig":
+        f = os.path.join(path, "config.json")
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no config.json in {path!r}")
+        with open(f) as fh:
+            d = json.load(fh)
+        if d.get("model_type") == "clip_vision_model":  # a standalone CLIPVisionModel directory
+            return cls(vision=_pick(VisionConfig, d), projection_dim=d.get("projection_dim", 512))
+        proj = d.get("projection_dim", 512)
+        return cls(vision=_pick(VisionConfig, d.get("vision_config") or {}, projection_dim=proj),
+                   text=_pick(CLIPTextConfig, d.get("text_config") or {}, projection_dim=proj),
+                   projection_dim=proj, logit_scale_init_value=d.get("logit_scale_init_value", 2.6592))
+
+    def to_dict(self) -> dict:
+        return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": self.projection_dim,
+                "logit_scale_init_value": self.logit_scale_init_value,
+                "text_config": dict(asdict(self.text), model_type="clip_text_model"),
+                "vision_config": dict(asdict(self.vision), model_type="clip_vision_model")}

@@ -1,0 +1,105 @@
+"""LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning"), from scratch.
+
+    image (B_img, 3, S, S) --CLIP ViT, output of block `vision_feature_layer` (-2), CLS dropped--> (B_img, P, Dv)
+                           --projector: linear_1 -> GELU -> linear_2-->                          (B_img, P, D)
+    input_ids (B, T) holding `image_token_id` P times per image (llava-hf convention)
+                           --embed, then the image features replace the image-token rows-->     (B, T, D)
+                           --LLaMA decoder, final RMSNorm-->                                      (B, T, D)
+                           --lm_head-->                                                           (B, T, V)
+
+`hidden_states()` stops before the LM head: the DPO hot path applies the head itself through the fused
+sequence-log-prob kernel (model/logprob.py), so full (B, T, V) logits are never built in training.
+
+Usage:
+    m = Llava.from_pretrained("llava-1.5-7b-hf", dtype=torch.bfloat16, device="cuda")
+    out = m.generate(input_ids, pixel_values, attention_mask, max_new_tokens=64)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .clip import CLIPVisionTransformer
+from .config import LlavaConfig
+from .generate import generate as _generate
+from .llama import LlamaModel
+
+
+class Projector(nn.Module):
+    def __init__(self, c: LlavaConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(c.vision.hidden_size, c.text.hidden_size, bias=c.multimodal_projector_bias)
+        self.linear_2 = nn.Linear(c.text.hidden_size, c.text.hidden_size, bias=c.multimodal_projector_bias)
+
+    def forward(self, x):
+        return self.linear_2(F.gelu(self.linear_1(x)))  # exact (erf) GELU, as LLaVA's nn.GELU()
+
+
+class Llava(nn.Module):
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        self.config = config
+        # the whole CLIP tower is held (so checkpoints round-trip), but only the blocks up to the feature layer run
+        self.vision_tower = CLIPVisionTransformer(config.vision)
+        self.projector = Projector(config)
+        self.language_model = LlamaModel(config.text)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+
+    # ------------------------------------------------------------------ inputs
+    def image_features(self, pixel_values):
+        """(B_img, 3, S, S) -> (B_img, num_image_tokens, D)."""
+        h = self.vision_tower(pixel_values, num_layers=self.config.vision_layers_used)  # (B_img, 1+P, Dv)
+        if self.config.vision_feature_select_strategy == "default":
+            h = h[:, 1:]  # drop CLS
+        return self.projector(h)
+
+    def embed(self, input_ids, pixel_values=None):
+        """Token embeddings with image features spliced in at the image-token positions: (B, T, D)."""
+        is_img = input_ids == self.config.image_token_id  # (B, T)
+        # the image id may lie outside the vocabulary (liuhaotian: 32000 of 32000), so embed a harmless 0 there
+        x = self.language_model.embed_tokens(input_ids.masked_fill(is_img, 0))
+        n_img_tokens = int(is_img.sum())
+        if pixel_values is None:
+            if n_img_tokens:
+                raise ValueError(f"input_ids hold {n_img_tokens} image tokens (id {self.config.image_token_id}) "
+                                 "but no pixel_values were given")
+            return x
+        feats = self.image_features(pixel_values)  # (B_img, P, D)
+        if n_img_tokens != feats.shape[0] * feats.shape[1]:
+            raise ValueError(
+                f"image tokens and image features do not match: input_ids hold {n_img_tokens} image tokens "
+                f"(id {self.config.image_token_id}) but {feats.shape[0]} image(s) give {feats.shape[0]} x "
+                f"{feats.shape[1]} = {feats.shape[0] * feats.shape[1]} features; each image needs exactly "
+                f"{self.config.num_image_tokens} image tokens in the prompt (did the prompt lose its <image>?)")
+        return x.masked_scatter(is_img[..., None], feats.to(x.dtype))
+
+    @staticmethod
+    def position_ids(attention_mask):
+        """Count real tokens only, so left padding does not shift positions: (B, T)."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # ------------------------------------------------------------------ forward
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
+        """Final-normed decoder states (B, T, D); logits = self.lm_head(hidden_states)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embed(input_ids, pixel_values)
+        return self.language_model(x, attention_mask, self.position_ids(attention_mask))
+
+    def forward(self, input_ids, pixel_values=None, attention_mask=None):
+        return self.lm_head(self.hidden_states(input_ids, pixel_values, attention_mask))  # (B, T, V)
+
+    generate = _generate
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu", vision_tower=None):
+        """Load a llava-hf directory, or a liuhaotian one with `vision_tower` = an openai CLIP directory."""
+        from .checkpoint import load_llava
+        return load_llava(cls, path, dtype=dtype, device=device, vision_tower=vision_tower)
+
+    def save_pretrained(self, path, max_shard_bytes: int = 5 * 1024 ** 3):
+        """Write the llava-hf layout (legacy key prefixes, which every transformers version loads)."""
+        from .checkpoint import save_llava
+        save_llava(self, path, max_shard_bytes=max_shard_bytes)

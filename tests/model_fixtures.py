@@ -1,0 +1,139 @@
+"""Tiny random checkpoints in the exact public layouts, built with transformers (test-only reference).
+
+  make_hf_llava(dir, kv_heads)      transformers LlavaForConditionalGeneration.save_pretrained (5.x keys)
+  write_prefixes(hf, dir, style)    the hub's legacy or transformers-4.52+ key prefixes (5.x saves a third mix)
+  make_liuhaotian(hf, dir, clip)    original LLaVA-1.5 layout + a separate openai CLIP-vision directory
+  make_hf_clip(dir)                 transformers CLIPModel (vision_model.*, text_model.*, projections, logit_scale)
+
+Weights are re-drawn with a larger std than transformers' 0.02 init so logits are well separated and a greedy
+continuation is not decided by float noise.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+
+IMAGE_SIZE, PATCH = 32, 8
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2  # 16 patches, CLS dropped
+VOCAB, IMAGE_TOKEN, PAD_TOKEN, EOS = 300, 296, 297, 2
+
+
+def _randomize(model, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layer_norm" in name or "layrnorm.weight" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def hf_llava_config(kv_heads: int = 2, vision_layers: int = 3):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    text = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                       rms_norm_eps=1e-5, rope_theta=20000.0, hidden_act="silu", bos_token_id=1, eos_token_id=EOS,
+                       pad_token_id=PAD_TOKEN, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5, projection_dim=24)
+    # LLaVA-1.5 values stated explicitly rather than trusted to the installed defaults
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, pad_token_id=PAD_TOKEN,
+                       projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       image_seq_length=NUM_IMAGE_TOKENS, tie_word_embeddings=False)
+
+
+def make_hf_llava(path: str, kv_heads: int = 2, seed: int = 0, **save_kw):
+    """Save a random tiny llava-hf checkpoint with transformers; returns the transformers model (fp32, eval)."""
+    from transformers import LlavaForConditionalGeneration
+    torch.manual_seed(seed)
+    m = LlavaForConditionalGeneration(hf_llava_config(kv_heads)).eval()
+    _randomize(m, seed)
+    m.save_pretrained(path, **save_kw)
+    return m
+
+
+def write_prefixes(hf_model, path: str, style: str):
+    """Write model.safetensors + config.json from a transformers model's in-memory keys in one public layout:
+    "legacy" = the hub files (language_model.model.*, language_model.lm_head, vision_tower.vision_model.*,
+    multi_modal_projector.*); "new" = transformers 4.52-4.x (model.language_model.*, lm_head,
+    model.vision_tower.vision_model.*, model.multi_modal_projector.*). Returns the sorted key list."""
+    rules = {"legacy": [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
+                        ("model.vision_tower.", "vision_tower.vision_model."),
+                        ("model.multi_modal_projector.", "multi_modal_projector.")],
+             "new": [("model.vision_tower.", "model.vision_tower.vision_model.")]}[style]
+    out = {}
+    for k, v in hf_model.state_dict().items():
+        for a, b in rules:
+            if k.startswith(a):
+                k = b + k[len(a):]
+                break
+        out[k] = v.contiguous()
+    hf_model.save_pretrained(path)  # for config.json; the weights are replaced below
+    save_file(out, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    return sorted(out)
+
+
+def make_liuhaotian(hf_model, path: str, clip_dir: str, bin_format: bool = False, dtype=torch.float32):
+    """Write the original LLaVA-1.5 layout (model.layers.*, model.mm_projector.0/2, inv_freq buffers) and an openai
+    CLIP-vision directory (vision_model.*, with the legacy position_ids buffer) from a transformers Llava model."""
+    tc, vc = hf_model.config.text_config, hf_model.config.vision_config
+    sd = {}
+    for k, v in hf_model.state_dict().items():
+        v = v.to(dtype)
+        if k.startswith("model.language_model."):
+            sd["model." + k[len("model.language_model."):]] = v
+        elif k == "lm_head.weight":
+            sd[k] = v
+        elif k.startswith("model.multi_modal_projector.linear_"):
+            i = {"1": "0", "2": "2"}[k[len("model.multi_modal_projector.linear_")]]
+            sd[f"model.mm_projector.{i}." + k.split(".")[-1]] = v
+    hd = tc.hidden_size // tc.num_attention_heads
+    for i in range(tc.num_hidden_layers):  # the transformers-4.31-era buffer the loader must ignore
+        sd[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = 1.0 / 20000 ** (torch.arange(0, hd, 2).float() / hd)
+    os.makedirs(path, exist_ok=True)
+    if bin_format:
+        torch.save(sd, os.path.join(path, "pytorch_model.bin"))
+    else:
+        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(path, "model.safetensors"))
+    cfg = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
+           "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
+           "num_attention_heads": tc.num_attention_heads, "num_hidden_layers": tc.num_hidden_layers,
+           "num_key_value_heads": tc.num_key_value_heads, "hidden_act": "silu", "max_position_embeddings": 256,
+           "rms_norm_eps": tc.rms_norm_eps, "rope_theta": 20000.0, "rope_scaling": None,
+           "tie_word_embeddings": False, "vocab_size": tc.vocab_size, "bos_token_id": 1, "eos_token_id": EOS,
+           "pad_token_id": 0, "mm_vision_tower": "openai/clip-vit-tiny", "mm_vision_select_layer": -2,
+           "mm_vision_select_feature": "patch", "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": vc.hidden_size,
+           "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "image_aspect_ratio": "pad",
+           "mm_patch_merge_type": "flat", "image_token_index": IMAGE_TOKEN, "torch_dtype": "float16"}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    # the CLIP tower: what CLIPVisionModel.save_pretrained writes (vision_model.* keys), plus position_ids
+    os.makedirs(clip_dir, exist_ok=True)
+    vsd = {"vision_model." + k[len("model.vision_tower."):]: v.to(dtype).contiguous()
+           for k, v in hf_model.state_dict().items() if k.startswith("model.vision_tower.")}
+    vsd["vision_model.embeddings.position_ids"] = torch.arange((IMAGE_SIZE // PATCH) ** 2 + 1)[None]
+    save_file(vsd, os.path.join(clip_dir, "model.safetensors"))
+    vdict = vc.to_dict()
+    vdict["model_type"] = "clip_vision_model"
+    with open(os.path.join(clip_dir, "config.json"), "w") as f:
+        json.dump(vdict, f)
+
+
+def pixels(n: int, seed: int = 0):
+    return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def prompts():
+    """Two left-padded prompts, each with one image: input_ids (2, T), attention_mask (2, T)."""
+    img = [IMAGE_TOKEN] * NUM_IMAGE_TOKENS
+    a = [1, 17, 42] + img + [99, 7, 250, 31, 5]
+    b = [1] + img + [63, 12]
+    T = max(len(a), len(b))
+    ids = torch.tensor([[PAD_TOKEN] * (T - len(r)) + r for r in (a, b)])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in (a, b)])
+    return ids, mask
