@@ -101,7 +101,11 @@ def _tensor_sources(path: str):
                 for k in f.keys():
                     yield k, (lambda f=f, k=k: f.get_tensor(k))
         else:  # a pickle: tensors only, never arbitrary objects
-            sd = torch.load(fpath, map_location="cpu", weights_only=True)
+            try:
+                sd = torch.load(fpath, map_location="cpu", weights_only=True)
+            except Exception as e:  # weights_only refuses pickled code: say which file, do not fall back
+                raise ValueError(f"{fpath}: not a plain tensor pickle, refused by torch.load(weights_only=True) "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
             for k, v in sd.items():
                 yield k, (lambda v=v: v)
 
@@ -118,6 +122,9 @@ def load_into(module: torch.nn.Module, sources, ignore_prefixes=(), source_name=
             if ours is None or ours not in params:
                 unknown.append(f"{key} (in {path})")
                 continue
+            if ours in filled:
+                raise ValueError(f"{key!r} (in {path}) fills {ours!r}, which an earlier key already filled "
+                                 "(a checkpoint mixing two key layouts?)")
             t = get()
             if tuple(t.shape) != tuple(params[ours].shape):
                 raise ValueError(f"shape mismatch for {key!r} (in {path}): checkpoint {tuple(t.shape)} vs model "
@@ -129,7 +136,8 @@ def load_into(module: torch.nn.Module, sources, ignore_prefixes=(), source_name=
         raise KeyError(f"{source_name}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
     missing = sorted(set(params) - filled)
     if missing:
-        raise KeyError(f"{source_name}: {len(missing)} missing key(s): " + ", ".join(missing[:10]))
+        raise KeyError(f"{source_name}: {len(missing)} model parameter(s) missing from the checkpoint: "
+                       + ", ".join(missing[:10]))
 
 
 def _empty(cls, config, dtype, device):

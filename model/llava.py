@@ -65,6 +65,10 @@ class Llava(nn.Module):
                 raise ValueError(f"input_ids hold {n_img_tokens} image tokens (id {self.config.image_token_id}) "
                                  "but no pixel_values were given")
             return x
+        if not n_img_tokens:
+            raise ValueError(f"pixel_values hold {pixel_values.shape[0]} image(s) but input_ids contain no image "
+                             f"token (id {self.config.image_token_id}); put {self.config.num_image_tokens} of them "
+                             "per image where the image goes")
         feats = self.image_features(pixel_values)  # (B_img, P, D)
         if n_img_tokens != feats.shape[0] * feats.shape[1]:
             raise ValueError(
