@@ -141,6 +141,7 @@ class CLIPModel(nn.Module):
         self.visual_projection = nn.Linear(config.vision.hidden_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        init_weights(self)  # from-scratch training (toy world); from_pretrained overwrites every tensor
 
     def encode_image(self, pixel_values):
         return self.visual_projection(self.vision_model.pooled(pixel_values))  # (B, P)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .clip import CLIPVisionTransformer
+from .clip import CLIPVisionTransformer, init_weights
 from .config import LlavaConfig
 from .generate import generate as _generate
 from .llama import LlamaModel
@@ -45,6 +45,7 @@ class Llava(nn.Module):
         self.projector = Projector(config)
         self.language_model = LlamaModel(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        init_weights(self)  # from-scratch training (toy world); from_pretrained overwrites every tensor
 
     # ------------------------------------------------------------------ inputs
     def image_features(self, pixel_values):

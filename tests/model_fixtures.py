@@ -137,3 +137,21 @@ def prompts():
     ids = torch.tensor([[PAD_TOKEN] * (T - len(r)) + r for r in (a, b)])
     mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in (a, b)])
     return ids, mask
+
+
+def make_hf_clip(path: str, eos_token_id: int = 3, seed: int = 0):
+    """A tiny transformers CLIPModel saved in the openai layout; eos_token_id 3 mimics a word-level tokenizer's
+    end token (pooling at its first occurrence), 2 selects transformers' legacy argmax pooling."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    text = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu",
+                          pad_token_id=0, bos_token_id=1, eos_token_id=eos_token_id, projection_dim=24)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=IMAGE_SIZE, patch_size=PATCH, hidden_act="quick_gelu", projection_dim=24)
+    torch.manual_seed(seed)
+    m = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24)).eval()
+    _randomize(m, seed)
+    with torch.no_grad():
+        m.logit_scale.fill_(2.3)
+    m.save_pretrained(path)
+    return m
