@@ -1,0 +1,200 @@
+"""CHAIR: Caption Hallucination Assessment with Image Relevance (Rohrbach, Hendricks et al., EMNLP 2018).
+
+    CHAIR_i = |hallucinated object mentions| / |all object mentions|   (pooled over captions, repeats counted)
+    CHAIR_s = |captions with >= 1 hallucinated mention| / |all captions| (captions with no object word count too)
+    recall  = sum_c |objects of c mentioned and in its ground truth| / sum_c |ground-truth objects of c|
+
+A mention is hallucinated when its canonical category is not in the image's ground-truth set. Object words are
+found the way the reference scorer does (LisaAnne/Hallucination `chair.py`, and its Maxlinn/OPERA ports):
+  1. lowercase and tokenise (own regex tokenizer; "-" between words splits them, "dog's" -> "dog");
+  2. singularise every token (`singularize` below: a small rule set with irregular plurals, no NLTK/pattern);
+  3. merge multi-word phrases before single words, longest first: every multi-word synonym in the table
+     ("hot dog", "teddy bear", ...) plus the reference's fixed rules: "baby X" / "adult X" -> X for animal words
+     (so "baby" does not fire *person*), "passenger jet/train" -> jet/train, "bow tie" -> tie,
+     "toilet seat" -> toilet, and "home plate" / "train track" swallowed (no object);
+  4. the toilet-seat rule: if "toilet" occurs anywhere in the caption, every "seat" is dropped (else *chair*);
+  5. keep the tokens that are in the synonym table and map each to its category.
+The same normalisation (singularised words) is applied to the table's entries, so "people" and "persons" meet.
+
+Synonym file (the standard COCO `synonyms.txt` format): one line per category, the category first, then its
+synonyms, comma-separated; blank lines and lines starting with "#" are skipped. Pass the COCO file to score COCO;
+the toy world ships its own table.
+
+Known differences from the reference scorer (its numbers are not bit-identical to ours, nor to each other):
+our singulariser is neither pattern.en's nor WordNet's; entries are whitespace-stripped, so the COCO table's
+" motor bike" and " cheesecake" do match here; phrases of 3+ words ("stove top oven") are matched; the length is
+counted in words (punctuation excluded).
+
+    from chair import Synonyms, chair_scores
+    scores = chair_scores({"1": "A man with two dogs."}, {"1": {"person"}}, Synonyms.from_file("synonyms.txt"))
+"""
+from __future__ import annotations
+
+import re
+
+# ---------------------------------------------------------------------------------------------- singulariser
+IRREGULAR = {
+    "people": "person", "persons": "person", "men": "man", "women": "woman", "children": "child",
+    "mice": "mouse", "geese": "goose", "feet": "foot", "teeth": "tooth", "oxen": "ox", "dice": "die",
+    "knives": "knife", "wives": "wife", "lives": "life", "leaves": "leaf", "loaves": "loaf", "shelves": "shelf",
+    "halves": "half", "calves": "calf", "wolves": "wolf", "scarves": "scarf", "elves": "elf", "thieves": "thief",
+    "hooves": "hoof", "cacti": "cactus", "fungi": "fungus", "skis": "ski", "buses": "bus", "busses": "bus",
+    "lenses": "lens", "gases": "gas", "potatoes": "potato", "tomatoes": "tomato", "heroes": "hero",
+    "mangoes": "mango", "volcanoes": "volcano", "mosquitoes": "mosquito", "dominoes": "domino",
+    "cookies": "cookie", "movies": "movie", "brownies": "brownie", "zombies": "zombie", "hoodies": "hoodie",
+    "selfies": "selfie", "goalies": "goalie", "smoothies": "smoothie", "beanies": "beanie", "rookies": "rookie",
+    "birdies": "birdie", "veggies": "veggie", "ties": "tie", "pies": "pie", "lies": "lie",
+}
+# no plural form (or plural-only): left alone
+INVARIANT = {"sheep", "deer", "fish", "bison", "moose", "salmon", "trout", "aircraft", "series", "species", "news",
+             "scissors", "pants", "jeans", "shorts", "trousers", "clothes", "gas", "canvas", "atlas", "christmas",
+             "alas", "whereas", "texas", "perhaps", "always", "sometimes", "towards", "afterwards"}
+NOT_MEN_PLURAL = {"specimen", "abdomen", "omen", "stamen"}
+
+
+def singularize(word: str) -> str:
+    """Singular form of one lowercase token ("dogs" -> "dog", "benches" -> "bench", "policemen" -> "policeman").
+    Only plural nouns are meant to change; verbs in -s may be touched too, as with the reference scorer."""
+    w = word
+    if w in IRREGULAR:
+        return IRREGULAR[w]
+    if w in INVARIANT or len(w) <= 3 or not w.isalpha():
+        return w
+    if w.endswith("men") and w not in NOT_MEN_PLURAL:  # policemen, snowmen, sportswomen
+        return w[:-3] + "man"
+    if not w.endswith("s") or w.endswith(("ss", "us", "is")):  # glass, bus, tennis: not plurals
+        return w
+    if w.endswith("ies"):
+        return w[:-3] + "y"  # ponies, puppies (the -ie nouns are in IRREGULAR)
+    if w.endswith(("sses", "xes", "zzes", "ches", "shes")):
+        return w[:-2]  # glasses, boxes, benches, dishes
+    return w[:-1]  # dogs, horses, houses, shoes, bananas
+
+
+# ---------------------------------------------------------------------------------------------- tokenising
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal",
+                "cub")
+# built-in phrase rules of the reference scorer: phrase -> replacement token, or None to swallow it
+FIXED_PHRASES = {"passenger jet": "jet", "passenger train": "train", "bow tie": "tie", "toilet seat": "toilet",
+                 "home plate": None, "train track": None}
+FIXED_PHRASES.update({f"{age} {a}": a for age in ("baby", "adult") for a in ANIMAL_WORDS})
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase word and punctuation tokens; punctuation stays so that phrases never merge across it."""
+    text = text.lower().replace("\u2019", "'")
+    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # teddy-bear -> teddy bear
+    toks = _TOKEN.findall(text)
+    return [t[:-2] if t.endswith("'s") else t for t in toks]
+
+
+def normalize_phrase(phrase: str) -> str:
+    """The form table entries and caption n-grams are compared in: lowercased, singularised words."""
+    return " ".join(singularize(t) for t in tokenize(phrase))
+
+
+class Synonyms:
+    """Category table: `inverse` maps a normalised word or phrase to its category; `phrases` holds the multi-word
+    entries and fixed rules that are merged before single words."""
+
+    def __init__(self, table: dict[str, list[str]], source: str = "<dict>"):
+        self.source = source
+        self.categories = list(table)
+        self.inverse: dict[str, str] = {}
+        for cat, syns in table.items():
+            for entry in [cat, *syns]:
+                key = normalize_phrase(entry)
+                if not key:
+                    continue
+                other = self.inverse.get(key)
+                if other is not None and other != cat:
+                    raise ValueError(f"{source}: {entry!r} (read as {key!r}) is listed under both {other!r} and "
+                                     f"{cat!r}")
+                self.inverse[key] = cat
+        self.phrases: dict[str, str | None] = dict(FIXED_PHRASES)
+        self.phrases.update({k: k for k in self.inverse if " " in k})  # table entries win over the fixed rules
+        self.max_phrase = max(len(p.split()) for p in self.phrases)
+
+    @classmethod
+    def from_file(cls, path: str) -> "Synonyms":
+        table: dict[str, list[str]] = {}
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                entries = [e.strip() for e in line.split(",") if e.strip()]
+                cat = entries[0].lower()
+                if cat in table:
+                    raise ValueError(f"{path}:{lineno}: category {cat!r} has a second line")
+                table[cat] = entries[1:]
+        if not table:
+            raise ValueError(f"{path}: no categories")
+        return cls(table, source=path)
+
+    def canonical(self, name: str) -> str | None:
+        return self.inverse.get(normalize_phrase(name))
+
+    def extract(self, caption: str) -> tuple[list[tuple[str, str]], int]:
+        """Object mentions of a caption as (category, surface words) in order, and its length in words."""
+        raw = tokenize(caption)
+        sing = [singularize(t) for t in raw]
+        merged: list[tuple[str | None, str]] = []  # (normalised token or phrase replacement, surface text)
+        i = 0
+        while i < len(sing):
+            for n in range(min(self.max_phrase, len(sing) - i), 1, -1):
+                key = " ".join(sing[i:i + n])
+                if key in self.phrases:
+                    merged.append((self.phrases[key], " ".join(raw[i:i + n])))
+                    i += n
+                    break
+            else:
+                merged.append((sing[i], raw[i]))
+                i += 1
+        if any(tok == "toilet" for tok, _ in merged):  # the toilet-seat rule
+            merged = [(tok, s) for tok, s in merged if tok != "seat"]
+        mentions = [(self.inverse[tok], s) for tok, s in merged if tok is not None and tok in self.inverse]
+        return mentions, sum(t[0].isalnum() for t in raw)
+
+
+def chair_scores(captions: dict, gt_objects: dict, synonyms: Synonyms | str) -> dict:
+    """CHAIR_s, CHAIR_i, recall and mean length (fractions, not percent) plus per-caption details.
+
+    captions: {id: caption}; gt_objects: {id: iterable of object names}, names mapped through the table (an
+    unknown name is an error: it could never be mentioned). Ids are compared as strings. An id with no ground
+    truth is an error, not an empty set (an empty set would make every mention a hallucination)."""
+    syn = Synonyms.from_file(synonyms) if isinstance(synonyms, str) else synonyms
+    gt = {str(k): v for k, v in gt_objects.items()}
+    per_caption = {}
+    n_hall_caps = n_mentions = n_hall = n_gt = n_gt_found = total_len = 0
+    for cid, caption in captions.items():
+        key = str(cid)
+        if key not in gt:
+            raise KeyError(f"caption {cid!r} has no ground-truth objects (ids are matched as strings)")
+        gt_cats = set()
+        for name in gt[key]:
+            cat = syn.canonical(name)
+            if cat is None:
+                raise ValueError(f"ground truth of {cid!r}: object {name!r} is not in the synonym table "
+                                 f"{syn.source}")
+            gt_cats.add(cat)
+        mentions, length = syn.extract(caption)
+        hall = [(c, s) for c, s in mentions if c not in gt_cats]
+        found = {c for c, _ in mentions} & gt_cats
+        n_mentions += len(mentions)
+        n_hall += len(hall)
+        n_hall_caps += bool(hall)
+        n_gt += len(gt_cats)
+        n_gt_found += len(found)
+        total_len += length
+        per_caption[key] = {"mentioned": [c for c, _ in mentions], "hallucinated": [c for c, _ in hall],
+                            "words": [s for _, s in mentions], "hallucinated_words": [s for _, s in hall],
+                            "gt": sorted(gt_cats), "recalled": sorted(found), "length": length}
+    n = len(per_caption)
+    if n == 0:
+        raise ValueError("chair_scores: no captions")
+    return {"chair_s": n_hall_caps / n, "chair_i": n_hall / n_mentions if n_mentions else 0.0,
+            "recall": n_gt_found / n_gt if n_gt else 0.0, "length": total_len / n, "n_captions": n,
+            "n_mentions": n_mentions, "n_hallucinated": n_hall, "n_hallucinated_captions": n_hall_caps,
+            "n_gt_objects": n_gt, "per_caption": per_caption}
