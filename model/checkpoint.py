@@ -227,7 +227,7 @@ def save_llava(model, path, max_shard_bytes):
     table = [LLAVA_HF[0], LLAVA_HF[2], LLAVA_HF[4], LLAVA_HF[8]]
     state = {_inverse(k, table): v for k, v in model.state_dict().items()}
     cfg = model.config.to_dict()
-    cfg["torch_dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
+    cfg["torch_dtype"] = cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")  # v4, v5 name
     save_state(state, path, max_shard_bytes, cfg)
 
 

@@ -34,6 +34,8 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_t
     eos = cfg.text.eos_token_id if eos_token_id is None else eos_token_id
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else eos)
     B, T = input_ids.shape
+    if max_new_tokens <= 0:
+        return input_ids.new_empty(B, 0)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     lm = model.language_model

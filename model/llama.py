@@ -80,7 +80,10 @@ class Attention(nn.Module):
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)  # (B, Hkv, S, hd), S = cached + T
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv != self.h)
+        # mask None = no padding anywhere: plain causal (or, for one new token, everything cached), which lets
+        # SDPA pick its flash kernel on GPU; a boolean mask would force a slower one
+        causal = mask is None and T > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.kv != self.h)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.h * self.hd))
 
 
@@ -133,7 +136,12 @@ class LlamaModel(nn.Module):
         position_ids: (B, T). Returns the final-normed hidden states (B, T, D)."""
         T = x.shape[1]
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask = attention_mask_4d(key_mask, T)
+        if bool(key_mask.all()):
+            # is_causal aligns the causal triangle top-left, right only when the queries start at key 0
+            assert T == 1 or cache is None or cache.length == 0, "multi-token step on a filled cache needs a mask"
+            mask = None
+        else:
+            mask = attention_mask_4d(key_mask, T)
         for i, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
