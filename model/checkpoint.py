@@ -9,6 +9,7 @@ filled, and every shape must match; the error names the offending key (and both 
   language_model.lm_head.*            lm_head.*                           lm_head.*
   vision_tower.vision_model.*         model.vision_tower.vision_model.*   vision_tower.*   (CLIP names below)
   multi_modal_projector.linear_1/2    model.multi_modal_projector.*       projector.linear_1/2
+  (transformers 5 saves the legacy names except the tower, written as `vision_tower.*` with no `vision_model.`)
 
   liuhaotian LLaVA-1.5: model.embed_tokens/layers/norm -> language_model.*, lm_head, model.mm_projector.0/2 ->
   projector.linear_1/2, `rotary_emb.inv_freq` ignored; the CLIP tower comes from a separate openai CLIP dir.
@@ -151,7 +152,10 @@ def _read_json(path):
     if not os.path.isfile(f):
         raise FileNotFoundError(f"no config.json in {path!r}")
     with open(f) as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: invalid JSON ({e})") from None
 
 
 def load_llava(cls, path, dtype=torch.float32, device="cpu", vision_tower=None):

@@ -196,9 +196,6 @@ class LlavaConfig:
                 raise ValueError(f"{f}: invalid JSON ({e})") from None
         return cls.from_dict(d, source=f)
 
-    def is_liuhaotian(self, d: dict) -> bool:
-        return "mm_projector_type" in d or "mm_vision_tower" in d
-
     # ---------------------------------------------------------------- writing (llava-hf layout)
     def to_dict(self) -> dict:
         text = asdict(self.text)
@@ -235,7 +232,10 @@ class CLIPConfig:
         if not os.path.isfile(f):
             raise FileNotFoundError(f"no config.json in {path!r}")
         with open(f) as fh:
-            d = json.load(fh)
+            try:
+                d = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: invalid JSON ({e})") from None
         if d.get("model_type") == "clip_vision_model":  # a standalone CLIPVisionModel directory
             return cls(vision=_pick(VisionConfig, d), projection_dim=d.get("projection_dim", 512))
         proj = d.get("projection_dim", 512)

@@ -145,3 +145,9 @@ def test_pixels_without_image_tokens(hf_dir):
     with pytest.raises(ValueError, match="no pixel_values"):
         m(torch.tensor([[1, IMAGE_TOKEN, 5]]))
     assert m(ids).shape == (1, 4, 300)  # text-only input is fine
+
+
+def test_broken_config_json(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llava",')
+    with pytest.raises(ValueError, match=r"config\.json: invalid JSON"):
+        Llava.from_pretrained(tmp_path)
