@@ -5,8 +5,12 @@ Per image, N objects that are present get a "yes" question and N absent objects 
 template "Is there a/an {object} in the image?". The absent objects define the split:
   random       uniformly drawn from the objects seen anywhere in the annotation set;
   popular      the most frequent objects overall (number of images holding them);
-  adversarial  for each positive object, the absent object that co-occurs with it in the most images.
-Ties break by frequency, then by name, so splits are reproducible for a given seed.
+  adversarial  the absent objects that co-occur most with the image's objects: score(o) = sum over the image's
+               objects p of the number of images holding both p and o (when fewer than N absent objects
+               co-occur at all, the rest are the most frequent ones; counted in the stats).
+Ties break by frequency, then by name, so splits are reproducible for a given seed. (The official code pairs
+each positive with the object co-occurring most with *it*; summing over the image is the same idea, and it
+does not run dry when one positive object has no absent companion.)
 
 Answers are read by `parse_yes_no`: the first sentence, "no" when it holds a negation word (no, not, none,
 never, nothing, ...) or an n't form ("isn't", "doesn't"). This fixes the official parser, which only looks for the
@@ -93,13 +97,10 @@ def build_pope_questions(annotations: dict, split: str, num_per_image: int = 3, 
             negatives = rng.sample(absent, num_per_image)
         elif split == "popular":
             negatives = [o for o in popular if o not in set(present)][:num_per_image]
-        else:
-            negatives = []
-            for p in positives:  # the absent object most often seen with this positive object
-                cands = [o for o in absent if o not in negatives]
-                best = min(cands, key=lambda o: (-cooc[p][o], -freq[o], o))
-                stats["adversarial_without_cooccurrence"] += cooc[p][best] == 0
-                negatives.append(best)
+        else:  # the absent objects seen most often together with this image's objects
+            score = {o: sum(cooc[p][o] for p in present) for o in absent}
+            negatives = sorted(absent, key=lambda o: (-score[o], -freq[o], o))[:num_per_image]
+            stats["adversarial_without_cooccurrence"] += sum(score[o] == 0 for o in negatives)
         stats["images"] += 1
         for pos, neg in zip(positives, negatives):
             for obj, label in ((pos, "yes"), (neg, "no")):

@@ -1,0 +1,133 @@
+"""POPE: parsing tricky answers, metrics on a worked example, id matching errors, split construction (balanced,
+popular = most frequent, adversarial negatives really co-occur), and the pope-build / pope CLI round trip."""
+import json
+from collections import Counter
+
+import pytest
+
+import eval as ev
+from pope import build_pope_questions, parse_yes_no, pope_metrics
+
+
+@pytest.mark.parametrize("text,yes", [
+    ("No, there is not.", False), ("There isn't one.", False), ("Not really.", False),
+    ("Yes, a small one.", True), ("Yes. However, there is no dog.", True), ("NO", False), ("no", False),
+    ("There is a dog in the image.", True), ("There isn\u2019t a dog.", False), ("Nope!", False),
+    ("I don't see one", False), ("There is none.", False), ("Yes", True), ("", False), ("  \n", False),
+    ("There is an elephant; it is not small.", False), ("The image does not contain a cup", False)])
+def test_parse_yes_no(text, yes):
+    assert parse_yes_no(text) is yes
+
+
+def test_metrics_worked_example():
+    # labels: q1..q5 yes, q6..q10 no; predictions: q1-q3 yes (TP 3), q4-q5 no (FN 2), q6 yes (FP 1), q7-q10 no (TN 4)
+    labels = {f"q{i}": ("yes" if i <= 5 else "no") for i in range(1, 11)}
+    texts = {1: "Yes", 2: "Yes, there is.", 3: "yes.", 4: "No.", 5: "There isn't.", 6: "Yes, a small one.",
+             7: "No", 8: "Not really.", 9: "No, there is not.", 10: ""}
+    preds = [(f"q{i}", texts[i]) for i in (10, 3, 7, 1, 9, 2, 8, 4, 6, 5)]  # shuffled: matched by id, not order
+    m = pope_metrics(preds, labels)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 2, 1, 4)
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert m["precision"] == pytest.approx(0.75)
+    assert m["recall"] == pytest.approx(0.6)
+    assert m["f1"] == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+    assert m["yes_ratio"] == pytest.approx(0.4)
+    assert m["n_empty"] == 1 and m["n"] == 10
+    # bools work too; a degenerate all-no model has precision 0 rather than a crash
+    assert pope_metrics({"a": False, "b": False}, {"a": "yes", "b": "no"})["precision"] == 0.0
+
+
+def test_metrics_id_errors():
+    labels = {"1": "yes", "2": "no"}
+    with pytest.raises(ValueError, match="1 question\\(s\\) without an answer .*'2'"):
+        pope_metrics([("1", "yes")], labels)
+    with pytest.raises(ValueError, match="question id '1' appears twice"):
+        pope_metrics([("1", "yes"), ("1", "no"), ("2", "no")], labels)
+    with pytest.raises(ValueError, match="1 answer\\(s\\) to unknown questions .*'3'"):
+        pope_metrics([("1", "yes"), ("2", "no"), ("3", "no")], labels)
+    with pytest.raises(ValueError, match="label of question '1' is 'maybe'"):
+        pope_metrics([("1", "yes")], {"1": "maybe"})
+
+
+# scene types with strong co-occurrence, like the toy world's
+ANN = {
+    "k1": ["oven", "sink", "cup", "knife"], "k2": ["oven", "sink", "cup"], "k3": ["sink", "knife", "cup", "bowl"],
+    "b1": ["umbrella", "surfboard", "person"], "b2": ["umbrella", "person", "kite"], "b3": ["surfboard", "person",
+                                                                                           "kite", "dog"],
+    "s1": ["car", "person", "traffic light"], "s2": ["car", "bus", "traffic light", "person"],
+    "x1": ["dog"],  # too few objects: skipped
+}
+
+
+def _cooc():
+    c = Counter()
+    for objs in ANN.values():
+        for a in objs:
+            for b in objs:
+                if a != b:
+                    c[a, b] += 1
+    return c
+
+
+@pytest.mark.parametrize("split", ["random", "popular", "adversarial"])
+def test_split_construction(split):
+    qs, stats = build_pope_questions(ANN, split, num_per_image=2, seed=3)
+    assert stats["skipped_too_few_objects"] == 1 and stats["images"] == 8 and len(qs) == 32
+    assert Counter(q["label"] for q in qs) == {"yes": 16, "no": 16}  # balanced
+    freq = Counter(o for objs in ANN.values() for o in set(objs))
+    cooc = _cooc()
+    for img in {q["image_id"] for q in qs}:
+        mine = [q for q in qs if q["image_id"] == img]
+        pos = [q["object"] for q in mine if q["label"] == "yes"]
+        neg = [q["object"] for q in mine if q["label"] == "no"]
+        assert len(pos) == len(neg) == 2 and len(set(neg)) == 2
+        assert set(pos) <= set(ANN[img]) and not set(neg) & set(ANN[img])
+        absent = [o for o in freq if o not in ANN[img]]
+        others = [o for o in absent if o not in neg]
+        if split == "popular":  # the most frequent absent objects
+            assert min(freq[o] for o in neg) >= max(freq[o] for o in others)
+        if split == "adversarial":  # negatives co-occur with the image's objects at least as much as any other
+            score = {o: sum(cooc[p, o] for p in ANN[img]) for o in absent}
+            assert min(score[o] for o in neg) >= max(score[o] for o in others)
+            assert sum(score[o] > 0 for o in neg) == min(2, sum(score[o] > 0 for o in absent))
+            assert score[neg[0]] > 0
+    for q in qs:
+        assert q["prompt"] == q["question"] == ev.build_pope_questions.__globals__["question_text"](q["object"])
+        assert q["split"] == split
+    assert qs[0]["question_id"] == 1 and len({q["question_id"] for q in qs}) == len(qs)
+    assert build_pope_questions(ANN, split, 2, seed=3)[0] == qs  # reproducible
+    assert any(q["prompt"] == "Is there an umbrella in the image?" for q in qs) or split == "random"
+
+
+def test_adversarial_differs_from_random_on_kitchens():
+    qs, _ = build_pope_questions(ANN, "adversarial", num_per_image=2, seed=0)
+    negs = {q["object"] for q in qs if q["label"] == "no" and q["image_id"] == "k2"}
+    assert negs == {"knife", "bowl"}  # a kitchen's adversarial negatives are kitchen objects
+    # k1 and k3 have only one absent kitchen object each (bowl, oven): one fallback negative each
+    assert build_pope_questions(ANN, "adversarial", 2, seed=0)[1]["adversarial_without_cooccurrence"] == 2
+
+
+def test_cli_build_and_score(tmp_path, capsys):
+    ann = {k: {"objects": v, "image": f"img/{k}.png"} for k, v in ANN.items()}
+    (tmp_path / "gt.json").write_text(json.dumps(ann))
+    qpath = tmp_path / "q" / "pope_adv.jsonl"
+    ev.main(["pope-build", "--annotations", str(tmp_path / "gt.json"), "--split", "adversarial",
+             "--num-per-image", "2", "--seed", "1", "--output", str(qpath),
+             "--suffix", "\nAnswer the question using a single word or phrase."])
+    qs = [json.loads(line) for line in open(qpath)]
+    assert qs[0]["image"] == f"../img/{qs[0]['image_id']}.png"  # rebased onto the question file's dir
+    assert qs[0]["prompt"].endswith("\nAnswer the question using a single word or phrase.")
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "answers.jsonl", "w") as f:  # a model that always says yes
+        for q in reversed(qs):
+            f.write(json.dumps({"question_id": q["question_id"], "text": "Yes, there is."}) + "\n")
+    ev.main(["pope", "--answers", str(run / "answers.jsonl"), "--questions", str(qpath)])
+    m = json.loads((run / "pope_adversarial.json").read_text())
+    assert m["kind"] == "pope" and m["split"] == "adversarial"
+    assert m["metrics"]["accuracy"] == 0.5 and m["metrics"]["yes_ratio"] == 1.0 and m["metrics"]["recall"] == 1.0
+    assert "POPE adversarial: acc 50.0" in capsys.readouterr().out
+    with open(run / "answers.jsonl", "a") as f:
+        f.write(json.dumps({"question_id": qs[0]["question_id"], "text": "No"}) + "\n")
+    with pytest.raises(ValueError, match="appears twice"):
+        ev.main(["pope", "--answers", str(run / "answers.jsonl"), "--questions", str(qpath)])
