@@ -392,7 +392,7 @@ def write_report(run_dirs: list[str], out_dir: str) -> str:
 
     head = ["run", "CHAIR_s", "CHAIR_i", "recall", "len"]
     for s in splits:
-        head += [f"POPE-{s} acc", f"F1", "yes"]
+        head += [f"POPE-{s} acc", "F1", "yes"]
     if len(splits) > 1:
         head.append("POPE F1 mean")
     head += ["MMHal score", "MMHal hall."]
