@@ -128,7 +128,8 @@ def _fmt_s(s: float) -> str:
 
 def cmd_generate(a) -> None:
     import torch
-    from model import Llava, Tokenizer, load_image
+    from model import Llava, load_image
+    from model.tokenizer import Tokenizer, pad_sequences
 
     qs = read_jsonl(a.questions, required=("question_id", "image", "prompt"), key="question_id")
     done = {str(r["question_id"]) for r in resume_jsonl(a.output, "question_id")}
@@ -149,13 +150,9 @@ def cmd_generate(a) -> None:
         for b in range(0, len(todo), a.batch_size):
             batch = todo[b:b + a.batch_size]
             prompts = [tok.encode_prompt(q["prompt"], cfg.num_image_tokens, template=a.template) for q in batch]
-            T = max(map(len, prompts))
-            input_ids = torch.full((len(batch), T), pad, dtype=torch.long)  # (B, T), left-padded
-            mask = torch.zeros(len(batch), T, dtype=torch.long)
-            for i, p in enumerate(prompts):
-                input_ids[i, T - len(p):] = torch.tensor(p)
-                mask[i, T - len(p):] = 1
-            px = torch.stack([load_image(resolve(a.questions, q["image"]), cfg.image_size) for q in batch])
+            input_ids, mask = pad_sequences(prompts, pad, side="left")  # (B, T) each, left-padded
+            px = torch.stack([load_image(resolve(a.questions, q["image"]), cfg.image_size,  # (B, 3, S, S)
+                                         pad=cfg.image_aspect_ratio == "pad") for q in batch])
             new = model.generate(input_ids.to(a.device), px.to(a.device, dtype), mask.to(a.device),
                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                                  eos_token_id=tok.eos_id, pad_token_id=pad, generator=gen)  # (B, N)
