@@ -3,7 +3,7 @@ and MMHal-Bench (an LLM judge over the OpenAI-compatible chat API, chat_api.py),
 
     python eval.py generate  --checkpoint CKPT --questions Q.jsonl --output RUN/answers.jsonl [--batch-size 8]
     python eval.py chair-questions --annotations GT.json --output Q.jsonl [--prompt "Describe this image."]
-    python eval.py chair     --answers A.jsonl --annotations GT.json --synonyms SYN.txt --out RUN/chair.json
+    python eval.py chair     --answers A.jsonl --annotations GT.json [--synonyms SYN.txt] [--out RUN/chair.json]
     python eval.py pope-build --annotations GT.json --split random|popular|adversarial --num-per-image 3
                               --seed 0 --output Q.jsonl [--suffix "\\nAnswer the question using a single word..."]
     python eval.py pope      --answers A.jsonl --questions Q.jsonl --out RUN/pope_random.json
@@ -16,7 +16,9 @@ File formats (image paths are relative to the file that holds them unless absolu
   categories or synonyms of the synonym table (CHAIR); extra keys are ignored.
 - Question JSONL: {"question_id", "image", "prompt", ...}. POPE questions add "image_id", "question", "label"
   ("yes"/"no"), "object", "split"; CHAIR questions add "image_id".
-- Answer JSONL (written by `generate`): the question's fields plus "text" (the answer) and "model". CHAIR matches an
+- Synonym table (CHAIR): the COCO synonyms.txt format (see chair.py); default: synonyms.txt beside GT.json.
+- Answer JSONL (written by `generate`): the question's fields plus "text" (the answer), "model" (checkpoint) and
+  "gen" (template and decoding settings; copied into the metrics JSON as "protocol"). CHAIR matches an
   answer to its ground truth by "image_id" when present, else by "question_id"; POPE matches by "question_id".
 - MMHal questions: a JSON list (the official MMHal-Bench response template; question_id = list index) or JSONL,
   with "question" or "prompt", "gt_answer", "image_content" (list of facts) or "facts", optional "question_type",
@@ -145,6 +147,9 @@ def cmd_generate(a) -> None:
     pad = tok.pad_id if tok.pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
                                                      else tok.eos_id)
     gen = torch.Generator(device=a.device).manual_seed(a.seed)
+    # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol
+    gen_settings = {"template": a.template, "temperature": a.temperature, "top_p": a.top_p,
+                    "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": a.dtype}
     start, last, n = time.time(), 0.0, 0
     with JsonlAppender(a.output) as out:
         for b in range(0, len(todo), a.batch_size):
@@ -159,12 +164,25 @@ def cmd_generate(a) -> None:
             for q, row in zip(batch, new.tolist()):
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]
-                out.write({**q, "text": tok.decode(row, skip_special_tokens=True).strip(), "model": a.checkpoint})
+                out.write({**q, "text": tok.decode(row, skip_special_tokens=True).strip(), "model": a.checkpoint,
+                           "gen": gen_settings})
             n += len(batch)
             if time.time() - last > 10 or n == len(todo):
                 last, el = time.time(), time.time() - start
                 print(f"generate: {n}/{len(todo)} ({100 * n / len(todo):.0f}%), {n / el:.2f} answers/s, "
                       f"elapsed {_fmt_s(el)}, ETA {_fmt_s(el / n * (len(todo) - n))}", file=sys.stderr)
+
+
+def protocol(answers: list[dict]) -> dict:
+    """Which checkpoints, prompts and decoding settings produced the scored answers (distinct values, a few)."""
+    out = {}
+    for key in ("model", "prompt", "gen"):
+        seen = []
+        for r in answers:
+            if key in r and r[key] not in seen:
+                seen.append(r[key])
+        out[key] = seen[:5] + ([f"... {len(seen) - 5} more"] if len(seen) > 5 else [])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- CHAIR
@@ -189,10 +207,15 @@ def cmd_chair(a) -> dict:
             raise ValueError(f"{a.answers}: answer {i}: a second caption for image {cid!r}")
         captions[cid] = r["text"]
     ann = load_annotations(a.annotations)
+    if a.synonyms is None:
+        a.synonyms = os.path.join(os.path.dirname(os.path.abspath(a.annotations)), "synonyms.txt")
+        if not os.path.exists(a.synonyms):
+            raise FileNotFoundError(f"no --synonyms given and no {a.synonyms} next to the annotations")
     scores = chair_scores(captions, {k: v["objects"] for k, v in ann.items()}, Synonyms.from_file(a.synonyms))
     per_caption = scores.pop("per_caption")
     write_json(a.out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations,
-                       "synonyms": a.synonyms, "metrics": scores, "per_caption": per_caption})
+                       "synonyms": a.synonyms, "scorer": "povid chair.py (own singulariser, see its docstring)",
+                       "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
     print(f"CHAIR_s {100 * scores['chair_s']:.1f}  CHAIR_i {100 * scores['chair_i']:.1f}  recall "
           f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {a.out}")
     return scores
@@ -218,7 +241,8 @@ def cmd_pope(a) -> dict:
     split = a.split or (splits.pop() if len(splits) == 1 else None)
     m = pope_metrics([(r["question_id"], r["text"]) for r in answers], [(q["question_id"], q["label"]) for q in qs])
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), f"pope_{split or 'all'}.json")
-    write_json(out, {"kind": "pope", "split": split, "answers": a.answers, "questions": a.questions, "metrics": m})
+    write_json(out, {"kind": "pope", "split": split, "answers": a.answers, "questions": a.questions,
+                     "protocol": protocol(answers), "metrics": m})
     print(f"POPE {split}: acc {100 * m['accuracy']:.1f}  P {100 * m['precision']:.1f}  R {100 * m['recall']:.1f}  "
           f"F1 {100 * m['f1']:.1f}  yes {100 * m['yes_ratio']:.1f}  ({m['n']} questions) -> {out}")
     return m
@@ -454,7 +478,8 @@ def main(argv=None) -> None:
     c = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall of captions")
     c.add_argument("--answers", required=True)
     c.add_argument("--annotations", required=True)
-    c.add_argument("--synonyms", required=True, help="synonym table (COCO synonyms.txt format)")
+    c.add_argument("--synonyms", default=None,
+                   help="synonym table, COCO synonyms.txt format (default: synonyms.txt next to the annotations)")
     c.add_argument("--out", default=None, help="metrics JSON (default: chair.json next to the answers)")
     c.set_defaults(fn=cmd_chair)
     b = sub.add_parser("pope-build", help="POPE questions for one split")

@@ -116,7 +116,7 @@ def test_errors(syn, tmp_path):
         Synonyms.from_file(str(bad))
 
 
-def test_cli_both_annotation_layouts(tmp_path, syn, capsys):
+def test_cli_both_annotation_layouts(tmp_path, capsys):
     (tmp_path / "syn.txt").write_text(TABLE)
     answers = tmp_path / "run" / "answers.jsonl"
     answers.parent.mkdir()
@@ -126,12 +126,17 @@ def test_cli_both_annotation_layouts(tmp_path, syn, capsys):
                     + "\n")
     as_dict = {k: {"objects": sorted(v[1]), "image": f"{k}.png"} for k, v in CASES.items()}
     as_list = [{"id": int(k), "objects": sorted(v[1])} for k, v in CASES.items()]
-    for name, gt in (("d.json", as_dict), ("l.json", as_list)):
+    for name, gt, syn_arg in (("d.json", as_dict, ["--synonyms", str(tmp_path / "syn.txt")]),
+                              ("l.json", as_list, [])):  # default: synonyms.txt beside the annotations
         (tmp_path / name).write_text(json.dumps(gt))
-        ev.main(["chair", "--answers", str(answers), "--annotations", str(tmp_path / name),
-                 "--synonyms", str(tmp_path / "syn.txt")])
+        if not syn_arg:
+            with pytest.raises(FileNotFoundError, match="no --synonyms given and no .*synonyms.txt"):
+                ev.main(["chair", "--answers", str(answers), "--annotations", str(tmp_path / name)])
+            (tmp_path / "synonyms.txt").write_text(TABLE)
+        ev.main(["chair", "--answers", str(answers), "--annotations", str(tmp_path / name)] + syn_arg)
         out = json.loads((tmp_path / "run" / "chair.json").read_text())
         assert out["kind"] == "chair" and out["metrics"]["chair_i"] == pytest.approx(4 / 15)
+        assert out["protocol"]["prompt"] == ["Describe."] and out["protocol"]["model"] == []
         assert out["per_caption"]["1"]["hallucinated"] == ["dining table"]
     assert "CHAIR_s 66.7  CHAIR_i 26.7  recall 90.9" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text(json.dumps([{"id": 1, "objects": ["dog"]}, {"objects": ["cat"]}]))
