@@ -97,7 +97,13 @@ def _read_json(path: str) -> dict:
 class Tokenizer:
     """tokenizer.json + special ids + LLaVA templates. Build with Tokenizer.from_pretrained(dir)."""
 
-    def __init__(self, tk: HFTokenizer, special_names: dict | None = None, source: str = "<memory>"):
+    def __init__(self, tk: HFTokenizer, special_names: dict | None = None, source: str = "<memory>",
+                 image_token_id: int | None = None, name_sources: dict | None = None):
+        """image_token_id: only for a tokenizer without an "<image>" token (the original liuhaotian checkpoints,
+        whose model uses id 32000 = its vocab size); "<image>" text is split off in Python, so only the id is
+        needed. Conflicting with an "<image>" the tokenizer does have is an error.
+        special_names: {"bos"|"eos"|"unk"|"pad"|"image": token text} overriding the defaults; these must exist.
+        name_sources: {key: file the name was read from}, for error messages."""
         self.tk = tk
         self.source = source
         names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "image": IMAGE_TAG}
@@ -111,16 +117,22 @@ class Tokenizer:
         def lookup(key):
             i = tk.token_to_id(names[key])
             if i is None and key in explicit:
-                raise ValueError(f"{source}: {key} token {names[key]!r} (from the tokenizer config) is not in the "
+                origin = (name_sources or {}).get(key, "special_names")
+                raise ValueError(f"{source}: {key} token {names[key]!r} (named in {origin}) is not in the "
                                  f"vocabulary")
             return i
 
         self.eos_id = lookup("eos")
         self.image_token_id = lookup("image")
+        if image_token_id is not None:
+            if self.image_token_id is not None and self.image_token_id != image_token_id:
+                raise ValueError(f"{source}: image_token_id={image_token_id} given, but the tokenizer's "
+                                 f"{names['image']!r} is id {self.image_token_id}")
+            self.image_token_id = image_token_id
         for key, tag in (("eos", self.eos_id), ("image", self.image_token_id)):
             if tag is None:
                 raise ValueError(f"{source}: the tokenizer has no {names[key]!r} token; LLaVA needs it "
-                                 f"(add it as a special token)")
+                                 f"(add it as a special token, or pass image_token_id= for <image>)")
         self.bos_id = lookup("bos")  # None: sequences start without BOS
         self.unk_id = lookup("unk")
         pad = lookup("pad")
@@ -130,9 +142,9 @@ class Tokenizer:
         self._eos_in_text = tk.encode(names["eos"], add_special_tokens=False).ids == [self.eos_id]
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "Tokenizer":
+    def from_pretrained(cls, path: str, image_token_id: int | None = None) -> "Tokenizer":
         """`path` is a directory holding tokenizer.json (+ optional tokenizer_config.json, special_tokens_map.json),
-        or the tokenizer.json file itself."""
+        or the tokenizer.json file itself. image_token_id: see __init__."""
         path = os.fspath(path)
         dir_ = os.path.dirname(path) if path.endswith(".json") else path
         file = path if path.endswith(".json") else os.path.join(dir_, "tokenizer.json")
@@ -143,7 +155,7 @@ class Tokenizer:
             tk = HFTokenizer.from_file(file)
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON / unknown variants
             raise ValueError(f"{file}: cannot load tokenizer ({e})") from None
-        names = {}
+        names, origins = {}, {}
         # special_tokens_map.json first, tokenizer_config.json wins (transformers' precedence for the same keys)
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
             cfg = _read_json(os.path.join(dir_, side))
@@ -154,8 +166,11 @@ class Tokenizer:
                 if v is not None and not isinstance(v, str):
                     raise ValueError(f"{os.path.join(dir_, side)}: {key}_token must be a string, got {v!r}")
                 if v:
-                    names[key] = v
-        return cls(tk, names, source=file)
+                    names[key], origins[key] = v, os.path.join(dir_, side)
+            extra = cfg.get("extra_special_tokens")  # transformers 5.x keeps "image_token" here
+            if isinstance(extra, dict) and isinstance(extra.get("image_token"), str):
+                names["image"], origins["image"] = extra["image_token"], os.path.join(dir_, side)
+        return cls(tk, names, source=file, image_token_id=image_token_id, name_sources=origins)
 
     def save_pretrained(self, dir_: str):
         """Write tokenizer.json and a minimal tokenizer_config.json (special token names), atomically."""
@@ -186,9 +201,13 @@ class Tokenizer:
             ids = ids.tolist()
         ids = [int(i) for i in ids]
         for pos, i in enumerate(ids):
+            if skip_special_tokens and i == self.image_token_id:
+                continue  # an id given by image_token_id= may lie outside the vocabulary; it is special anyway
             if not 0 <= i < self.vocab_size or self.tk.id_to_token(i) is None:
                 raise ValueError(f"decode: id {i} at position {pos} is not in the vocabulary "
                                  f"(size {self.vocab_size}, {self.source})")
+        if skip_special_tokens:
+            ids = [i for i in ids if i != self.image_token_id]
         return self.tk.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str):

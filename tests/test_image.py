@@ -75,6 +75,15 @@ def test_pad_matches_expand2square_then_processor(processor, w, h):
         assert (x - load_image(img, SIZE, pad=False)).abs().max().item() > 0.1
 
 
+def test_llava_size_coco_shape_bit_exact():
+    """336 px (LLaVA-1.5's CLIP) on a COCO-shaped 640x427 image: identical to transformers, both modes."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    p336 = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, resample=3)
+    img = rand_image(640, 427, seed=1)
+    assert torch.equal(load_image(img, 336, pad=False), ref(p336, img))
+    assert torch.equal(load_image(img, 336, pad=True), ref(p336, padded_reference_canvas(img)))
+
+
 def test_expand2square_offsets_and_colour():
     img = Image.new("RGB", (2, 5), (255, 0, 0))  # W=2, H=5 -> pad 3 columns: 1 left, 2 right
     sq = expand2square(img, PAD_COLOR)

@@ -283,7 +283,7 @@ def test_side_files_and_missing_tokens(tmp_path):
     assert (named.eos_id, named.pad_id) == (18, 0)
     assert named.encode_pair("what", "a", 0)[0][-1] == 18
     (d / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<bos>"}))
-    with pytest.raises(ValueError, match="bos token '<bos>'.*not in the vocabulary"):
+    with pytest.raises(ValueError, match=r"bos token '<bos>' \(named in .*special_tokens_map.json\) is not in the"):
         Tokenizer.from_pretrained(d)
     (d / "special_tokens_map.json").write_text("{not json")
     with pytest.raises(ValueError, match="special_tokens_map.json: malformed JSON"):
@@ -299,6 +299,24 @@ def test_side_files_and_missing_tokens(tmp_path):
                                                             [-100, -100, -100, -100, -100, -100, 3, 1])
     with pytest.raises(ValueError, match="no BOS"):
         small.encode("hi", add_bos=True)
+    # a tokenizer without <image> (original liuhaotian checkpoints): the id comes from the model config
+    no_img = {"<unk>": 0, "<s>": 1, "</s>": 2, "hi": 3}
+    tk = HFTokenizer(models.WordLevel(vocab=no_img, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens([AddedToken(w, special=True) for w in ("<unk>", "<s>", "</s>")])
+    d = save(tk, tmp_path / "liuhaotian")
+    with pytest.raises(ValueError, match="no '<image>' token.*image_token_id="):
+        Tokenizer.from_pretrained(d)
+    orig = Tokenizer.from_pretrained(d, image_token_id=4)
+    assert orig.encode_prompt("hi", 2, "llava_hf") == [1, 0, 0, 4, 4, 3, 0, 0]  # unknown words: <unk>
+    assert orig.decode([1, 4, 4, 3, 2]) == "hi" and orig.pad_id == 0
+    with pytest.raises(ValueError, match="id 4 at position 1"):
+        orig.decode([1, 4], skip_special_tokens=False)
+    with pytest.raises(ValueError, match="image_token_id=3 given, but the tokenizer's '<image>' is id 2"):
+        Tokenizer.from_pretrained(tmp_path / "small", image_token_id=3)
+    # transformers 5.x keeps the image token name under extra_special_tokens
+    d = save(build_word_level(extra=("<img>",)), tmp_path / "extra", {"extra_special_tokens": {"image_token": "<img>"}})
+    assert Tokenizer.from_pretrained(d).image_token_id == 18
     for missing in ("</s>", "<image>"):
         v = {k: i for k, i in vocab.items() if k != missing}
         v = {k: j for j, k in enumerate(v)}
