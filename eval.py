@@ -130,8 +130,8 @@ def _fmt_s(s: float) -> str:
 
 def cmd_generate(a) -> None:
     import torch
-    from model import Llava, load_image
-    from model.tokenizer import Tokenizer, pad_sequences
+    from model import Llava, Tokenizer, load_image
+    from model.tokenizer import pad_sequences
 
     qs = read_jsonl(a.questions, required=("question_id", "image", "prompt"), key="question_id")
     done = {str(r["question_id"]) for r in resume_jsonl(a.output, "question_id")}

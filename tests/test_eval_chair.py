@@ -139,6 +139,13 @@ def test_cli_both_annotation_layouts(tmp_path, capsys):
         assert out["protocol"]["prompt"] == ["Describe."] and out["protocol"]["model"] == []
         assert out["per_caption"]["1"]["hallucinated"] == ["dining table"]
     assert "CHAIR_s 66.7  CHAIR_i 26.7  recall 90.9" in capsys.readouterr().out
+    qfile = tmp_path / "q" / "chair_q.jsonl"
+    ev.main(["chair-questions", "--annotations", str(tmp_path / "d.json"), "--output", str(qfile)])
+    qs = [json.loads(line) for line in open(qfile)]
+    assert qs[0] == {"question_id": "1", "image_id": "1", "prompt": "Describe this image.", "image": "../1.png"}
+    assert len(qs) == 6
+    with pytest.raises(ValueError, match="l.json: image '1' has no 'image' path"):
+        ev.main(["chair-questions", "--annotations", str(tmp_path / "l.json"), "--output", str(qfile)])
     (tmp_path / "bad.json").write_text(json.dumps([{"id": 1, "objects": ["dog"]}, {"objects": ["cat"]}]))
     with pytest.raises(ValueError, match="bad.json: item 1 has no 'id' or 'image_id'"):
         ev.load_annotations(str(tmp_path / "bad.json"))

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 import eval as ev
-from pope import build_pope_questions, parse_yes_no, pope_metrics
+from pope import build_pope_questions, parse_yes_no, pope_metrics, question_text
 
 
 @pytest.mark.parametrize("text,yes", [
@@ -92,7 +92,7 @@ def test_split_construction(split):
             assert sum(score[o] > 0 for o in neg) == min(2, sum(score[o] > 0 for o in absent))
             assert score[neg[0]] > 0
     for q in qs:
-        assert q["prompt"] == q["question"] == ev.build_pope_questions.__globals__["question_text"](q["object"])
+        assert q["prompt"] == q["question"] == question_text(q["object"])
         assert q["split"] == split
     assert qs[0]["question_id"] == 1 and len({q["question_id"] for q in qs}) == len(qs)
     assert build_pope_questions(ANN, split, 2, seed=3)[0] == qs  # reproducible
