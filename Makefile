@@ -17,10 +17,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) toyworld_pipeline.py
+	$(PY) demo.py
 
 demo-quick: $(STAMP)
-	$(PY) toyworld_pipeline.py --quick
+	$(PY) demo.py --quick
 
 clean-venv:
 	rm -rf .venv
