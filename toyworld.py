@@ -1,0 +1,389 @@
+"""The toy world: procedurally drawn scenes where every object is known, so hallucination is exact.
+
+Why it makes a small VLM hallucinate for the right reason. Each scene type has an *anchor* object that is always
+there and *companions* that usually come with it (a fork with a plate 85% of the time in a table scene). Captions
+are exact: they name only what is drawn. But companions, when present, are often small, faint (low contrast) or
+partly covered, so the visual evidence for them is weak while the textual prior "plate => fork" is strong. A model
+that under-uses its eyes learns the prior and names the companion whether or not it is there: a hallucination
+from co-occurrence, the first of POVID's three categories, measured exactly by CHAIR against the annotations.
+
+World design (all drawn with PIL on a 64 px canvas; deterministic: scene i of seed s uses Random(s * 1_000_003 + i)):
+
+    scene    background      anchor       companions (P given the scene)                 extras
+    table    wooden brown    plate        fork .85, cup .6, bottle .45                    book, ball
+    street   asphalt grey    car          traffic light .8, person .6, dog .45            ball, bottle
+    park     grass green     tree         bench .8, bird .6, ball .45                     dog, person
+    office   pale blue       laptop       lamp .8, book .6, cup .45                       bottle, bird
+
+  15 categories, each a distinct silhouette; 6 colours; size large/small (small = 60%); 30% of companions faint
+  (blended 65% into the background), 20% partly covered by a grey card; extras appear with p = .15 each.
+  Counts: a category may appear twice (p = .2 for cups, books, birds, persons).
+
+Captions (grammar; objects in left-to-right order of their first instance, synonyms drawn at 30%):
+    "a table scene with a small red plate , a fork and two blue cups . the fork is left of the plate ."
+QA turns: "Is there a {obj} in the image?" -> "Yes." / "No." (the "no" object is an absent companion half the time),
+"What color is the {obj}?" -> "{color}.", "How many {obj}s are there?" -> "{n}.".
+
+Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --seed 0`:
+    DIR/images/{id}.png, DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per image),
+    DIR/test_questions.jsonl (one caption question per held-out image), DIR/annotations.json (all images:
+    objects, instances with colour/size/box/faint/occluded, scene, caption, image), DIR/test_annotations.json (held-out
+    only), DIR/splits.json, DIR/synonyms.txt (CHAIR table), DIR/vocab.json (word lists for hallucinate.py rules),
+    DIR/tokenizer.json (word-level), DIR/llava_config/config.json and DIR/clip_config/{config,tokenizer}.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+
+from PIL import Image, ImageDraw
+
+SIZE = 64
+CAPTION_PROMPT = "Describe the image."
+SCENES = {  # background RGB, anchor, [(companion, p)], extras
+    "table": ((150, 111, 72), "plate", [("fork", .85), ("cup", .6), ("bottle", .45)], ["book", "ball"]),
+    "street": ((112, 112, 118), "car", [("traffic light", .8), ("person", .6), ("dog", .45)], ["ball", "bottle"]),
+    "park": ((92, 150, 80), "tree", [("bench", .8), ("bird", .6), ("ball", .45)], ["dog", "person"]),
+    "office": ((176, 196, 222), "laptop", [("lamp", .8), ("book", .6), ("cup", .45)], ["bottle", "bird"]),
+}
+COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "yellow": (240, 210, 40), "white": (245, 245, 245),
+          "black": (20, 20, 20), "orange": (245, 140, 20)}
+SYNONYMS = {"cup": ["mug"], "car": ["automobile"], "person": ["man", "pedestrian"], "dog": ["puppy"],
+            "bottle": ["flask"], "laptop": ["computer"], "bird": ["sparrow"]}
+PLURAL = {"person": "people", "bench": "benches", "traffic light": "traffic lights", "man": "men",
+          "pedestrian": "pedestrians", "puppy": "puppies", "sparrow": "sparrows"}
+CAN_REPEAT = {"cup", "book", "bird", "person"}
+NUMBERS = {1: "one", 2: "two", 3: "three"}
+P_FAINT, P_OCCLUDED, P_EXTRA, P_SMALL = 0.30, 0.20, 0.15, 0.35
+
+
+def categories():
+    out = []
+    for _, anchor, comps, extras in SCENES.values():
+        for c in [anchor, *[c for c, _ in comps], *extras]:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- drawing
+def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb):
+    """One silhouette per category inside box = (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if cat == "plate":
+        d.ellipse(box, fill=rgb, outline=(60, 60, 60))
+        d.ellipse((x0 + w * .25, y0 + h * .25, x1 - w * .25, y1 - h * .25), outline=(90, 90, 90))
+    elif cat == "fork":
+        d.line((cx, y0 + h * .35, cx, y1), fill=rgb, width=2)
+        for dx in (-w * .3, 0, w * .3):
+            d.line((cx + dx, y0, cx + dx, y0 + h * .4), fill=rgb, width=1)
+        d.line((cx - w * .3, y0 + h * .4, cx + w * .3, y0 + h * .4), fill=rgb, width=1)
+    elif cat == "cup":
+        d.rectangle((x0, y0 + h * .2, x1 - w * .3, y1), fill=rgb)
+        d.arc((x1 - w * .5, y0 + h * .35, x1, y1 - h * .25), -90, 90, fill=rgb, width=2)
+    elif cat == "bottle":
+        d.rectangle((x0 + w * .2, y0 + h * .35, x1 - w * .2, y1), fill=rgb)
+        d.rectangle((cx - w * .12, y0, cx + w * .12, y0 + h * .4), fill=rgb)
+    elif cat == "book":
+        d.rectangle(box, fill=rgb, outline=(30, 30, 30))
+        d.line((x0 + w * .15, y0, x0 + w * .15, y1), fill=(30, 30, 30), width=1)
+    elif cat == "ball":
+        d.ellipse(box, fill=rgb)
+        d.line((x0, cy, x1, cy), fill=(30, 30, 30), width=1)
+    elif cat == "car":
+        d.rectangle((x0, y0 + h * .3, x1, y1 - h * .25), fill=rgb)
+        d.rectangle((x0 + w * .2, y0, x1 - w * .25, y0 + h * .35), fill=rgb)
+        for wx in (x0 + w * .25, x1 - w * .25):
+            d.ellipse((wx - h * .18, y1 - h * .36, wx + h * .18, y1), fill=(25, 25, 25))
+    elif cat == "traffic light":
+        d.rectangle((x0 + w * .25, y0, x1 - w * .25, y1), fill=rgb, outline=(20, 20, 20))
+        for i, c in enumerate(((230, 30, 30), (240, 200, 30), (40, 200, 60))):
+            yy = y0 + h * (.2 + .3 * i)
+            d.ellipse((cx - w * .15, yy - w * .15, cx + w * .15, yy + w * .15), fill=c)
+    elif cat == "person":
+        d.ellipse((cx - w * .22, y0, cx + w * .22, y0 + h * .28), fill=rgb)
+        d.line((cx, y0 + h * .28, cx, y0 + h * .7), fill=rgb, width=2)
+        d.line((cx, y0 + h * .7, x0 + w * .2, y1), fill=rgb, width=2)
+        d.line((cx, y0 + h * .7, x1 - w * .2, y1), fill=rgb, width=2)
+        d.line((x0 + w * .1, y0 + h * .42, x1 - w * .1, y0 + h * .42), fill=rgb, width=2)
+    elif cat == "dog":
+        d.ellipse((x0, y0 + h * .3, x1 - w * .25, y1 - h * .25), fill=rgb)
+        d.ellipse((x1 - w * .4, y0, x1, y0 + h * .45), fill=rgb)
+        for lx in (x0 + w * .15, x1 - w * .45):
+            d.line((lx, y1 - h * .3, lx, y1), fill=rgb, width=2)
+    elif cat == "tree":
+        d.rectangle((cx - w * .1, y0 + h * .6, cx + w * .1, y1), fill=(100, 60, 30))
+        d.polygon([(x0, y0 + h * .65), (x1, y0 + h * .65), (cx, y0)], fill=rgb)
+    elif cat == "bench":
+        d.rectangle((x0, y0 + h * .35, x1, y0 + h * .55), fill=rgb)
+        d.rectangle((x0, y0, x1, y0 + h * .15), fill=rgb)
+        for lx in (x0 + w * .1, x1 - w * .1):
+            d.line((lx, y0 + h * .55, lx, y1), fill=rgb, width=2)
+    elif cat == "bird":
+        d.ellipse((x0, y0 + h * .3, x1 - w * .2, y1), fill=rgb)
+        d.polygon([(x1 - w * .25, y0 + h * .45), (x1, y0 + h * .55), (x1 - w * .25, y0 + h * .7)], fill=(240, 150, 0))
+        d.polygon([(x0 + w * .2, y0 + h * .5), (cx, y0), (cx + w * .1, y0 + h * .5)], fill=rgb)
+    elif cat == "laptop":
+        d.rectangle((x0 + w * .1, y0, x1 - w * .1, y0 + h * .6), fill=rgb, outline=(20, 20, 20))
+        d.polygon([(x0, y1), (x1, y1), (x1 - w * .1, y0 + h * .65), (x0 + w * .1, y0 + h * .65)], fill=(80, 80, 80))
+    elif cat == "lamp":
+        d.polygon([(x0, y0 + h * .45), (x1, y0 + h * .45), (x1 - w * .25, y0), (x0 + w * .25, y0)], fill=rgb)
+        d.line((cx, y0 + h * .45, cx, y1), fill=(40, 40, 40), width=2)
+        d.line((x0 + w * .2, y1 - 1, x1 - w * .2, y1 - 1), fill=(40, 40, 40), width=2)
+    else:
+        raise ValueError(f"no drawing for category {cat!r}")
+
+
+def blend(rgb, bg, keep):
+    return tuple(int(round(keep * a + (1 - keep) * b)) for a, b in zip(rgb, bg))
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def sample_scene(rng: random.Random):
+    """Pick a scene type and its objects; returns (scene, [category, ...] with repeats, companion set)."""
+    scene = rng.choice(sorted(SCENES))
+    _, anchor, comps, extras = SCENES[scene]
+    objs = [anchor]
+    companions = set()
+    for c, p in comps:
+        if rng.random() < p:
+            objs.append(c)
+            companions.add(c)
+    for c in extras:
+        if c not in objs and rng.random() < P_EXTRA:
+            objs.append(c)
+    for c in list(objs):
+        if c in CAN_REPEAT and rng.random() < 0.2:
+            objs.append(c)
+    return scene, objs, companions
+
+
+def place(rng, n_objs):
+    """Non-overlapping-ish boxes: the canvas is cut into columns so left/right relations are well defined."""
+    slots = list(range(4))
+    rng.shuffle(slots)
+    boxes = []
+    for i in range(n_objs):
+        col = slots[i % 4]
+        row = (i // 4)
+        size = rng.randint(15, 19)
+        x0 = col * 16 + rng.randint(0, 16 - min(size, 16)) - (size - 16 if size > 16 else 0) // 2
+        x0 = max(0, min(SIZE - size, x0))
+        y0 = rng.randint(2, SIZE - size - 2) if row == 0 else rng.randint(0, SIZE - size)
+        boxes.append([x0, y0, x0 + size, y0 + size])
+    return boxes
+
+
+def render(i: int, seed: int):
+    """Scene i of the world `seed`: (PIL image, annotation dict)."""
+    rng = random.Random(seed * 1_000_003 + i)
+    scene, objs, companions = sample_scene(rng)
+    bg = SCENES[scene][0]
+    img = Image.new("RGB", (SIZE, SIZE), bg)
+    d = ImageDraw.Draw(img)
+    for _ in range(6):  # background texture: a few darker/lighter streaks hint at the scene's surface
+        y = rng.randint(0, SIZE - 1)
+        d.line((0, y, SIZE, y), fill=blend((0, 0, 0) if rng.random() < .5 else (255, 255, 255), bg, .12), width=1)
+    instances = []
+    for cat, box in zip(objs, place(rng, len(objs))):
+        color = rng.choice(sorted(COLORS))
+        small = rng.random() < P_SMALL
+        if small:  # shrink around the centre
+            cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) * 0.3
+            box = [int(cx - half), int(cy - half), int(cx + half), int(cy + half)]
+        faint = cat in companions and rng.random() < P_FAINT
+        occluded = cat in companions and not faint and rng.random() < P_OCCLUDED
+        rgb = blend(COLORS[color], bg, 0.35) if faint else COLORS[color]
+        draw_object(d, cat, box, rgb)
+        if occluded:  # a grey card covers the top half
+            d.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, (box[1] + box[3]) // 2), fill=(150, 150, 150))
+        instances.append({"category": cat, "color": color, "size": "small" if small else "large", "box": box,
+                          "faint": faint, "occluded": occluded})
+    caption = make_caption(rng, scene, instances)
+    ann = {"scene": scene, "objects": [o["category"] for o in instances], "instances": instances,
+           "caption": caption}
+    return img, ann, rng
+
+
+def word_for(rng, cat):
+    syn = SYNONYMS.get(cat)
+    return rng.choice(syn) if syn and rng.random() < 0.3 else cat
+
+
+def plural(word):
+    return PLURAL.get(word, word + "s")
+
+
+def article(word):
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def make_caption(rng, scene, instances):
+    order = sorted(instances, key=lambda o: o["box"][0])
+    seen, groups = [], {}
+    for o in order:
+        if o["category"] not in groups:
+            seen.append(o["category"])
+        groups.setdefault(o["category"], []).append(o)
+    words, phrases = {}, []
+    for cat in seen:
+        first, n = groups[cat][0], len(groups[cat])
+        w = words[cat] = word_for(rng, cat)
+        adj = []
+        if first["size"] == "small" and n == 1 and rng.random() < 0.5:
+            adj.append("small")
+        if rng.random() < 0.6:
+            adj.append(first["color"])
+        noun = " ".join(adj + [w if n == 1 else plural(w)])
+        phrases.append(f"{NUMBERS[n]} {noun}" if n > 1 else f"{article(noun)} {noun}")
+    listing = phrases[0] if len(phrases) == 1 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
+    text = f"{article(scene)} {scene} scene with {listing} ."
+    if len(seen) >= 2 and rng.random() < 0.6:  # one left/right relation between two different categories
+        a, b = rng.sample(seen, 2)
+        ax, bx = groups[a][0]["box"], groups[b][0]["box"]
+        rel = "left of" if (ax[0] + ax[2]) < (bx[0] + bx[2]) else "right of"
+        text += f" the {words[a]} is {rel} the {words[b]} ."
+    return text
+
+
+def qa_turns(rng, ann):
+    present = sorted(set(ann["objects"]))
+    _, _, comps, _ = SCENES[ann["scene"]]
+    absent_comps = [c for c, _ in comps if c not in present]
+    absent_any = [c for c in categories() if c not in present]
+    turns = []
+    kind = rng.random()
+    if kind < 0.5:  # existence, balanced; half of the "no" questions ask about an absent companion
+        if rng.random() < 0.5:
+            obj, ans = rng.choice(present), "Yes."
+        else:
+            pool = absent_comps if absent_comps and rng.random() < 0.5 else absent_any
+            obj, ans = rng.choice(pool), "No."
+        turns.append((f"Is there {article(obj)} {obj} in the image?", ans))
+    elif kind < 0.75:
+        inst = rng.choice(ann["instances"])
+        if ann["objects"].count(inst["category"]) == 1:
+            turns.append((f"What color is the {inst['category']}?", f"{inst['color']}."))
+        else:
+            turns.append((f"Is there {article(inst['category'])} {inst['category']} in the image?", "Yes."))
+    else:
+        cat = rng.choice(present)
+        turns.append((f"How many {plural(cat)} are there?", f"{NUMBERS[ann['objects'].count(cat)]}."))
+    return turns
+
+
+# ------------------------------------------------------------------------------------------- files
+def build_tokenizer(texts, path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    vocab = {t: i for i, t in enumerate(specials)}
+    for t in texts:
+        for w, _ in pre.pre_tokenize_str(t):
+            vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    tk.add_special_tokens(specials)
+    tk.save(path)
+    return tk
+
+
+def write_json(path, obj, indent=None):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
+
+
+def configs(out, tk):
+    from model import CLIPConfig, CLIPTextConfig, LlavaConfig, TextConfig, VisionConfig
+    V = (tk.get_vocab_size() + 7) // 8 * 8
+    ids = {t: tk.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "<image>")}
+    vision = VisionConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                          image_size=SIZE, patch_size=8, projection_dim=64)
+    text = TextConfig(vocab_size=V, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5,
+                      bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"])
+    llava = LlavaConfig(vision=vision, text=text, image_token_id=ids["<image>"], pad_token_id=ids["<pad>"],
+                        image_aspect_ratio="pad")
+    clip = CLIPConfig(vision=vision, text=CLIPTextConfig(
+        vocab_size=V, hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=48, pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+        projection_dim=64), projection_dim=64)
+    for sub, cfg in (("llava_config", llava), ("clip_config", clip)):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+        write_json(os.path.join(out, sub, "config.json"), cfg.to_dict(), indent=2)
+        tk.save(os.path.join(out, sub, "tokenizer.json"))
+
+
+def build_world(out: str, n_train: int, n_test: int, seed: int = 0):
+    from model.tokenizer import VICUNA_SYSTEM
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    train, questions, anns, texts = [], [], {}, [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT]
+    split = {"train": [], "test": []}
+    for i in range(n_train + n_test):
+        img, ann, rng = render(i, seed)
+        iid = f"{'train' if i < n_train else 'test'}_{i:06d}"
+        rel = f"images/{iid}.png"
+        img.save(os.path.join(out, rel))
+        ann["image"] = rel
+        anns[iid] = ann
+        texts.append(ann["caption"])
+        if i < n_train:
+            split["train"].append(iid)
+            conv = [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT}, {"from": "gpt", "value": ann["caption"]}]
+            for q, a in qa_turns(rng, ann):
+                conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+                texts += [q, a]
+            train.append({"id": iid, "image": rel, "conversations": conv})
+        else:
+            split["test"].append(iid)
+            questions.append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
+    # every word any later stage may say: POPE/QA templates for all categories, colours, counts, synonyms
+    for c in categories():
+        texts += [f"Is there {article(c)} {c} in the image?", f"What color is the {c}?",
+                  f"How many {plural(c)} are there?", plural(c), *SYNONYMS.get(c, []),
+                  *[plural(s) for s in SYNONYMS.get(c, [])]]
+    texts += [f"{c}." for c in COLORS] + [f"{n}." for n in NUMBERS.values()] + [
+        "Yes. No. small large left of right of an a and the is scene with", *SCENES,
+        "Answer the question using a single word or phrase."]
+    tk = build_tokenizer(texts, os.path.join(out, "tokenizer.json"))
+    configs(out, tk)
+    write_json(os.path.join(out, "train.json"), train)
+    with open(os.path.join(out, "test_questions.jsonl.tmp"), "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in questions)
+    os.replace(os.path.join(out, "test_questions.jsonl.tmp"), os.path.join(out, "test_questions.jsonl"))
+    write_json(os.path.join(out, "annotations.json"), anns)
+    write_json(os.path.join(out, "test_annotations.json"), {k: anns[k] for k in split["test"]})
+    with open(os.path.join(out, "synonyms.txt"), "w") as f:
+        for c in categories():
+            f.write(", ".join([c, *SYNONYMS.get(c, [])]) + "\n")
+    write_json(os.path.join(out, "vocab.json"), {
+        "objects": categories(), "colors": sorted(COLORS), "sizes": ["small", "large"],
+        "relations": ["left of", "right of"], "numbers": list(NUMBERS.values()),
+        "synonyms": {s: c for c, ss in SYNONYMS.items() for s in ss},
+        "cooccurrence": {sc: [SCENES[sc][1], *[c for c, _ in SCENES[sc][2]]] for sc in SCENES}}, indent=2)
+    write_json(os.path.join(out, "splits.json"), split)  # last: its presence marks a complete world
+    return split
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="generate the toy world")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-train", type=int, default=4000)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    split = build_world(a.out, a.n_train, a.n_test, a.seed)
+    print(f"toy world: {len(split['train'])} train + {len(split['test'])} test scenes in {a.out} "
+          f"({time.time() - t0:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
