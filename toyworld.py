@@ -70,31 +70,33 @@ def categories():
 
 
 # ------------------------------------------------------------------------------------------- drawing
-def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb):
-    """One silhouette per category inside box = (x0, y0, x1, y1)."""
+def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb, u: float = 1.0):
+    """One silhouette per category inside box = (x0, y0, x1, y1) in pixels; u = pixels per 64-px unit, so strokes
+    keep their proportion on a larger canvas."""
     x0, y0, x1, y1 = box
+    w1, w2 = max(1, round(u)), max(1, round(2 * u))  # thin and thick strokes
     w, h = x1 - x0, y1 - y0
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     if cat == "plate":
         d.ellipse(box, fill=rgb, outline=(60, 60, 60))
         d.ellipse((x0 + w * .25, y0 + h * .25, x1 - w * .25, y1 - h * .25), outline=(90, 90, 90))
     elif cat == "fork":
-        d.line((cx, y0 + h * .35, cx, y1), fill=rgb, width=2)
+        d.line((cx, y0 + h * .35, cx, y1), fill=rgb, width=w2)
         for dx in (-w * .3, 0, w * .3):
-            d.line((cx + dx, y0, cx + dx, y0 + h * .4), fill=rgb, width=1)
-        d.line((cx - w * .3, y0 + h * .4, cx + w * .3, y0 + h * .4), fill=rgb, width=1)
+            d.line((cx + dx, y0, cx + dx, y0 + h * .4), fill=rgb, width=w1)
+        d.line((cx - w * .3, y0 + h * .4, cx + w * .3, y0 + h * .4), fill=rgb, width=w1)
     elif cat == "cup":
         d.rectangle((x0, y0 + h * .2, x1 - w * .3, y1), fill=rgb)
-        d.arc((x1 - w * .5, y0 + h * .35, x1, y1 - h * .25), -90, 90, fill=rgb, width=2)
+        d.arc((x1 - w * .5, y0 + h * .35, x1, y1 - h * .25), -90, 90, fill=rgb, width=w2)
     elif cat == "bottle":
         d.rectangle((x0 + w * .2, y0 + h * .35, x1 - w * .2, y1), fill=rgb)
         d.rectangle((cx - w * .12, y0, cx + w * .12, y0 + h * .4), fill=rgb)
     elif cat == "book":
         d.rectangle(box, fill=rgb, outline=(30, 30, 30))
-        d.line((x0 + w * .15, y0, x0 + w * .15, y1), fill=(30, 30, 30), width=1)
+        d.line((x0 + w * .15, y0, x0 + w * .15, y1), fill=(30, 30, 30), width=w1)
     elif cat == "ball":
         d.ellipse(box, fill=rgb)
-        d.line((x0, cy, x1, cy), fill=(30, 30, 30), width=1)
+        d.line((x0, cy, x1, cy), fill=(30, 30, 30), width=w1)
     elif cat == "car":
         d.rectangle((x0, y0 + h * .3, x1, y1 - h * .25), fill=rgb)
         d.rectangle((x0 + w * .2, y0, x1 - w * .25, y0 + h * .35), fill=rgb)
@@ -107,15 +109,15 @@ def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb):
             d.ellipse((cx - w * .15, yy - w * .15, cx + w * .15, yy + w * .15), fill=c)
     elif cat == "person":
         d.ellipse((cx - w * .22, y0, cx + w * .22, y0 + h * .28), fill=rgb)
-        d.line((cx, y0 + h * .28, cx, y0 + h * .7), fill=rgb, width=2)
-        d.line((cx, y0 + h * .7, x0 + w * .2, y1), fill=rgb, width=2)
-        d.line((cx, y0 + h * .7, x1 - w * .2, y1), fill=rgb, width=2)
-        d.line((x0 + w * .1, y0 + h * .42, x1 - w * .1, y0 + h * .42), fill=rgb, width=2)
+        d.line((cx, y0 + h * .28, cx, y0 + h * .7), fill=rgb, width=w2)
+        d.line((cx, y0 + h * .7, x0 + w * .2, y1), fill=rgb, width=w2)
+        d.line((cx, y0 + h * .7, x1 - w * .2, y1), fill=rgb, width=w2)
+        d.line((x0 + w * .1, y0 + h * .42, x1 - w * .1, y0 + h * .42), fill=rgb, width=w2)
     elif cat == "dog":
         d.ellipse((x0, y0 + h * .3, x1 - w * .25, y1 - h * .25), fill=rgb)
         d.ellipse((x1 - w * .4, y0, x1, y0 + h * .45), fill=rgb)
         for lx in (x0 + w * .15, x1 - w * .45):
-            d.line((lx, y1 - h * .3, lx, y1), fill=rgb, width=2)
+            d.line((lx, y1 - h * .3, lx, y1), fill=rgb, width=w2)
     elif cat == "tree":
         d.rectangle((cx - w * .1, y0 + h * .6, cx + w * .1, y1), fill=(100, 60, 30))
         d.polygon([(x0, y0 + h * .65), (x1, y0 + h * .65), (cx, y0)], fill=rgb)
@@ -123,7 +125,7 @@ def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb):
         d.rectangle((x0, y0 + h * .35, x1, y0 + h * .55), fill=rgb)
         d.rectangle((x0, y0, x1, y0 + h * .15), fill=rgb)
         for lx in (x0 + w * .1, x1 - w * .1):
-            d.line((lx, y0 + h * .55, lx, y1), fill=rgb, width=2)
+            d.line((lx, y0 + h * .55, lx, y1), fill=rgb, width=w2)
     elif cat == "bird":
         d.ellipse((x0, y0 + h * .3, x1 - w * .2, y1), fill=rgb)
         d.polygon([(x1 - w * .25, y0 + h * .45), (x1, y0 + h * .55), (x1 - w * .25, y0 + h * .7)], fill=(240, 150, 0))
@@ -133,8 +135,8 @@ def draw_object(d: ImageDraw.ImageDraw, cat: str, box, rgb):
         d.polygon([(x0, y1), (x1, y1), (x1 - w * .1, y0 + h * .65), (x0 + w * .1, y0 + h * .65)], fill=(80, 80, 80))
     elif cat == "lamp":
         d.polygon([(x0, y0 + h * .45), (x1, y0 + h * .45), (x1 - w * .25, y0), (x0 + w * .25, y0)], fill=rgb)
-        d.line((cx, y0 + h * .45, cx, y1), fill=(40, 40, 40), width=2)
-        d.line((x0 + w * .2, y1 - 1, x1 - w * .2, y1 - 1), fill=(40, 40, 40), width=2)
+        d.line((cx, y0 + h * .45, cx, y1), fill=(40, 40, 40), width=w2)
+        d.line((x0 + w * .2, y1 - 1, x1 - w * .2, y1 - 1), fill=(40, 40, 40), width=w2)
     else:
         raise ValueError(f"no drawing for category {cat!r}")
 
@@ -302,7 +304,7 @@ def write_json(path, obj, indent=None):
 
 def configs(out, tk):
     from model import CLIPConfig, CLIPTextConfig, LlavaConfig, TextConfig, VisionConfig
-    V = (tk.get_vocab_size() + 7) // 8 * 8
+    V = tk.get_vocab_size()  # no padding rows: a sampled id is always a word
     ids = {t: tk.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "<image>")}
     vision = VisionConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                           image_size=SIZE, patch_size=8, projection_dim=64)

@@ -11,7 +11,13 @@ from safetensors.torch import load_file, save_file
 from model import Llava, LlavaConfig
 from model_fixtures import IMAGE_TOKEN, NUM_IMAGE_TOKENS, make_hf_llava, make_liuhaotian, pixels, prompts
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference-only tests; scoped to this module (a global set_grad_enabled would leak into other files)."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,13 @@ import torch
 from model import CLIPModel
 from model_fixtures import make_hf_clip, pixels
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference-only tests; scoped to this module (a global set_grad_enabled would leak into other files)."""
+    with torch.no_grad():
+        yield
 
 
 def texts(eos: int):

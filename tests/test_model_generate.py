@@ -7,7 +7,13 @@ from model import Llava
 from model.generate import sample_next
 from model_fixtures import PAD_TOKEN, make_hf_llava, pixels, prompts
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference-only tests; scoped to this module (a global set_grad_enabled would leak into other files)."""
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,13 @@ from model import Llava
 from model_fixtures import (EOS, NUM_IMAGE_TOKENS, PAD_TOKEN, make_hf_llava, make_liuhaotian, pixels, prompts,
                             write_prefixes)
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference-only tests; scoped to this module (a global set_grad_enabled would leak into other files)."""
+    with torch.no_grad():
+        yield
 
 
 def hf_logits(hf, ids, mask, px):
