@@ -47,7 +47,7 @@ class NoiseSchedule:
 
     def _abar(self, t, like: torch.Tensor):
         """abar_t as a tensor that broadcasts against `like` (scalar t, or per-sample t of shape (B,))."""
-        t = torch.as_tensor(t, dtype=torch.long)
+        t = torch.as_tensor(t, dtype=torch.long).cpu()  # the schedule lives on the CPU (float64)
         if bool(((t < 0) | (t >= self.steps)).any()):
             raise ValueError(f"noise step t must be in [0, {self.steps - 1}], got {t.tolist()}")
         a = self.alphas_cumprod[t].to(like.device, torch.float32)
