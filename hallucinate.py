@@ -5,74 +5,80 @@
     python hallucinate.py noise     --checkpoint CKPT --input DATA --output OUT.jsonl --t 500
     python hallucinate.py clip-rank --checkpoint CKPT --clip CLIPDIR --input DATA --output OUT.jsonl --samples 6
 
-  api        POVID's GPT-4V step (Zhou et al. 2024, sec. 3.1) through any OpenAI-compatible chat endpoint
-             (OPENAI_BASE_URL, OPENAI_API_KEY; chat_api.py retries, backs off, honours Retry-After, never logs
-             the key): the ground-truth answer is rewritten with plausible hallucinations of three kinds
-             (co-occurring but absent objects, changed attributes, wrong relations or counts); reasoning answers get
-             their facts corrupted. The reply is structured JSON, validated, retried when malformed. Resumable.
-  rules      an offline stand-in for the API: an absent object is drawn in proportion to its co-occurrence with
-             the objects present (counted from the data's own annotations, or from its captions), and inserted;
-             or a colour/size, a left/right relation or a count is swapped from word lists. Deterministic.
-  noise      POVID's second source (sec. 3.2): the model's own free answer when the image is DDPM-noised, for a
-             static pair file. (Online, in training, `noise_triggered_tokens` does the teacher-forced version.)
-  clip-rank  CLIP-DPO (Ouali et al. 2024, sec. 3): K sampled answers per image, each scored by CLIP as the mean
-             image-sentence similarity over its sentences (CLIP's text tower sees at most 77 tokens), filtered
-             (empty, duplicate, minimum score, length ratio, chosen-rejected margin); best vs worst is the pair.
+  api        POVID's GPT-4V step (Zhou et al. 2024, sec. 3.1) through any OpenAI-compatible /v1/chat/completions
+             endpoint (OPENAI_BASE_URL, OPENAI_API_KEY; the key is never printed or written). Captions get
+             plausible hallucinations of three kinds (co-occurring but absent objects, changed attributes, wrong
+             relations or counts); reasoning answers get the facts their reasoning uses corrupted. The reply is JSON,
+             validated; chat_api.py retries 429/5xx/timeouts/malformed replies with backoff and jitter, honours
+             Retry-After, records a per-item failure instead of aborting, and appends one line per finished item,
+             so a killed run resumes where it stopped (rerun the same command).
+  rules      the offline stand-in for the API (rules.py): co-occurrence statistics of the data decide which
+             absent object to insert; attribute, relation and count swaps from word lists. Deterministic.
+  noise      POVID's second source (sec. 3.2) for a static pair file: the model's own free answer when the image
+             is DDPM-noised (noise.py). In training, `noise_triggered_tokens` below makes it online.
+  clip-rank  CLIP-DPO (Ouali et al. 2024, sec. 3): K sampled answers per image, each scored with CLIP as the mean
+             over its sentences of 100 * cos(image, sentence) (a sentence fits CLIP's 77-token window; CSR scores
+             sentence by sentence too), then rule-based filters: empty, duplicate, chosen below --min-score,
+             length ratio above --max-len-ratio, chosen - rejected margin below --min-margin. The best answer is
+             chosen, the worst one that passes the filters rejected; the filter counts are printed.
 
-DATA: LLaVA conversation JSON (prompt = first human turn, answer = first gpt turn) or JSONL with id, image,
-prompt/question and answer. Output: preference JSONL rows {id, image, prompt, chosen, rejected, strategy, category},
-image paths relative to the output file, so several strategies' files can be concatenated into one training file.
-A malformed input line (named by number) or a missing image (named by path) is skipped and counted; the summary at
-the end lists done, skipped and failed items with reasons.
+DATA: LLaVA conversation JSON (prompt = a human turn, answer = the gpt turn after it; the first pair only unless
+--all-turns) or JSONL of {id, image, prompt|question, answer?, objects?}. Output: preference JSONL rows {id, image,
+prompt, chosen, rejected, strategy, category, ...}, image paths relative to the output file, ids suffixed with the
+strategy, so files from several strategies concatenate into one training file. A malformed JSONL line (named by
+line number), a record without image/prompt/answer or a missing image (named by path) is skipped and counted; the
+summary printed at the end lists done, skipped and failed items with reasons.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import random
 import re
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import torch
 
+from rules import Cooccurrence, RuleInjector, Vocab, load_annotations, load_json, presence
+
+
 # ------------------------------------------------------------------------------------------- input and output
-DEFAULT_VOCAB = {  # COCO-ish defaults for data without a vocab file
-    "objects": ["person", "car", "dog", "cat", "bird", "chair", "table", "cup", "bottle", "bowl", "fork", "knife",
-                "spoon", "plate", "book", "laptop", "tv", "couch", "bed", "bench", "tree", "traffic light", "bus",
-                "bicycle", "umbrella", "handbag", "clock", "vase", "ball", "kite"],
-    "colors": ["red", "blue", "green", "yellow", "white", "black", "orange", "brown", "gray", "pink"],
-    "sizes": ["small", "large"], "relations": ["left of", "right of"],
-    "numbers": ["one", "two", "three", "four"], "synonyms": {"man": "person", "woman": "person", "mug": "cup"},
-}
-
-
 class Summary:
-    def __init__(self):
-        self.done, self.skipped, self.failed = 0, Counter(), Counter()
-        self.examples = {}
+    """Counts by reason, with the first few places (file:line, image path, item id) of each."""
 
-    def skip(self, reason, where):
-        self.skipped[reason] += 1
-        self.examples.setdefault(reason, where)
+    def __init__(self):
+        self.done, self.skipped, self.failed, self.where = 0, Counter(), Counter(), {}
+
+    def skip(self, reason, where, failed=False):
+        (self.failed if failed else self.skipped)[reason] += 1
+        self.where.setdefault(reason, []).append(str(where))
 
     def __str__(self):
         s = [f"done {self.done}, skipped {sum(self.skipped.values())}, failed {sum(self.failed.values())}"]
-        s += [f"  skipped {n} x {r} (first: {self.examples[r]})" for r, n in self.skipped.most_common()]
-        s += [f"  failed {n} x {r}" for r, n in self.failed.most_common()]
+        for kind, c in (("skipped", self.skipped), ("failed", self.failed)):
+            for r, n in c.most_common():
+                w = self.where[r]
+                s.append(f"  {kind} {n} x {r}: {', '.join(w[:5])}" + (f" (+{len(w) - 5} more)" if len(w) > 5 else ""))
         return "\n".join(s)
 
 
-def read_items(path: str, summary: Summary):
-    """-> [{id, image (absolute), prompt, answer}], bad lines and missing images counted in `summary`."""
+def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns: bool = False):
+    """-> [{id, image (absolute), prompt, answer, objects}]. Bad records and missing images are counted in `summary`
+    and left out; a JSON list that does not parse is an error naming its line (nothing after it can be trusted)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path!r} does not exist")
     root = os.path.dirname(os.path.abspath(path))
     with open(path, encoding="utf-8") as f:
         text = f.read()
     raw = []
     if text.lstrip().startswith("["):
-        raw = [(f"{path}: item {i}", r) for i, r in enumerate(json.loads(text))]
+        try:
+            raw = [(f"{path}: item {i}", r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
     else:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -80,33 +86,48 @@ def read_items(path: str, summary: Summary):
                     raw.append((f"{path}:{n}", json.loads(line)))
                 except json.JSONDecodeError as e:
                     summary.skip(f"malformed JSON line ({e.msg})", f"{path}:{n}")
-    items = []
+    items, seen = [], set()
     for where, r in raw:
         try:
+            if not isinstance(r, dict):
+                raise TypeError("not a JSON object")
+            rid = str(r.get("id", r.get("question_id", where)))
             if "conversations" in r:
-                prompt, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+                conv = r["conversations"]
+                pairs = [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv) - 1, 2)
+                         if conv[i]["from"] == "human" and conv[i + 1]["from"] == "gpt"]
+                if not pairs:
+                    raise KeyError("a human turn followed by a gpt turn")
             else:
-                prompt, answer = r.get("prompt", r.get("question")), r.get("answer", r.get("chosen"))
+                pairs = [(r.get("prompt", r.get("question")), r.get("answer", r.get("chosen")))]
             image = r["image"]
+            if not isinstance(image, str):
+                raise TypeError("image is not a path")
         except (KeyError, IndexError, TypeError) as e:
-            summary.skip(f"malformed record (missing {e})", where)
-            continue
-        if prompt is None or answer is None:
-            summary.skip("malformed record (no prompt or answer)", where)
+            summary.skip(f"malformed record ({type(e).__name__}: {e})", where)
             continue
         image = image if os.path.isabs(image) else os.path.join(root, image)
         if not os.path.isfile(image):
             summary.skip("missing image", image)
             continue
-        items.append({"id": str(r.get("id", where)), "image": image, "prompt": prompt, "answer": answer})
+        for k, (prompt, answer) in enumerate(pairs if all_turns else pairs[:1]):
+            iid = rid if k == 0 else f"{rid}#{k}"
+            if not isinstance(prompt, str) or (need_answer and not (isinstance(answer, str) and answer.strip())):
+                summary.skip("malformed record (no prompt or answer)", where)
+            elif iid in seen:
+                summary.skip("duplicate id", f"{where} ({iid})")
+            else:
+                seen.add(iid)
+                items.append({"id": iid, "image": image, "prompt": prompt, "answer": answer,
+                              "objects": r.get("objects"), "where": where})
     return items
 
 
-def out_row(item, rejected, strategy, category, output, chosen=None):
+def out_row(item, rejected, strategy, category, output, chosen=None, **extra):
     rel = os.path.relpath(item["image"], os.path.dirname(os.path.abspath(output)))
     return {"id": f"{item['id']}:{strategy}", "image": rel, "prompt": item["prompt"],
             "chosen": item["answer"] if chosen is None else chosen, "rejected": rejected, "strategy": strategy,
-            "category": category}
+            "category": category, **extra}
 
 
 def write_jsonl(path, rows):
@@ -117,230 +138,174 @@ def write_jsonl(path, rows):
 
 
 # ------------------------------------------------------------------------------------------- rules
-class RuleInjector:
-    """Offline hallucination injection from co-occurrence statistics and word lists."""
-
-    def __init__(self, vocab: dict, annotations: dict | None, items, seed: int):
-        self.v = vocab
-        self.names = {o: o for o in vocab["objects"]} | {s: c for s, c in vocab.get("synonyms", {}).items()}
-        self.ann = annotations
-        self.seed = seed
-        self.cooc = defaultdict(Counter)  # cooc[a][b]: images holding both a and b
-        self.freq = Counter()
-        for it in items:
-            objs = self.objects_of(it)
-            self.freq.update(objs)
-            for a in objs:
-                for b in objs:
-                    if a != b:
-                        self.cooc[a][b] += 1
-
-    def mentioned(self, text):
-        """Categories a text names (two-word names first; plural 's' stripped)."""
-        words = re.findall(r"[a-z]+", text.lower())
-        found, i = set(), 0
-        while i < len(words):
-            two = " ".join(words[i:i + 2])
-            for cand in (two, two[:-1] if two.endswith("s") else None):
-                if cand in self.names:
-                    found.add(self.names[cand])
-                    i += 2
-                    break
-            else:
-                for cand in (words[i], words[i][:-1], words[i][:-2]):
-                    if cand in self.names:
-                        found.add(self.names[cand])
-                        break
-                i += 1
-        return found
-
-    def objects_of(self, item):
-        if self.ann is not None and item["id"] in self.ann:
-            return set(self.ann[item["id"]]["objects"])
-        return self.mentioned(item["answer"])
-
-    def pick_absent(self, present, rng):
-        """An absent object, drawn in proportion to its co-occurrence with the present ones (+1 smoothing for
-        frequent objects, so an image whose objects never co-occurred with anything still gets one)."""
-        cands = [o for o in self.v["objects"] if o not in present]
-        if not cands:
-            return None
-        w = [sum(self.cooc[p][c] for p in present) * 10 + (1 if self.freq[c] else 0.1) for c in cands]
-        return rng.choices(cands, weights=w)[0]
-
-    def inject(self, item):
-        rng = random.Random(f"{self.seed}:{item['id']}")
-        text, present = item["answer"], self.objects_of(item)
-        options = [("object", 0.6), ("attribute", 0.2), ("relation", 0.1), ("count", 0.1)]
-        order = sorted(options, key=lambda o: -o[1] * rng.random())  # weighted random order, fall through
-        for kind, _ in order:
-            out = getattr(self, f"_{kind}")(text, present, rng)
-            if out and out != text:
-                return out, kind
-        return None, None
-
-    def _object(self, text, present, rng):
-        c = self.pick_absent(present, rng)
-        if c is None:
-            return None
-        art = "an" if c[0] in "aeiou" else "a"
-        m = re.match(r"^(.*? with )(.*?)( \.)(.*)$", text)
-        if m:  # a listing "with A , B and C ." (the toy grammar): insert at a random place in the list
-            parts = m.group(2).replace(" and ", " , ").split(" , ")
-            parts.insert(rng.randint(0, len(parts)), f"{art} {c}")
-            lst = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
-            return m.group(1) + lst + m.group(3) + m.group(4)
-        anchor = sorted(present)[0] if present else None
-        rel = rng.choice(self.v["relations"])
-        extra = f"There is also {art} {c}" + (f" {rel} the {anchor}." if anchor else ".")
-        sep = "" if text.endswith((" ", "\n")) else " "
-        return text + sep + extra
-
-    def _swap(self, text, words, rng):
-        hits = [w for w in words if re.search(rf"\b{re.escape(w)}\b", text)]
-        if not hits:
-            return None
-        w = rng.choice(hits)
-        new = rng.choice([x for x in words if x != w])
-        spans = [m.span() for m in re.finditer(rf"\b{re.escape(w)}\b", text)]
-        s, e = rng.choice(spans)
-        return text[:s] + new + text[e:]
-
-    def _attribute(self, text, present, rng):
-        return self._swap(text, self.v["colors"], rng) or self._swap(text, self.v["sizes"], rng)
-
-    def _relation(self, text, present, rng):
-        return self._swap(text, self.v["relations"], rng)
-
-    def _count(self, text, present, rng):
-        return self._swap(text, self.v["numbers"], rng)
-
-
 def cmd_rules(a):
     s = Summary()
-    items = read_items(a.input, s)
-    vocab = DEFAULT_VOCAB
-    if a.vocab:
-        with open(a.vocab) as f:
-            vocab = {**DEFAULT_VOCAB, **json.load(f)}
-    ann = None
-    if a.annotations:
-        with open(a.annotations) as f:
-            raw = json.load(f)
-        ann = {str(r.get("id", r.get("image_id"))): r for r in raw} if isinstance(raw, list) else raw
-    inj = RuleInjector(vocab, ann, items, a.seed)
-    rows, cats = [], Counter()
-    for it in items:
-        rej, kind = inj.inject(it)
-        if rej is None:
-            s.skip("nothing to change", it["id"])
+    vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
+    items = read_items(a.input, s, all_turns=a.all_turns)
+    ann = load_annotations(a.annotations, vocab) if a.annotations else None
+    pres = [presence(it, vocab, ann) for it in items]
+    cooc = Cooccurrence(p[0] for p in pres)  # from the input's own images only (no test-set statistics)
+    mix = None
+    if a.mix:
+        try:
+            mix = {k.strip(): float(w) for k, w in (kv.split("=") for kv in a.mix.split(","))}
+        except ValueError:
+            raise ValueError(f"--mix {a.mix!r}: expected kind=weight pairs, e.g. object=0.5,attribute=0.5") from None
+    inj = RuleInjector(vocab, cooc, a.seed, mix)
+    rows, cats, sources = [], Counter(), Counter(p[2] for p in pres)
+    for it, (present, instances, _) in zip(items, pres):
+        edit = inj.inject(it["answer"], present, it["id"], instances)
+        if edit is None:
+            s.skip("no rule applies", it["id"])
             continue
-        rows.append(out_row(it, rej, "rules", kind, a.output))
-        cats[kind] += 1
+        rows.append(out_row(it, edit.text, "rules", edit.category, a.output, edit=edit.detail))
+        cats[edit.category] += 1
         s.done += 1
     write_jsonl(a.output, rows)
-    print(f"rules: {dict(cats)} -> {a.output}\n{s}")
+    print(f"rules -> {a.output}: {dict(cats)}; objects present from {dict(sources)}\n{s}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- noise-triggered
 @torch.no_grad()
 def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attention_mask=None):
-    """POVID stage 2's dispreferred answer, made online: teacher-force the preferred answer under the *noisy*
-    image and take the greedy token at every answer position. Returns labels-shaped (B, T) ids: at positions
-    with labels != -100, the argmax predicted from the previous position; -100 elsewhere. The trainer scores these
-    tokens under the clean image (so positions where noise did not change the prediction cancel in the DPO
-    margin, and only the prior-driven changes count)."""
+    """POVID stage 2's dispreferred answer, made online (Zhou et al. 2024, sec. 3.2): teacher-force the preferred
+    answer under the *noisy* image and take the greedy token at every answer position.
+
+    input_ids, labels: (B, T), labels -100 where not scored; noisy_pixel_values (B_img, 3, S, S).
+    Returns (B, T) long: at positions with labels != -100 the argmax predicted from the previous position, -100
+    elsewhere. The trainer scores these tokens under the *clean* image (sharing the chosen sequence's clean forward),
+    so positions where the noise did not change the prediction cancel in the DPO margin."""
     h = model.hidden_states(input_ids, noisy_pixel_values, attention_mask)  # (B, T, D)
     out = torch.full_like(labels, -100)
     pos = (labels[:, 1:] != -100).nonzero()  # (K, 2): batch index, position - 1
     if len(pos):
-        logits = model.lm_head(h[pos[:, 0], pos[:, 1]])  # (K, V): only the scored rows
+        logits = model.lm_head(h[pos[:, 0], pos[:, 1]])  # (K, V): only the scored rows, not (B, T, V)
         out[pos[:, 0], pos[:, 1] + 1] = logits.argmax(-1)
     return out
 
 
-def load_llava(path, device="cpu"):
+def load_llava(a):
     from model import Llava, Tokenizer
-    m = Llava.from_pretrained(path, device=device)
-    return m, Tokenizer.from_pretrained(path)
+    dtype = getattr(torch, a.dtype)
+    return Llava.from_pretrained(a.checkpoint, dtype=dtype, device=a.device).eval(), Tokenizer.from_pretrained(
+        a.checkpoint)
 
 
-def generate_answers(model, tok, items, pixels, template, max_new_tokens, temperature=0.0, top_p=1.0,
-                     generator=None, batch_size=32):
+def generate_answers(model, tok, prompts, pixels, template, max_new_tokens, temperature=0.0, top_p=1.0,
+                     generator=None):
+    """One generated answer per (prompt, image); pixels (N, 3, S, S)."""
     from model.tokenizer import pad_sequences
-    outs = []
     n_img = model.config.num_image_tokens
-    for k in range(0, len(items), batch_size):
-        chunk = items[k:k + batch_size]
-        ids, mask = pad_sequences([tok.encode_prompt(it["prompt"], n_img, template=template) for it in chunk],
-                                  tok.pad_id, side="left")
-        gen = model.generate(ids, pixels[k:k + batch_size], mask, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_p=top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-                             generator=generator)
-        outs += [tok.decode(g).strip() for g in gen]
-    return outs
+    ids, mask = pad_sequences([tok.encode_prompt(p, n_img, template=template) for p in prompts], tok.pad_id,
+                              side="left")
+    dev = next(model.parameters()).device
+    gen = model.generate(ids.to(dev), pixels.to(dev, next(model.parameters()).dtype), mask.to(dev),
+                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, generator=generator)
+    return [tok.decode(g.tolist()).strip() for g in gen.cpu()]
 
 
-def cmd_noise(a):
+def pixels_for(items, size, pad, s: Summary, transform=None):
+    """(usable items, (N, 3, S, S) pixels); unreadable images are counted, not fatal."""
     from model import load_image
-    from model.image import open_image, pil_from_tensor01, pil_to_tensor01
+    from model.image import open_image
+    ok, px = [], []
+    for it in items:
+        try:
+            img = open_image(it["image"]).convert("RGB")
+        except (OSError, ValueError) as e:
+            s.skip("unreadable image", f"{it['image']} ({e})")
+            continue
+        ok.append(it)
+        px.append(load_image(transform(img) if transform else img, size, pad=pad))
+    return ok, (torch.stack(px) if px else None)
+
+
+@torch.no_grad()
+def cmd_noise(a):
     from noise import NoiseSchedule, noise_image
     s = Summary()
     items = read_items(a.input, s)
-    model, tok = load_llava(a.checkpoint)
+    model, tok = load_llava(a)
     sched = NoiseSchedule(a.schedule, 1000, 1e-5, 5e-3)
-    gen = torch.Generator().manual_seed(a.seed)
-    pad = model.config.image_aspect_ratio == "pad"
-    px = torch.stack([load_image(pil_from_tensor01(noise_image(pil_to_tensor01(open_image(it["image"]).convert(
-        "RGB")), a.t, sched, gen)), model.config.image_size, pad=pad) for it in items])
-    answers = generate_answers(model, tok, items, px, a.template, a.max_new_tokens)
+    gen = torch.Generator().manual_seed(a.seed)  # noise on the CPU: the same pairs on any device
+    cfg = model.config
     rows = []
-    for it, ans in zip(items, answers):
-        if not ans.strip() or ans.strip() == it["answer"].strip():
-            s.skip("noisy answer empty or equal to the ground truth", it["id"])
+    for k in range(0, len(items), a.batch_size):
+        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, cfg.image_aspect_ratio == "pad", s,
+                               transform=lambda img: noise_image(img, a.t, sched, gen))
+        if not chunk:
             continue
-        rows.append(out_row(it, ans, "noise", f"noise_t{a.t}", a.output))
-        s.done += 1
+        answers = generate_answers(model, tok, [it["prompt"] for it in chunk], px, a.template, a.max_new_tokens)
+        for it, ans in zip(chunk, answers):
+            if not ans.strip():
+                s.skip("empty answer under the noisy image", it["id"])
+            elif ans.strip() == it["answer"].strip():
+                s.skip("answer under the noisy image equals the ground truth", it["id"])
+            else:
+                rows.append(out_row(it, ans, "noise", "noise", a.output, t=a.t))
+                s.done += 1
     write_jsonl(a.output, rows)
     print(f"noise t={a.t} -> {a.output}\n{s}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- clip-rank
 def split_sentences(text):
-    return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text.strip()) if x.strip(" .")]
+    return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text.strip()) if x.strip(" .!?")]
+
+
+def clip_text_ids(clip_cfg, ctok, text):
+    """BOS + ids + EOS within CLIP's max positions. The pooled token is eos_token_id of the CLIP config; legacy
+    configs (eos 2) pool at the largest id, which is the tokenizer's end-of-text, so its ids are used then."""
+    legacy = clip_cfg.eos_token_id == 2
+    bos = ctok.bos_id if legacy else clip_cfg.bos_token_id
+    eos = ctok.eos_id if legacy else clip_cfg.eos_token_id
+    head = [bos] if bos is not None else []
+    return head + ctok.encode(text)[: clip_cfg.max_position_embeddings - len(head) - 1] + [eos]
 
 
 @torch.no_grad()
-def clip_scores(clip, ctok, pixel_values, answers):
-    """Mean over sentences of 100 * cos(image, sentence) for each answer; pixel_values (N, 3, S, S) one per answer."""
+def clip_scores(clip, ctok, image_emb, answers):
+    """Mean over sentences of 100 * cos(image, sentence) per answer; image_emb (N, P) one row per answer, already
+    normalised. An answer without any sentence text scores -inf (the empty filter removes it first)."""
     import torch.nn.functional as F
     from model.tokenizer import pad_sequences
-    img = F.normalize(clip.encode_image(pixel_values), dim=-1)  # (N, P)
-    maxlen = clip.config.text.max_position_embeddings
+    cfg = clip.config.text
     sents, owner = [], []
     for i, ans in enumerate(answers):
-        for sent in split_sentences(ans) or [ans]:
-            ids = ctok.encode(sent)[: maxlen - 2]  # CLIP's 77-token (here: max_position) limit, per sentence
-            sents.append(([ctok.bos_id] if ctok.bos_id is not None else []) + ids + [ctok.eos_id])
+        for sent in split_sentences(ans):
+            sents.append(clip_text_ids(cfg, ctok, sent))
             owner.append(i)
-    ids, mask = pad_sequences(sents, ctok.pad_id, side="right")
-    txt = F.normalize(clip.encode_text(ids, mask), dim=-1)  # (S, P)
-    owner = torch.tensor(owner)
-    sim = 100 * (img[owner] * txt).sum(-1)  # (S,)
-    return torch.zeros(len(answers)).index_add_(0, owner, sim) / torch.bincount(owner, minlength=len(answers))
+    scores = torch.full((len(answers),), float("-inf"))
+    if not sents:
+        return scores
+    pad = cfg.pad_token_id if cfg.eos_token_id != 2 and cfg.pad_token_id is not None else sents[0][-1]
+    ids, mask = pad_sequences(sents, pad, side="right")
+    dev = image_emb.device
+    txt = F.normalize(clip.encode_text(ids.to(dev), mask.to(dev)).float(), dim=-1)  # (n_sent, P)
+    owner = torch.tensor(owner, device=dev)
+    sim = 100 * (image_emb.float()[owner] * txt).sum(-1)  # (n_sent,)
+    total = torch.zeros(len(answers), device=dev).index_add_(0, owner, sim)
+    n = torch.bincount(owner, minlength=len(answers))
+    scores[n.cpu() > 0] = (total[n > 0] / n[n > 0]).cpu()
+    return scores
 
 
 def rank_pairs(answers, scores, min_score, min_margin, max_len_ratio, counts: Counter):
-    """Filters of CLIP-DPO's rule-based selection; returns (chosen, rejected, s_c, s_r) or None. `counts` records
-    how many candidates (or items) each filter removed."""
+    """CLIP-DPO's rule-based selection for one image -> (chosen, rejected, s_c, s_r) or None. `counts` records how
+    many candidates (or, for "item: ..." keys, images) each filter removed. By construction the pair satisfies
+    s_c >= min_score, s_c - s_r >= min_margin, word-length ratio <= max_len_ratio, chosen != rejected, both non-empty."""
     cands, seen = [], set()
     for ans, sc in zip(answers, scores):
-        if not ans.strip():
+        norm = " ".join(ans.lower().split())
+        if not split_sentences(ans):
             counts["empty"] += 1
-        elif ans in seen:
+        elif norm in seen:
             counts["duplicate"] += 1
         else:
-            seen.add(ans)
+            seen.add(norm)
             cands.append((ans, float(sc)))
     if len(cands) < 2:
         counts["item: fewer than 2 distinct answers"] += 1
@@ -350,12 +315,12 @@ def rank_pairs(answers, scores, min_score, min_margin, max_len_ratio, counts: Co
     if best[1] < min_score:
         counts["item: best below min score"] += 1
         return None
-    for ans, sc in reversed(cands[1:]):  # the worst candidate that passes the length-ratio rule
+    for ans, sc in reversed(cands[1:]):  # the lowest-scored candidate within the length ratio
         lb, la = len(best[0].split()), len(ans.split())
-        if max(lb, la) / max(1, min(lb, la)) > max_len_ratio:
+        if max(lb, la) / min(lb, la) > max_len_ratio:
             counts["length ratio"] += 1
             continue
-        if best[1] - sc < min_margin:
+        if best[1] - sc < min_margin:  # the lowest passing one has the largest margin: no other can do better
             counts["item: margin below minimum"] += 1
             return None
         return best[0], ans, best[1], sc
@@ -363,98 +328,147 @@ def rank_pairs(answers, scores, min_score, min_margin, max_len_ratio, counts: Co
     return None
 
 
+@torch.no_grad()
 def cmd_clip_rank(a):
-    from model import CLIPModel, Tokenizer, load_image
+    import torch.nn.functional as F
+    from model import CLIPModel, Tokenizer
     s = Summary()
-    items = read_items(a.input, s)[: a.limit or None]
-    model, tok = load_llava(a.checkpoint)
-    clip, ctok = CLIPModel.from_pretrained(a.clip), Tokenizer.from_pretrained(a.clip)
-    pad = model.config.image_aspect_ratio == "pad"
-    gen = torch.Generator().manual_seed(a.seed)
-    counts, rows = Counter(), []
-    t0 = time.time()
+    items = read_items(a.input, s, need_answer=False)[: a.limit or None]
+    model, tok = load_llava(a)
+    clip = CLIPModel.from_pretrained(a.clip, dtype=getattr(torch, a.dtype), device=a.device).eval()
+    ctok = Tokenizer.from_pretrained(a.clip)
+    cfg = model.config
+    gen = torch.Generator(device=a.device).manual_seed(a.seed)
+    counts, rows, t0 = Counter(), [], time.time()
     for k in range(0, len(items), a.batch_size):
-        chunk = items[k:k + a.batch_size]
-        rep = [it for it in chunk for _ in range(a.samples)]  # K samples per image
-        px = torch.stack([load_image(it["image"], model.config.image_size, pad=pad) for it in rep])
-        answers = generate_answers(model, tok, rep, px, a.template, a.max_new_tokens, a.temperature, a.top_p, gen,
-                                   batch_size=len(rep))
-        cpx = torch.stack([load_image(it["image"], clip.config.vision.image_size, pad=True) for it in rep])
-        scores = clip_scores(clip, ctok, cpx, answers)
+        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, cfg.image_aspect_ratio == "pad", s)
+        if not chunk:
+            continue
+        rep = torch.arange(len(chunk)).repeat_interleave(a.samples)  # K samples per image
+        answers = generate_answers(model, tok, [chunk[i]["prompt"] for i in rep], px[rep], a.template,
+                                   a.max_new_tokens, a.temperature, a.top_p, gen)
+        _, cpx = pixels_for(chunk, clip.config.vision.image_size, True, Summary())
+        img = F.normalize(clip.encode_image(cpx.to(a.device, clip.logit_scale.dtype)).float(), dim=-1)  # (n, P)
+        scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers)
         for i, it in enumerate(chunk):
             sl = slice(i * a.samples, (i + 1) * a.samples)
             pair = rank_pairs(answers[sl], scores[sl].tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
             if pair is None:
-                s.skip("filtered (see counts)", it["id"])
+                s.skip("no pair passed the filters", it["id"])
                 continue
-            row = out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0])
-            row.update(chosen_score=pair[2], rejected_score=pair[3])
-            rows.append(row)
+            rows.append(out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0],
+                                chosen_score=round(pair[2], 4), rejected_score=round(pair[3], 4)))
             s.done += 1
         print(f"clip-rank: {min(k + a.batch_size, len(items))}/{len(items)} images, {len(rows)} pairs "
               f"({time.time() - t0:.0f}s)", flush=True)
     write_jsonl(a.output, rows)
-    print("clip-rank filters removed: " + ", ".join(f"{r}: {n}" for r, n in counts.most_common()) + f"\n{s}")
+    removed = ", ".join(f"{r}: {n}" for r, n in sorted(counts.items())) or "nothing"
+    print(f"clip-rank -> {a.output}\nfilters removed: {removed}\n{s}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- api
 SYSTEM_PROMPT = (
-    "You rewrite answers about images to create realistic *hallucinated* versions for preference training. "
-    "Keep the style, length and most of the wording; introduce one to three errors a vision-language model would "
-    "plausibly make: (1) object: mention an object that often co-occurs with what is there but is absent; "
-    "(2) attribute: change a colour, size, material or state; (3) relation: change a spatial relation, action or "
-    "count. For a reasoning answer, corrupt the facts its reasoning relies on so the conclusion is wrong. "
-    'Reply with JSON only: {"hallucinated": "<the rewritten answer>", "categories": ["object"|"attribute"|'
-    '"relation"|"count", ...], "changes": ["<what you changed>", ...]}')
+    "You create realistic hallucinated answers about images for preference training of vision-language models. "
+    "You get a question and its correct answer; rewrite the answer so it stays fluent and keeps the original's "
+    "style, length and most of its wording, but contains the mistakes such a model plausibly makes. "
+    'Reply with one JSON object and nothing else: {"hallucinated": "<the rewritten answer>", "edits": '
+    '[{"category": "object" | "attribute" | "relation" | "count" | "reasoning", "original": "<span or empty>", '
+    '"changed": "<new span>"}, ...]}')
+TASKS = {
+    "caption": "Make 1 to 3 changes, each of one of these kinds: (object) mention an object that often appears "
+               "with the objects present but is not in the image; (attribute) change a colour, size, material, "
+               "shape or state; (relation) change a spatial relation, an action, or a number of things.",
+    "reasoning": "The answer reasons about the image. Corrupt 1 to 3 of the visual facts the reasoning relies on "
+                 "(an absent object, a wrong attribute, a wrong relation or count) and let the reasoning and the "
+                 "conclusion follow the wrong facts, so the answer stays coherent but is wrong.",
+    "short": "The answer is short. Give a different, wrong answer of the same form (yes <-> no, another colour, "
+             "another number, another object).",
+}
+CATEGORIES = ("object", "attribute", "relation", "count", "reasoning")
+
+
+def answer_kind(prompt, answer):
+    if len(answer.split()) <= 4:
+        return "short"
+    if re.search(r"\b(describe|description|caption|what do you see|what is (in|happening))\b", prompt, re.I):
+        return "caption"
+    return "reasoning" if len(split_sentences(answer)) > 1 else "caption"
+
+
+def api_messages(item, vision, present=None):
+    kind = answer_kind(item["prompt"], item["answer"])
+    question = item["prompt"].replace("<image>", "").strip()
+    text = f"{TASKS[kind]}\n\nQuestion: {question}\nCorrect answer: {item['answer']}"
+    if present:
+        text += ("\nObjects actually in the image: " + ", ".join(sorted(present)) +
+                 ". Any object you add must not be one of them.")
+    content = [{"type": "text", "text": text}]
+    if vision:
+        from chat_api import image_data_url
+        content.append({"type": "image_url", "image_url": {"url": image_data_url(item["image"])}})
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
 
 def parse_api_reply(text: str, original: str):
-    """-> (hallucinated, category) or raise ValueError (the client then retries)."""
+    """-> (hallucinated, category, edits) or ValueError with the reason (the client retries the request)."""
     t = text.strip()
-    if t.startswith("```"):
-        t = t.strip("`").split("\n", 1)[-1]
-    obj = json.loads(t)
+    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", t, re.S)
+    t = fence.group(1) if fence else t
+    try:
+        obj = json.loads(t)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"reply is not JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("reply is not a JSON object")
     hal = obj.get("hallucinated")
     if not isinstance(hal, str) or not hal.strip():
-        raise ValueError("no 'hallucinated' string")
-    if hal.strip() == original.strip():
-        raise ValueError("hallucinated answer equals the original")
-    cats = obj.get("categories") or []
-    ok = [c for c in cats if c in ("object", "attribute", "relation", "count")]
-    return hal.strip(), "+".join(ok) or "unspecified"
+        raise ValueError("no non-empty 'hallucinated' string")
+    if " ".join(hal.split()) == " ".join(original.split()):
+        raise ValueError("'hallucinated' equals the original answer")
+    n_o, n_h = len(original.split()), len(hal.split())
+    if n_o >= 10 and not 0.5 <= n_h / n_o <= 2.0:
+        raise ValueError(f"'hallucinated' has {n_h} words for an original of {n_o}")
+    edits = obj.get("edits")
+    if not isinstance(edits, list) or not edits or not all(isinstance(e, dict) for e in edits):
+        raise ValueError("no 'edits' list of objects")
+    cats = sorted({e.get("category") for e in edits})
+    if not set(cats) <= set(CATEGORIES):
+        raise ValueError(f"unknown edit categories {sorted(set(cats) - set(CATEGORIES), key=str)}")
+    return hal.strip(), "+".join(cats), edits
 
 
 def cmd_api(a):
-    from chat_api import ChatClient, image_data_url, run_jsonl_jobs
+    from chat_api import ChatClient, failed_path_for, run_jsonl_jobs
     s = Summary()
-    items = read_items(a.input, s)
-    client = ChatClient(backoff_s=a.backoff)
+    vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
+    items = read_items(a.input, s, all_turns=a.all_turns)
+    ann = load_annotations(a.annotations, vocab) if a.annotations else None
+    client = ChatClient(max_attempts=a.max_attempts, backoff_s=a.backoff)
+    fmt = {"type": "json_object"} if a.json_mode else None
 
     def work(it):
-        content = [{"type": "text", "text": f"Question: {it['prompt']}\nGround-truth answer: {it['answer']}"}]
-        if a.vision:
-            content.append({"type": "image_url", "image_url": {"url": image_data_url(it["image"])}})
-        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+        present = presence(it, vocab, ann)[0] if (ann is not None or it.get("objects")) else None
+        reply = client.chat(api_messages(it, a.vision, present), model=a.model, temperature=a.temperature,
+                            max_tokens=a.max_tokens, timeout=a.timeout, response_format=fmt,
+                            validate=lambda text: parse_api_reply(text, it["answer"]) and None)
+        hal, cat, edits = parse_api_reply(reply, it["answer"])
+        return out_row(it, hal, "api", cat, a.output, edits=edits, model=a.model)
 
-        def validate(text):
-            try:
-                parse_api_reply(text, it["answer"])
-            except (ValueError, json.JSONDecodeError) as e:
-                return f"bad reply: {e}"
-            return None
-
-        reply = client.chat(msgs, model=a.model, temperature=0.7, max_tokens=a.max_tokens, timeout=a.timeout,
-                            validate=validate)
-        hal, cat = parse_api_reply(reply, it["answer"])
-        return out_row(it, hal, "api", cat, a.output)
-
-    summary = run_jsonl_jobs(items, key_fn=lambda it: f"{it['id']}:api", work_fn=work, output_path=a.output,
-                             workers=a.workers)
-    print(f"api -> {a.output}\n{summary}\ninput: {s}")
+    job = run_jsonl_jobs(items, key_fn=lambda it: f"{it['id']}:api", work_fn=work, output_path=a.output,
+                         workers=a.workers)
+    for key, why in job.failed.items():  # grouped by the last attempt's reason; all of them are in .failed.jsonl
+        last = re.sub(r"^.*?#\d+ ", "", why.rsplit(" | ", 1)[-1])[:120]
+        s.skip(f"{last} (attempts in {os.path.basename(failed_path_for(a.output))})", key, failed=True)
+    s.done = job.done
+    print(f"api -> {a.output}: {job.skipped} already done before this run\n{s}")
+    if job.failed:
+        print("rerun the same command to retry the failed items (finished ones are not asked again)")
+    return 1 if job.failed else 0
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("api", "rules", "noise", "clip-rank"):
@@ -462,36 +476,48 @@ def main(argv=None):
         q.add_argument("--input", required=True)
         q.add_argument("--output", required=True)
         q.add_argument("--seed", type=int, default=0)
+        if name in ("api", "rules"):
+            q.add_argument("--annotations", default=None, help="exact objects per image id (else: from the text)")
+            q.add_argument("--vocab", default=None, help="JSON word lists: objects, colors, sizes, relations, ...")
+            q.add_argument("--all-turns", action="store_true", help="every (human, gpt) pair, not only the first")
         if name == "api":
             q.add_argument("--model", default="gpt-4o")
             q.add_argument("--workers", type=int, default=8)
             q.add_argument("--vision", action="store_true", help="send the image as a base64 data URL")
-            q.add_argument("--max-tokens", type=int, default=512)
-            q.add_argument("--timeout", type=float, default=60.0)
+            q.add_argument("--json-mode", action="store_true", help='send response_format {"type": "json_object"}')
+            q.add_argument("--temperature", type=float, default=0.7)
+            q.add_argument("--max-tokens", type=int, default=1024)
+            q.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+            q.add_argument("--max-attempts", type=int, default=5)
             q.add_argument("--backoff", type=float, default=1.0, help="base of the exponential backoff (s)")
         if name == "rules":
-            q.add_argument("--annotations", default=None, help="exact objects per image id (else: from captions)")
-            q.add_argument("--vocab", default=None, help="JSON word lists (objects, colors, sizes, relations, ...)")
+            q.add_argument("--mix", default=None, help="category weights, e.g. object=0.5,attribute=0.2,...")
         if name in ("noise", "clip-rank"):
             q.add_argument("--checkpoint", required=True)
             q.add_argument("--template", default="llava_hf")
-            q.add_argument("--max-new-tokens", type=int, default=64)
+            q.add_argument("--max-new-tokens", type=int, default=128)
+            q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+            q.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+            q.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
         if name == "noise":
-            q.add_argument("--t", type=int, default=500)
-            q.add_argument("--schedule", default="sigmoid")
+            q.add_argument("--t", type=int, default=500, help="noise step (POVID: 500 of 1000)")
+            q.add_argument("--schedule", default="sigmoid", choices=["sigmoid", "linear", "cosine"])
         if name == "clip-rank":
             q.add_argument("--clip", required=True)
             q.add_argument("--samples", type=int, default=6)
             q.add_argument("--temperature", type=float, default=1.0)
             q.add_argument("--top-p", type=float, default=0.95)
-            q.add_argument("--min-score", type=float, default=0.0)
-            q.add_argument("--min-margin", type=float, default=1.0)
-            q.add_argument("--max-len-ratio", type=float, default=2.0)
-            q.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
+            q.add_argument("--min-score", type=float, default=0.0, help="minimum CLIP score of the chosen answer")
+            q.add_argument("--min-margin", type=float, default=2.0, help="minimum chosen - rejected CLIP score")
+            q.add_argument("--max-len-ratio", type=float, default=1.5, help="longer / shorter answer, in words")
             q.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     a = p.parse_args(argv)
-    {"api": cmd_api, "rules": cmd_rules, "noise": cmd_noise, "clip-rank": cmd_clip_rank}[a.cmd](a)
+    return {"api": cmd_api, "rules": cmd_rules, "noise": cmd_noise, "clip-rank": cmd_clip_rank}[a.cmd](a)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as e:  # bad input files: one clear line, no traceback
+        sys.exit(f"hallucinate.py: error: {e}")

@@ -1,63 +1,219 @@
-"""hallucinate.py: rule injection, the noise-triggered tokens, clip-rank filters, the API path against a failing
-stub server, and bad input that is reported but does not stop the rest."""
+"""hallucinate.py + rules.py: rule injection on the toy world and on free text, the noise-triggered tokens, noise
+and clip-rank on a tiny random LLaVA + CLIP built here, the API path against a failing stub server (retries,
+Retry-After, per-item failures, kill and resume, key never written), and bad input that is reported, not fatal."""
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 
 import pytest
 import torch
 
 import hallucinate as H
 import toyworld
+from rules import Cooccurrence, RuleInjector, Vocab
 from stub_openai import StubServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 30  # training images of the test world
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds barrier waits (10 ms per op)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("hw")
-    toyworld.build_world(str(d), n_train=40, n_test=2, seed=2)
+    toyworld.build_world(str(d), n_train=N, n_test=2, seed=2)
     return d
 
 
-def rules(world, out, seed=0):
-    H.main(["rules", "--input", f"{world}/train.json", "--annotations", f"{world}/annotations.json",
-            "--vocab", f"{world}/vocab.json", "--output", str(out), "--seed", str(seed)])
-    return [json.loads(x) for x in open(out)]
+def read_rows(path):
+    return [json.loads(x) for x in open(path, encoding="utf-8").read().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------- rules
+def run_rules(world, out, seed=0, *extra):
+    rc = H.main(["rules", "--input", f"{world}/train.json", "--annotations", f"{world}/annotations.json",
+                 "--vocab", f"{world}/vocab.json", "--output", str(out), "--seed", str(seed), *extra])
+    assert rc == 0
+    return read_rows(out)
 
 
 def test_rules_change_answer_insert_only_absent_objects_and_reproduce(world, tmp_path):
-    rows = rules(world, tmp_path / "a.jsonl")
-    assert len(rows) == 40
+    rows = run_rules(world, tmp_path / "a.jsonl")
+    assert len(rows) == N
     anns = json.loads((world / "annotations.json").read_text())
-    vocab = json.loads((world / "vocab.json").read_text())
-    inj = H.RuleInjector({**H.DEFAULT_VOCAB, **vocab}, None, [], 0)
+    vocab = Vocab(json.loads((world / "vocab.json").read_text()))
+    words = json.loads((world / "tokenizer.json").read_text())["model"]["vocab"]
     for r in rows:
-        assert r["rejected"] != r["chosen"] and r["strategy"] == "rules"
+        assert r["rejected"] != r["chosen"] and r["strategy"] == "rules" and (world / r["image"]).exists()
+        assert r["id"].endswith(":rules") and r["prompt"].startswith("<image>")
+        present = set(anns[r["id"].split(":")[0]]["objects"])
+        added = vocab.mentioned(r["rejected"]) - vocab.mentioned(r["chosen"])
         if r["category"] == "object":
-            added = inj.mentioned(r["rejected"]) - inj.mentioned(r["chosen"])
-            present = set(anns[r["id"].split(":")[0]]["objects"])
             assert added and not added & present, r
-    assert {r["category"] for r in rows} >= {"object", "attribute"}
-    assert rows == rules(world, tmp_path / "b.jsonl")  # same seed, same pairs
-    assert rows != rules(world, tmp_path / "c.jsonl", seed=1)
+            assert r["edit"] == f"inserted {added.pop()}"
+        else:
+            assert not added, r  # only the object rule may add an object
+        # the edit stays inside the world's language: every word is known to its word-level tokenizer
+        assert all(w in words for w in r["rejected"].split()), r["rejected"]
+    assert {r["category"] for r in rows} >= {"object", "attribute", "relation", "count"}
+    assert rows == run_rules(world, tmp_path / "b.jsonl")  # same seed: same pairs
+    other = run_rules(world, tmp_path / "c.jsonl", 1)
+    assert rows != other and len(other) == N
 
 
+def test_rules_one_category_and_all_turns(world, tmp_path):
+    rows = run_rules(world, tmp_path / "o.jsonl", 0, "--mix", "object=1", "--all-turns")
+    turns = sum(len(x["conversations"]) // 2 for x in json.loads((world / "train.json").read_text()))
+    assert len(rows) == turns and len({r["id"] for r in rows}) == turns
+    anns = json.loads((world / "annotations.json").read_text())
+    for r in rows:
+        present = set(anns[r["id"].split(":")[0].split("#")[0]]["objects"])
+        if r["chosen"] == "No.":  # "Is there a <absent object>?" answered "Yes.": an object hallucination
+            assert r["rejected"] == "Yes." and r["category"] == "object"
+        elif "#" not in r["id"]:
+            assert r["category"] == "object" and r["edit"].split()[-1] not in present
+
+
+def test_cooccurrence_decides_the_inserted_object():
+    cooc = Cooccurrence([{"plate", "fork"}, {"plate", "fork"}, {"plate", "fork", "cup"}, {"car", "dog"}])
+    assert cooc.weights({"plate"}, ["fork", "cup", "dog"]) == [3.0, 1.0, 0.0]  # C[plate, c]
+    assert cooc.weights({"bench"}, ["fork", "dog"]) == [3.0, 1.0]  # nothing co-occurs: overall frequency
+    assert cooc.weights({"bench"}, ["kite"]) == [1.0]  # unseen: uniform
+    import random
+    rng = random.Random(0)
+    draws = Counter(cooc.sample_absent({"plate"}, ["fork", "cup", "dog"], rng) for _ in range(400))
+    assert draws["dog"] == 0 and draws["fork"] > 2 * draws["cup"] > 0  # 3 : 1 : 0
+    inj = RuleInjector(Vocab(), cooc, seed=0, mix={"object": 1})
+    e = inj.inject("A plate on a table.", {"plate", "table"}, "k")
+    assert e.category == "object" and e.detail in ("inserted fork", "inserted cup")
+
+
+def test_rules_record_objects_and_list_annotations(world, tmp_path):
+    img = str(next((world / "images").iterdir()))
+    recs = [{"id": "a", "image": img, "prompt": "Describe.", "answer": "A brown dog sleeps on a bench.",
+             "objects": [{"name": "dog", "color": "brown"}, {"name": "bench"}, {"name": "person"}]},
+            {"id": "b", "image": img, "prompt": "Describe.", "answer": "A dog and a person near a car."},
+            {"id": "c", "image": img, "prompt": "Describe.", "answer": "A cat."}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "ann.json").write_text(json.dumps([{"id": "c", "objects": ["cat", "bench", "person", "dog"]}]))
+    H.main(["rules", "--input", str(tmp_path / "in.jsonl"), "--annotations", str(tmp_path / "ann.json"),
+            "--output", str(tmp_path / "o.jsonl"), "--mix", "object=1", "--seed", "4"])
+    rows = {r["id"]: r for r in read_rows(tmp_path / "o.jsonl")}
+    v = Vocab()
+    added = v.mentioned(rows["a:rules"]["rejected"]) - v.mentioned(rows["a:rules"]["chosen"])
+    assert added and not added & {"dog", "bench", "person"}  # the record's objects count as present
+    # a dog / person / bench co-occur in the data: "c" (a cat, annotated with all three) gets none of them
+    added = v.mentioned(rows["c:rules"]["rejected"]) - {"cat"}
+    assert added and not added & {"bench", "person", "dog"}
+    (tmp_path / "ann2.json").write_text(json.dumps([{"objects": ["cat"]}]))
+    with pytest.raises(ValueError, match="item 0 has no 'id'"):
+        H.main(["rules", "--input", str(tmp_path / "in.jsonl"), "--annotations", str(tmp_path / "ann2.json"),
+                "--output", str(tmp_path / "p.jsonl")])
+
+
+@pytest.mark.parametrize("text,kind,expect", [
+    ("A small dog sits on top of a large couch.", "relation", "A small dog sits under a large couch."),
+    ("There are three dogs behind the fence.", "relation", "There are three dogs in front of the fence."),
+    ("The kitchen has two cups on the table.", "count", None),
+    ("He holds an orange umbrella.", "attribute", None),
+    ("A man is riding a bike next to a red car.", "object", None),
+    ("The cup is red.", "attribute", None),
+])
+def test_rule_kinds_on_free_text(text, kind, expect):
+    v = Vocab()
+    e = RuleInjector(v, Cooccurrence([{"dog", "person", "cat"}]), seed=3, mix={kind: 1}).inject(
+        text, v.mentioned(text), "key")
+    assert e is not None and e.text != text and e.category == kind
+    if expect:
+        assert e.text == expect
+    if kind == "count":
+        assert e.text in ("The kitchen has three cups on the table.", "The kitchen has four cups on the table.",
+                          "The kitchen has five cups on the table.")
+    if text.startswith("He holds"):  # the article follows the new colour: "an orange" -> "a red", never "an red"
+        new = e.detail.split(" -> ")[1]
+        assert e.text == f"He holds {'an' if new[0] in 'aeiou' else 'a'} {new} umbrella."
+    if kind == "object":
+        assert e.text.startswith(text + " There is also a ") and e.text.endswith(" next to the man.")
+    short = RuleInjector(v, Cooccurrence([]), 0).inject("No.", set(), "k")
+    assert (short.text, short.category) == ("Yes.", "object")
+    plural = RuleInjector(v, Cooccurrence([]), 0, {"count": 1}).inject("She sees a small bench.", {"bench"}, "k")
+    assert plural.text.endswith(" small benches.")  # "a small bench" -> "<n> small benches"
+
+
+# ------------------------------------------------------------------------------------------- bad input
 def test_bad_lines_and_missing_images_are_counted_not_fatal(world, tmp_path, capsys):
     items = json.loads((world / "train.json").read_text())[:3]
     lines = [json.dumps({"id": it["id"], "image": str(world / it["image"]), "prompt": "Describe.",
                          "answer": it["conversations"][1]["value"]}) for it in items]
-    lines.insert(1, "{broken")
+    lines.insert(1, "{broken")  # line 2
     lines.append(json.dumps({"id": "x", "image": str(tmp_path / "gone.png"), "prompt": "q", "answer": "a cup ."}))
+    lines.append(json.dumps({"id": "y", "image": str(world / items[0]["image"]), "prompt": "q"}))  # no answer
+    lines.append(lines[0])  # the same id again
+    lines.append("[1, 2")  # line 8
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    H.main(["rules", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+    assert H.main(["rules", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")]) == 0
     out = capsys.readouterr().out
-    assert "done 3" in out and "in.jsonl:2" in out and "gone.png" in out
-    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+    assert "done 3, skipped 5" in out and "in.jsonl:2" in out and "in.jsonl:8" in out
+    assert str(tmp_path / "gone.png") in out and "no prompt or answer" in out and "duplicate id" in out
+    assert len(read_rows(tmp_path / "o.jsonl")) == 3
+    (tmp_path / "bad.json").write_text('[{"id": 1},\n {"id": 2,,}]')
+    with pytest.raises(ValueError, match=r"bad.json:2:"):  # a JSON list must parse as a whole
+        H.main(["rules", "--input", str(tmp_path / "bad.json"), "--output", str(tmp_path / "p.jsonl")])
+
+
+# ------------------------------------------------------------------------------------------- tiny models
+def word_tokenizer(texts, path):
+    """A word-level tokenizer over the given texts, saved as <path>/tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    vocab = {t: i for i, t in enumerate(specials)}
+    for t in texts:
+        for w, _ in pre.pre_tokenize_str(t):
+            vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre
+    tk.add_special_tokens(specials)
+    os.makedirs(path, exist_ok=True)
+    tk.save(os.path.join(path, "tokenizer.json"))
+    return len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny(world, tmp_path_factory):
+    """(llava dir, clip dir): random 1-layer models with 32-px images and a word-level tokenizer."""
+    from model import CLIPConfig, CLIPModel, Llava, LlavaConfig
+    from model.config import CLIPTextConfig, TextConfig, VisionConfig
+    d = tmp_path_factory.mktemp("tiny")
+    texts = [t["value"] for x in json.loads((world / "train.json").read_text()) for t in x["conversations"]]
+    V = word_tokenizer(texts + ["USER: ASSISTANT:"], str(d / "llava"))
+    word_tokenizer(texts + ["USER: ASSISTANT:"], str(d / "clip"))
+    vis = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       image_size=32, patch_size=8, projection_dim=16)
+    torch.manual_seed(0)
+    Llava(LlavaConfig(vision=vis, text=TextConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=3),
+        image_token_id=4, pad_token_id=3)).save_pretrained(str(d / "llava"))
+    CLIPModel(CLIPConfig(vision=vis, text=CLIPTextConfig(
+        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=24, pad_token_id=3, bos_token_id=1, eos_token_id=2, projection_dim=16),
+        projection_dim=16)).save_pretrained(str(d / "clip"))
+    return d / "llava", d / "clip"
 
 
 def test_noise_triggered_tokens_positions_and_values():
@@ -76,72 +232,174 @@ def test_noise_triggered_tokens_positions_and_values():
     assert out.tolist() == [[-100, -100, 3, 4, -100]]  # predicted from the previous position: 2+1, 3+1
 
 
+def test_noise_triggered_tokens_match_noisy_forward_argmax(world, tiny):
+    from model import Llava, Tokenizer, load_image
+    from model.image import open_image
+    from model.tokenizer import pad_sequences
+    from noise import NoiseSchedule, noise_image
+    m, tok = Llava.from_pretrained(str(tiny[0])), Tokenizer.from_pretrained(str(tiny[0]))
+    rows = json.loads((world / "train.json").read_text())[:2]
+    pairs = [tok.encode_pair(r["conversations"][0]["value"], r["conversations"][1]["value"], 16, "llava_hf")
+             for r in rows]
+    ids, mask, labels = pad_sequences([p[0] for p in pairs], tok.pad_id, "left", [p[1] for p in pairs])
+    s, g = NoiseSchedule("sigmoid"), torch.Generator().manual_seed(0)
+    noisy = torch.stack([load_image(noise_image(open_image(str(world / r["image"])), 500, s, g), 32) for r in rows])
+    out = H.noise_triggered_tokens(m, ids, labels, noisy, mask)
+    with torch.no_grad():
+        ref = m(ids, noisy, mask).argmax(-1)  # (B, T): full logits, the slow way
+    scored = labels != -100
+    assert torch.equal(out[scored], ref[:, :-1][scored[:, 1:]]) and bool((out[~scored] == -100).all())
+
+
+def test_noise_cli_writes_noisy_generations(world, tiny, tmp_path, capsys):
+    args = ["noise", "--checkpoint", str(tiny[0]), "--input", f"{world}/train.json", "--t", "500",
+            "--max-new-tokens", "6", "--batch-size", "8", "--seed", "1"]
+    assert H.main(args + ["--output", str(tmp_path / "n1.jsonl")]) == 0
+    rows = read_rows(tmp_path / "n1.jsonl")
+    summary = capsys.readouterr().out
+    assert f"done {len(rows)}," in summary and len(rows) > N // 2
+    train = {x["id"]: x for x in json.loads((world / "train.json").read_text())}
+    for r in rows:
+        gt = train[r["id"].split(":")[0]]["conversations"][1]["value"]
+        assert r["chosen"] == gt and r["rejected"].strip() and r["rejected"] != gt
+        assert (r["strategy"], r["category"], r["t"]) == ("noise", "noise", 500)
+        assert (tmp_path / r["image"]).exists()
+    assert H.main(args + ["--output", str(tmp_path / "n2.jsonl")]) == 0
+    assert read_rows(tmp_path / "n2.jsonl") == rows  # same seed: same noise, same greedy answers
+
+
+# ------------------------------------------------------------------------------------------- clip-rank
 def test_rank_pairs_filters():
-    from collections import Counter
     c = Counter()
     answers = ["a cup .", "", "a cup .", "a cup and a dog .", "a plate with many many many many many words ."]
     pair = H.rank_pairs(answers, [30.0, 99, 29, 20.0, 10.0], min_score=5, min_margin=2, max_len_ratio=2.0,
                         counts=c)
     assert pair == ("a cup .", "a cup and a dog .", 30.0, 20.0)
-    assert c["empty"] == 1 and c["duplicate"] == 1 and c["length ratio"] == 1
+    assert c == {"empty": 1, "duplicate": 1, "length ratio": 1}
     assert H.rank_pairs(["a", "b"], [10, 9.5], 0, 1.0, 2.0, c) is None and c["item: margin below minimum"] == 1
+    assert H.rank_pairs(["a", "b"], [10, 5], 11, 1.0, 2.0, c) is None and c["item: best below min score"] == 1
 
 
-def test_clip_rank_pairs_satisfy_filters(world, tmp_path):
-    from model import CLIPConfig, CLIPModel, Llava, LlavaConfig, Tokenizer
-    torch.manual_seed(0)
-    m = Llava(LlavaConfig.from_dir(str(world / "llava_config")))
-    m.save_pretrained(str(tmp_path / "llava"))
-    Tokenizer.from_pretrained(str(world)).save_pretrained(str(tmp_path / "llava"))
-    clip = CLIPModel(CLIPConfig.from_dir(str(world / "clip_config")))
-    clip.save_pretrained(str(tmp_path / "clip"))
-    Tokenizer.from_pretrained(str(world)).save_pretrained(str(tmp_path / "clip"))
+def test_clip_text_ids_and_sentence_average(tiny):
+    import torch.nn.functional as F
+    from model import CLIPModel, Tokenizer
+    clip, ctok = CLIPModel.from_pretrained(str(tiny[1])), Tokenizer.from_pretrained(str(tiny[1]))
+    cfg = clip.config.text
+    ids = H.clip_text_ids(cfg, ctok, " ".join(["the cup"] * 40))
+    assert len(ids) == cfg.max_position_embeddings and ids[0] == cfg.bos_token_id and ids[-1] == cfg.eos_token_id
+    img = F.normalize(clip.encode_image(torch.randn(1, 3, 32, 32)), dim=-1).detach()
+    a, b = "a red cup .", "the fork is left of the plate ."
+    s = H.clip_scores(clip, ctok, img.repeat(3, 1), [a, b, f"{a} {b}"])
+    assert s[2].item() == pytest.approx((s[0].item() + s[1].item()) / 2, abs=1e-4)  # mean over sentences
+    assert H.clip_scores(clip, ctok, img, [" . "])[0].item() == float("-inf")
+
+
+def test_clip_rank_pairs_satisfy_filters(world, tiny, tmp_path, capsys):
+    from model import CLIPModel, Tokenizer, load_image
     out = tmp_path / "pairs.jsonl"
-    H.main(["clip-rank", "--checkpoint", str(tmp_path / "llava"), "--clip", str(tmp_path / "clip"), "--input",
-            f"{world}/train.json", "--output", str(out), "--samples", "4", "--limit", "8", "--max-new-tokens", "8",
-            "--min-margin", "0.05", "--max-len-ratio", "3"])
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    margin, ratio = 0.5, 1.5
+    assert H.main(["clip-rank", "--checkpoint", str(tiny[0]), "--clip", str(tiny[1]), "--input",
+                   f"{world}/train.json", "--output", str(out), "--samples", "4", "--limit", "12",
+                   "--max-new-tokens", "6", "--min-margin", str(margin), "--max-len-ratio", str(ratio),
+                   "--batch-size", "6"]) == 0
+    printed = capsys.readouterr().out
+    rows = read_rows(out)
     assert rows, "a random model's samples should give some pairs"
-    ctok = Tokenizer.from_pretrained(str(tmp_path / "clip"))
-    clip = CLIPModel.from_pretrained(str(tmp_path / "clip"))
-    from model import load_image
+    assert "filters removed:" in printed and f"done {len(rows)}," in printed
+    ctok, clip = Tokenizer.from_pretrained(str(tiny[1])), CLIPModel.from_pretrained(str(tiny[1]))
     for r in rows:
-        px = load_image(str(out.parent / r["image"]), 64).unsqueeze(0).repeat(2, 1, 1, 1)
-        sc = H.clip_scores(clip, ctok, px, [r["chosen"], r["rejected"]])  # recomputed, not read from the row
-        assert sc[0] - sc[1] >= 0.05 - 1e-4 and r["chosen"] != r["rejected"] and r["rejected"].strip()
+        px = load_image(str(out.parent / r["image"]), 32).unsqueeze(0)
+        img = torch.nn.functional.normalize(clip.encode_image(px), dim=-1).detach().repeat(2, 1)
+        sc = H.clip_scores(clip, ctok, img, [r["chosen"], r["rejected"]])  # recomputed, not read from the row
+        assert sc[0] - sc[1] >= margin - 1e-3 and sc[0] == max(sc)
+        assert r["chosen"] != r["rejected"] and r["rejected"].strip() and r["chosen"].strip()
         lc, lr = len(r["chosen"].split()), len(r["rejected"].split())
-        assert max(lc, lr) / max(1, min(lc, lr)) <= 3
+        assert max(lc, lr) / min(lc, lr) <= ratio
+        assert (r["strategy"], r["category"]) == ("clip-rank", "clip")
 
 
+# ------------------------------------------------------------------------------------------- api
 def api_reply(body):
     text = body["messages"][1]["content"][0]["text"]
-    answer = text.split("Ground-truth answer: ", 1)[1]
-    return json.dumps({"hallucinated": answer + " there is also a dog .", "categories": ["object"], "changes": []})
+    answer = text.split("Correct answer: ", 1)[1].split("\n")[0]
+    return json.dumps({"hallucinated": answer + " there is also a dog .",
+                       "edits": [{"category": "object", "original": "", "changed": "a dog"}]})
 
 
-def test_api_with_failing_server_every_item_once_and_key_hidden(world, tmp_path, monkeypatch):
+def item_of(body):
+    return body["messages"][1]["content"][0]["text"].split("Correct answer: ", 1)[1].split("\n")[0]
+
+
+def test_parse_api_reply_validates():
+    good = json.dumps({"hallucinated": "a red cup", "edits": [{"category": "attribute"}]})
+    assert H.parse_api_reply(good, "a blue cup")[:2] == ("a red cup", "attribute")
+    assert H.parse_api_reply(f"```json\n{good}\n```", "a blue cup")[0] == "a red cup"
+    for bad, why in [("not json", "not JSON"), ("[1]", "not a JSON object"), ('{"edits": []}', "hallucinated"),
+                     (json.dumps({"hallucinated": "a blue  cup", "edits": [{"category": "object"}]}), "equals"),
+                     (json.dumps({"hallucinated": "a red cup", "edits": []}), "edits"),
+                     (json.dumps({"hallucinated": "a red cup", "edits": [{"category": "mood"}]}), "unknown")]:
+        with pytest.raises(ValueError, match=why):
+            H.parse_api_reply(bad, "a blue cup")
+
+
+def test_api_with_failing_server_every_item_once_and_key_hidden(world, tmp_path, monkeypatch, capsys, caplog):
     key = "sk-SECRET-123"
-    with StubServer(handler=api_reply) as srv:
-        attempts = {}
-        kinds = ["500", "429", "nonjson", "truncated", "text:not json"]
+    seen, times, lock = {}, {}, threading.Lock()
+    kinds = ["429", "500", "hang", "truncated", "nonjson", "text:not json at all", "noshape", "503"]
 
-        def fail(i, body):  # every third item fails its first two attempts, with a rotating kind of failure
-            text = body["messages"][1]["content"][0]["text"]
-            n = attempts[text] = attempts.get(text, 0) + 1
-            return kinds[(i + n) % 5] if sum(map(ord, text)) % 3 == 0 and n <= 2 else None
+    def failure(i, body):  # half of the items fail their first attempt: a third of all requests fail
+        k = item_of(body)
+        with lock:
+            times.setdefault(k, []).append(time.time())
+            if k in seen:
+                return None
+            seen[k] = n = len(seen)
+        return kinds[(n // 2) % len(kinds)] if n % 2 == 0 else None
 
-        srv.failure_fn = fail
+    caplog.set_level(logging.DEBUG)
+    with StubServer(handler=api_reply, failure_fn=failure, retry_after="0.5", hang_s=3) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
         monkeypatch.setenv("OPENAI_API_KEY", key)
-        H.main(["api", "--input", f"{world}/train.json", "--output", str(tmp_path / "api.jsonl"), "--workers", "4",
-                "--backoff", "0.01"])
-        n_failed = sum(1 for r in srv.requests if r.action not in (None, "ok"))
-    assert n_failed >= 10  # about a third of the 40 items, twice each
-    rows = [json.loads(x) for x in (tmp_path / "api.jsonl").read_text().splitlines()]
-    assert sorted(r["id"] for r in rows) == sorted(f"train_{i:06d}:api" for i in range(40))
-    assert all(r["rejected"].endswith("there is also a dog .") for r in rows)
-    for f in tmp_path.iterdir():
-        assert key not in f.read_text()
+        rc = H.main(["api", "--input", f"{world}/train.json", "--output", str(tmp_path / "api.jsonl"),
+                     "--workers", "4", "--backoff", "0.01", "--timeout", "1", "--vision"])
+    assert rc == 0
+    fails = sum(r.action != "ok" for r in srv.requests)
+    assert fails == N // 2 and len(srv.requests) == N + N // 2  # a third of the requests failed
+    assert srv.requests[0].headers["Authorization"] == f"Bearer {key}"  # the key was used ...
+    assert srv.requests[0].body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+    rows = read_rows(tmp_path / "api.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(f"train_{i:06d}:api" for i in range(N))
+    assert all(r["rejected"].endswith("there is also a dog .") and r["category"] == "object" for r in rows)
+    rate_limited = [r for r in srv.requests if r.action == "429"]
+    assert rate_limited
+    for r in rate_limited:  # Retry-After: 0.5 beats the 0.01 s backoff
+        t = times[item_of(r.body)]
+        assert t[1] - t[0] >= 0.45
+    logs = capsys.readouterr()
+    assert "done 30, skipped 0, failed 0" in logs.out
+    for text in [logs.out, logs.err, caplog.text] + [f.read_text() for f in tmp_path.iterdir()]:
+        assert key not in text  # ... and never written or logged
+
+
+def test_api_item_failure_is_recorded_then_retried_on_rerun(world, tmp_path, monkeypatch, capsys):
+    first = json.loads((world / "train.json").read_text())[0]["conversations"][1]["value"]
+    with StubServer(handler=api_reply) as srv:
+        srv.failure_fn = lambda i, body: "500" if item_of(body) == first else None
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        args = ["api", "--input", f"{world}/train.json", "--output", str(tmp_path / "o.jsonl"), "--workers", "3",
+                "--backoff", "0.001", "--max-attempts", "2"]
+        assert H.main(args) == 1  # the run went on; the exit status says something failed
+        out = capsys.readouterr().out
+        assert "done 29, skipped 0, failed 1" in out and "train_000000:api" in out and "HTTP 500" in out
+        assert len(read_rows(tmp_path / "o.jsonl")) == N - 1
+        assert read_rows(tmp_path / "o.failed.jsonl")[0]["id"] == "train_000000:api"
+        srv.failure_fn = None
+        n = len(srv.requests)
+        assert H.main(args) == 0
+        assert len(srv.requests) - n == 1  # only the failed item is asked again
+    ids = [r["id"] for r in read_rows(tmp_path / "o.jsonl")]
+    assert len(ids) == N == len(set(ids))
 
 
 def test_api_killed_run_resumes_without_repeats(world, tmp_path):
@@ -154,14 +412,14 @@ def test_api_killed_run_resumes_without_repeats(world, tmp_path):
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
         while time.time() < deadline and len(srv.requests) < 12:
-            time.sleep(0.1)
+            time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
         p.wait()
         first = [json.loads(x)["id"] for x in (tmp_path / "o.jsonl").read_text().splitlines() if x.strip()]
-        assert 0 < len(first) < 40
+        assert len(first) == 10
         srv.failure_fn = None
         n_before = len(srv.requests)
         subprocess.check_call(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ids = [json.loads(x)["id"] for x in (tmp_path / "o.jsonl").read_text().splitlines()]
-        assert len(ids) == 40 == len(set(ids))
-        assert len(srv.requests) - n_before == 40 - len(first)  # nothing done before the kill is asked again
+        assert len(ids) == N == len(set(ids)) and ids[:10] == first
+        assert len(srv.requests) - n_before == N - len(first)  # nothing done before the kill is asked again
