@@ -70,7 +70,9 @@ def noise_image(image, t: int, schedule: NoiseSchedule, generator: torch.Generat
     """Noise a PIL image or a [0, 1] float tensor (3, H, W) / (B, 3, H, W) at step t, clamped to [0, 1].
 
     Returns the same kind it was given (PIL in -> PIL out, rounded to uint8). Each call draws fresh noise, so
-    calling it once per sample per step gives a new corruption every epoch."""
+    calling it once per sample per step gives a new corruption every epoch. Apply it before pad-to-square and CLIP
+    normalisation, as POVID does. Unlike POVID's repo (float -> uint8 without a clamp, so -0.3 wraps to 180), the
+    result is clamped to [0, 1]: a dark pixel pushed below 0 stays black."""
     if isinstance(image, torch.Tensor):
         return schedule.add_noise(image, t, generator=generator).clamp(0.0, 1.0)
     import numpy as np

@@ -4,6 +4,7 @@ Retry-After, per-item failures, kill and resume, key never written), and bad inp
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_rules_change_answer_insert_only_absent_objects_and_reproduce(world, tmp
             assert not added, r  # only the object rule may add an object
         # the edit stays inside the world's language: every word is known to its word-level tokenizer
         assert all(w in words for w in r["rejected"].split()), r["rejected"]
-    assert {r["category"] for r in rows} >= {"object", "attribute", "relation", "count"}
+    assert {r["category"] for r in rows} >= {"object", "attribute", "count"}
     assert rows == run_rules(world, tmp_path / "b.jsonl")  # same seed: same pairs
     other = run_rules(world, tmp_path / "c.jsonl", 1)
     assert rows != other and len(other) == N
@@ -86,6 +87,17 @@ def test_rules_one_category_and_all_turns(world, tmp_path):
             assert r["rejected"] == "Yes." and r["category"] == "object"
         elif "#" not in r["id"]:
             assert r["category"] == "object" and r["edit"].split()[-1] not in present
+
+
+def test_rules_relation_only_swaps_every_stated_relation(world, tmp_path):
+    rows = run_rules(world, tmp_path / "r.jsonl", 0, "--mix", "relation=1")
+    captions = [x["conversations"][1]["value"] for x in json.loads((world / "train.json").read_text())]
+    with_rel = [c for c in captions if " left of " in c or " right of " in c]
+    assert len(rows) == len(with_rel) > 0  # the others have nothing to swap and are counted as skipped
+    for r in rows:
+        flip = {"left": "right", "right": "left"}
+        assert r["category"] == "relation" and r["rejected"] == re.sub(
+            r"\b(left|right) of\b", lambda m: f"{flip[m.group(1)]} of", r["chosen"])
 
 
 def test_cooccurrence_decides_the_inserted_object():
@@ -357,14 +369,15 @@ def test_api_with_failing_server_every_item_once_and_key_hidden(world, tmp_path,
         return kinds[(n // 2) % len(kinds)] if n % 2 == 0 else None
 
     caplog.set_level(logging.DEBUG)
-    with StubServer(handler=api_reply, failure_fn=failure, retry_after="0.5", hang_s=3) as srv:
+    with StubServer(handler=api_reply, failure_fn=failure, retry_after="0.5", hang_s=6) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
         monkeypatch.setenv("OPENAI_API_KEY", key)
         rc = H.main(["api", "--input", f"{world}/train.json", "--output", str(tmp_path / "api.jsonl"),
-                     "--workers", "4", "--backoff", "0.01", "--timeout", "1", "--vision"])
+                     "--workers", "4", "--backoff", "0.01", "--timeout", "2", "--vision"])
     assert rc == 0
     fails = sum(r.action != "ok" for r in srv.requests)
-    assert fails == N // 2 and len(srv.requests) == N + N // 2  # a third of the requests failed
+    # half of the items failed once: a third of the requests (more only if a loaded machine timed one out)
+    assert fails == N // 2 and len(srv.requests) >= N + N // 2
     assert srv.requests[0].headers["Authorization"] == f"Bearer {key}"  # the key was used ...
     assert srv.requests[0].body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
     rows = read_rows(tmp_path / "api.jsonl")
