@@ -276,7 +276,7 @@ class RuleInjector:
         for p in parts:  # every part must end exactly where an object mention ends
             i = body.find(p, pos)
             pos = i + len(p)
-            ok &= pos in ends and bool(re.match(r"(a|an|the|some|\w+) ", p, re.I))
+            ok &= pos in ends and " " in p  # a determiner or a number in front: "a fork", "two cups"
         if not ok or not parts:
             return None
         return m.start(1), m.end(1), parts, spaced
@@ -296,8 +296,8 @@ class RuleInjector:
         colours_of = {}
         for inst in instances:  # true colours per category: a wrong colour can be added where none is said
             if isinstance(inst, dict) and inst.get("color"):
-                colours_of.setdefault(self.v.canonical(str(inst.get("category", ""))) or "", set()).add(
-                    str(inst["color"]).lower())
+                name = str(inst.get("category") or inst.get("name") or "")
+                colours_of.setdefault(self.v.canonical(name) or name, set()).add(str(inst["color"]).lower())
         first = {}
         for mm in mentions:
             first.setdefault(mm.category, mm)

@@ -166,6 +166,16 @@ def test_rule_kinds_on_free_text(text, kind, expect):
     assert plural.text.endswith(" small benches.")  # "a small bench" -> "<n> small benches"
 
 
+def test_attribute_added_against_the_true_colour():
+    v = Vocab()
+    for seed in range(6):
+        e = RuleInjector(v, Cooccurrence([]), seed, {"attribute": 1}).inject(
+            "A dog sleeps on a bench.", {"dog", "bench"}, "k", [{"name": "dog", "color": "brown"}])
+        colour = e.text.split()[1]
+        assert e.text == f"{'An' if colour[0] in 'aeiou' else 'A'} {colour} dog sleeps on a bench."
+        assert colour in v.colors and colour != "brown" and e.category == "attribute"
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_bad_lines_and_missing_images_are_counted_not_fatal(world, tmp_path, capsys):
     items = json.loads((world / "train.json").read_text())[:3]
