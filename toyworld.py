@@ -2,34 +2,46 @@
 
 Why it makes a small VLM hallucinate for the right reason. Each scene type has an *anchor* object that is always
 there and *companions* that usually come with it (a fork with a plate 85% of the time in a table scene). Captions
-are exact: they name only what is drawn. But companions, when present, are often small, faint (low contrast) or
-partly covered, so the visual evidence for them is weak while the textual prior "plate => fork" is strong. A model
-that under-uses its eyes learns the prior and names the companion whether or not it is there: a hallucination
-from co-occurrence, the first of POVID's three categories, measured exactly by CHAIR against the annotations.
+are exact: they name only what is drawn. But companions, when present, are often faint (low contrast) or partly
+covered, so the visual evidence for them is weak while the textual prior "plate => fork" is strong. A model that
+under-uses its eyes learns the prior and names the companion whether or not it is there: a hallucination from
+co-occurrence, the first of POVID's three categories, measured exactly by CHAIR against the annotations. Anchors and
+extras are never faint, so the same model must still see to get recall.
 
-World design (all drawn with PIL on a 64 px canvas; deterministic: scene i of seed s uses Random(s * 1_000_003 + i)):
+World design (PIL, drawn in 64-px units on a `size` canvas, 64 by default; deterministic: scene i of seed s uses
+random.Random(s * 1_000_003 + i), so any scene regenerates alone):
 
-    scene    background      anchor       companions (P given the scene)                 extras
-    table    wooden brown    plate        fork .85, cup .6, bottle .45                    book, ball
-    street   asphalt grey    car          traffic light .8, person .6, dog .45            ball, bottle
-    park     grass green     tree         bench .8, bird .6, ball .45                     dog, person
-    office   pale blue       laptop       lamp .8, book .6, cup .45                       bottle, bird
+    scene    background      anchor       companions, P(companion | scene)           extras (P = .15 each)
+    table    wooden brown    plate        fork .85, cup .60, bottle .45              book, ball
+    street   asphalt grey    car          traffic light .80, person .60, dog .45     ball, bottle
+    park     grass green     tree         bench .80, bird .60, ball .45              dog, person
+    office   pale blue       laptop       lamp .80, book .60, cup .45                bottle, bird
 
-  15 categories, each a distinct silhouette; 6 colours; size large/small (small = 60%); 30% of companions faint
-  (blended 65% into the background), 20% partly covered by a grey card; extras appear with p = .15 each.
-  Counts: a category may appear twice (p = .2 for cups, books, birds, persons).
+  15 categories, one silhouette each; 6 colours (uniform); scene types uniform. Objects sit one per cell of a
+  4 x 2 grid (16 x 32 units), 13-16 units wide, "small" (35%) = 60% of that. A present companion is faint with
+  P = .30 (it keeps 35% of its colour, the rest is background) or else covered on its top half by a grey card with
+  P = .20 (14% of companions); anchors and extras never are. Cups, books, birds and persons come twice with P = .2.
 
-Captions (grammar; objects in left-to-right order of their first instance, synonyms drawn at 30%):
-    "a table scene with a small red plate , a fork and two blue cups . the fork is left of the plate ."
-QA turns: "Is there a {obj} in the image?" -> "Yes." / "No." (the "no" object is an absent companion half the time),
-"What color is the {obj}?" -> "{color}.", "How many {obj}s are there?" -> "{n}.".
+Caption grammar (exact; categories left to right by their first instance; a synonym replaces the category name
+with P = .3 (cup/mug, car/automobile, person/man/pedestrian, dog/puppy, bottle/flask, laptop/computer,
+bird/sparrow); "small" iff one small instance; the colour iff all instances share it; then one left/right relation
+between two single-instance categories whose centres are >= 6 units apart, when such a pair exists):
+    "a table scene with a red cup , a small white plate and two forks . the cup is left of the plate ."
+QA turns after the caption (two per training scene): "Is there a {obj} in the image?" -> "Yes." / "No." (balanced;
+half the "No." objects are absent companions, the question the prior gets wrong), then "What color is the {obj}?"
+-> "{color}.", "How many {objs} are there?" -> "{number}." or a second existence question.
 
-Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --seed 0`:
-    DIR/images/{id}.png, DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per image),
-    DIR/test_questions.jsonl (one caption question per held-out image), DIR/annotations.json (all images:
-    objects, instances with colour/size/box/faint/occluded, scene, caption, image), DIR/test_annotations.json (held-out
-    only), DIR/splits.json, DIR/synonyms.txt (CHAIR table), DIR/vocab.json (word lists for hallucinate.py rules),
-    DIR/tokenizer.json (word-level), DIR/llava_config/config.json and DIR/clip_config/{config,tokenizer}.json.
+Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --seed 0 [--size 64]`
+(`build_world(out, n_train, n_test, seed, size)` from Python; about 1 ms a scene):
+    DIR/images/{id}.png; DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per training scene);
+    DIR/test_questions.jsonl (question_id, image_id, image, prompt "Describe this image." per held-out scene);
+    DIR/annotations.json ({id: {scene, objects (one entry per instance), instances (category, color, size, box
+    [x0, y0, x1, y1] in pixels, faint, occluded), caption, image}} for every scene) and DIR/test_annotations.json
+    (held-out only); DIR/splits.json ({"train": [...], "test": [...]}, written last: it marks a complete world);
+    DIR/synonyms.txt (CHAIR's format: a category, then its synonyms); DIR/vocab.json (word lists and scene
+    co-occurrence for hallucinate.py's rules); DIR/tokenizer.json (word level; its vocabulary is the grammar's,
+    the same for every seed and size); DIR/llava_config/ and DIR/clip_config/ (config.json + tokenizer.json of a tiny
+    LLaVA and a tiny CLIP: ViT patch size // 8, so 64 image tokens at any size).
 """
 from __future__ import annotations
 
@@ -41,8 +53,8 @@ import time
 
 from PIL import Image, ImageDraw
 
-SIZE = 64
-CAPTION_PROMPT = "Describe the image."
+SIZE = 64  # default canvas; --size 32..256 draws the same scenes larger or smaller
+CAPTION_PROMPT = "Describe this image."  # CHAIR's caption prompt (eval.py chair-questions default)
 SCENES = {  # background RGB, anchor, [(companion, p)], extras
     "table": ((150, 111, 72), "plate", [("fork", .85), ("cup", .6), ("bottle", .45)], ["book", "ball"]),
     "street": ((112, 112, 118), "car", [("traffic light", .8), ("person", .6), ("dog", .45)], ["ball", "bottle"]),
@@ -57,7 +69,8 @@ PLURAL = {"person": "people", "bench": "benches", "traffic light": "traffic ligh
           "pedestrian": "pedestrians", "puppy": "puppies", "sparrow": "sparrows"}
 CAN_REPEAT = {"cup", "book", "bird", "person"}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
-P_FAINT, P_OCCLUDED, P_EXTRA, P_SMALL = 0.30, 0.20, 0.15, 0.35
+P_FAINT, P_OCCLUDED, P_EXTRA, P_SMALL, P_REPEAT, P_SYNONYM = 0.30, 0.20, 0.15, 0.35, 0.20, 0.30
+FAINT_KEEP = 0.35  # a faint object keeps 35% of its colour, 65% is the background's
 
 
 def categories():
@@ -160,53 +173,57 @@ def sample_scene(rng: random.Random):
         if c not in objs and rng.random() < P_EXTRA:
             objs.append(c)
     for c in list(objs):
-        if c in CAN_REPEAT and rng.random() < 0.2:
+        if c in CAN_REPEAT and len(objs) < 8 and rng.random() < P_REPEAT:
             objs.append(c)
+    assert len(objs) <= 8, objs  # 1 anchor + 3 companions + 2 extras + at most 2 repeats: fits the 4 x 2 grid
     return scene, objs, companions
 
 
 def place(rng, n_objs):
-    """Non-overlapping-ish boxes: the canvas is cut into columns so left/right relations are well defined."""
-    slots = list(range(4))
-    rng.shuffle(slots)
+    """Boxes in 64-px units, one per cell of a 4-column x 2-row grid (16 x 32 cells), so objects never overlap and
+    two objects in different columns have a well-defined left/right relation."""
+    cells = rng.sample(range(8), n_objs)
     boxes = []
-    for i in range(n_objs):
-        col = slots[i % 4]
-        row = (i // 4)
-        size = rng.randint(15, 19)
-        x0 = col * 16 + rng.randint(0, 16 - min(size, 16)) - (size - 16 if size > 16 else 0) // 2
-        x0 = max(0, min(SIZE - size, x0))
-        y0 = rng.randint(2, SIZE - size - 2) if row == 0 else rng.randint(0, SIZE - size)
-        boxes.append([x0, y0, x0 + size, y0 + size])
+    for cell in cells:
+        col, row = cell % 4, cell // 4
+        s = rng.randint(13, 16)
+        x0, y0 = col * 16 + rng.randint(0, 16 - s), row * 32 + rng.randint(0, 32 - s)
+        boxes.append([x0, y0, x0 + s, y0 + s])
     return boxes
 
 
-def render(i: int, seed: int):
-    """Scene i of the world `seed`: (PIL image, annotation dict)."""
+def render(i: int, seed: int, size: int = 64):
+    """Scene i of the world `seed` on a size x size canvas: (PIL image, annotation dict, the scene's rng).
+    Geometry is drawn in 64-px units scaled by size / 64, so every size shows the same scene."""
+    if not 32 <= size <= 256:
+        raise ValueError(f"image size {size} out of range [32, 256]")
     rng = random.Random(seed * 1_000_003 + i)
+    u = size / 64
     scene, objs, companions = sample_scene(rng)
     bg = SCENES[scene][0]
-    img = Image.new("RGB", (SIZE, SIZE), bg)
+    img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
     for _ in range(6):  # background texture: a few darker/lighter streaks hint at the scene's surface
-        y = rng.randint(0, SIZE - 1)
-        d.line((0, y, SIZE, y), fill=blend((0, 0, 0) if rng.random() < .5 else (255, 255, 255), bg, .12), width=1)
+        y = rng.randint(0, 63) * u
+        d.line((0, y, size, y), fill=blend((0, 0, 0) if rng.random() < .5 else (255, 255, 255), bg, .12),
+               width=max(1, round(u)))
     instances = []
     for cat, box in zip(objs, place(rng, len(objs))):
         color = rng.choice(sorted(COLORS))
         small = rng.random() < P_SMALL
-        if small:  # shrink around the centre
+        if small:  # shrink around the centre to 60%
             cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) * 0.3
-            box = [int(cx - half), int(cy - half), int(cx + half), int(cy + half)]
+            box = [cx - half, cy - half, cx + half, cy + half]
+        box = [int(round(v * u)) for v in box]  # pixels of this canvas
         faint = cat in companions and rng.random() < P_FAINT
         occluded = cat in companions and not faint and rng.random() < P_OCCLUDED
-        rgb = blend(COLORS[color], bg, 0.35) if faint else COLORS[color]
-        draw_object(d, cat, box, rgb)
+        rgb = blend(COLORS[color], bg, FAINT_KEEP) if faint else COLORS[color]
+        draw_object(d, cat, box, rgb, u)
         if occluded:  # a grey card covers the top half
-            d.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, (box[1] + box[3]) // 2), fill=(150, 150, 150))
+            d.rectangle((box[0] - u, box[1] - u, box[2] + u, (box[1] + box[3]) // 2), fill=(150, 150, 150))
         instances.append({"category": cat, "color": color, "size": "small" if small else "large", "box": box,
                           "faint": faint, "occluded": occluded})
-    caption = make_caption(rng, scene, instances)
+    caption = make_caption(rng, scene, instances, u)
     ann = {"scene": scene, "objects": [o["category"] for o in instances], "instances": instances,
            "caption": caption}
     return img, ann, rng
@@ -214,7 +231,7 @@ def render(i: int, seed: int):
 
 def word_for(rng, cat):
     syn = SYNONYMS.get(cat)
-    return rng.choice(syn) if syn and rng.random() < 0.3 else cat
+    return rng.choice(syn) if syn and rng.random() < P_SYNONYM else cat
 
 
 def plural(word):
@@ -225,8 +242,11 @@ def article(word):
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_caption(rng, scene, instances):
-    order = sorted(instances, key=lambda o: o["box"][0])
+def make_caption(rng, scene, instances, u=1.0):
+    """Exact caption: every category present, nothing else; left to right by the first instance's left edge.
+    A phrase is [count] [small] [colour] noun: "small" iff a single small instance, the colour iff all instances of
+    the category share it. One left/right relation between two single-instance categories in different columns."""
+    order = sorted(instances, key=lambda o: (o["box"][0], o["box"][1]))
     seen, groups = [], {}
     for o in order:
         if o["category"] not in groups:
@@ -234,48 +254,56 @@ def make_caption(rng, scene, instances):
         groups.setdefault(o["category"], []).append(o)
     words, phrases = {}, []
     for cat in seen:
-        first, n = groups[cat][0], len(groups[cat])
+        g = groups[cat]
+        n = len(g)
         w = words[cat] = word_for(rng, cat)
-        adj = []
-        if first["size"] == "small" and n == 1 and rng.random() < 0.5:
-            adj.append("small")
-        if rng.random() < 0.6:
-            adj.append(first["color"])
+        adj = ["small"] if n == 1 and g[0]["size"] == "small" else []
+        if len({o["color"] for o in g}) == 1:
+            adj.append(g[0]["color"])
         noun = " ".join(adj + [w if n == 1 else plural(w)])
         phrases.append(f"{NUMBERS[n]} {noun}" if n > 1 else f"{article(noun)} {noun}")
     listing = phrases[0] if len(phrases) == 1 else " , ".join(phrases[:-1]) + " and " + phrases[-1]
     text = f"{article(scene)} {scene} scene with {listing} ."
-    if len(seen) >= 2 and rng.random() < 0.6:  # one left/right relation between two different categories
-        a, b = rng.sample(seen, 2)
-        ax, bx = groups[a][0]["box"], groups[b][0]["box"]
-        rel = "left of" if (ax[0] + ax[2]) < (bx[0] + bx[2]) else "right of"
-        text += f" the {words[a]} is {rel} the {words[b]} ."
+
+    def centre(c):
+        b = groups[c][0]["box"]
+        return (b[0] + b[2]) / 2
+
+    singles = [c for c in seen if len(groups[c]) == 1]
+    pairs = [(a, b) for a in singles for b in singles if a != b and abs(centre(a) - centre(b)) >= 6 * u]
+    if pairs:
+        a, b = rng.choice(pairs)
+        text += f" the {words[a]} is {'left' if centre(a) < centre(b) else 'right'} of the {words[b]} ."
     return text
 
 
 def qa_turns(rng, ann):
+    """Two short QA turns: an existence question (yes/no balanced; half of the "no" objects are absent companions,
+    the question the prior gets wrong), then a colour, count or second existence question."""
     present = sorted(set(ann["objects"]))
     _, _, comps, _ = SCENES[ann["scene"]]
     absent_comps = [c for c, _ in comps if c not in present]
     absent_any = [c for c in categories() if c not in present]
-    turns = []
-    kind = rng.random()
-    if kind < 0.5:  # existence, balanced; half of the "no" questions ask about an absent companion
+
+    def exists():
         if rng.random() < 0.5:
             obj, ans = rng.choice(present), "Yes."
         else:
             pool = absent_comps if absent_comps and rng.random() < 0.5 else absent_any
             obj, ans = rng.choice(pool), "No."
-        turns.append((f"Is there {article(obj)} {obj} in the image?", ans))
-    elif kind < 0.75:
-        inst = rng.choice(ann["instances"])
-        if ann["objects"].count(inst["category"]) == 1:
-            turns.append((f"What color is the {inst['category']}?", f"{inst['color']}."))
-        else:
-            turns.append((f"Is there {article(inst['category'])} {inst['category']} in the image?", "Yes."))
-    else:
+        return f"Is there {article(obj)} {obj} in the image?", ans
+
+    turns = [exists()]
+    kind = rng.random()
+    singles = [o for o in ann["instances"] if ann["objects"].count(o["category"]) == 1]
+    if kind < 0.4 and singles:
+        inst = rng.choice(singles)
+        turns.append((f"What color is the {inst['category']}?", f"{inst['color']}."))
+    elif kind < 0.7:
         cat = rng.choice(present)
         turns.append((f"How many {plural(cat)} are there?", f"{NUMBERS[ann['objects'].count(cat)]}."))
+    else:
+        turns.append(exists())
     return turns
 
 
@@ -291,7 +319,8 @@ def build_tokenizer(texts, path):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre
     tk.add_special_tokens(specials)
-    tk.save(path)
+    tk.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
     return tk
 
 
@@ -302,12 +331,12 @@ def write_json(path, obj, indent=None):
     os.replace(tmp, path)
 
 
-def configs(out, tk):
+def configs(out, tk, size=SIZE):
     from model import CLIPConfig, CLIPTextConfig, LlavaConfig, TextConfig, VisionConfig
     V = tk.get_vocab_size()  # no padding rows: a sampled id is always a word
     ids = {t: tk.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "<image>")}
     vision = VisionConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                          image_size=SIZE, patch_size=8, projection_dim=64)
+                          image_size=size, patch_size=size // 8, projection_dim=64)
     text = TextConfig(vocab_size=V, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5,
                       bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"])
@@ -320,22 +349,42 @@ def configs(out, tk):
     for sub, cfg in (("llava_config", llava), ("clip_config", clip)):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
         write_json(os.path.join(out, sub, "config.json"), cfg.to_dict(), indent=2)
-        tk.save(os.path.join(out, sub, "tokenizer.json"))
+        path = os.path.join(out, sub, "tokenizer.json")
+        tk.save(path + ".tmp")
+        os.replace(path + ".tmp", path)
 
 
-def build_world(out: str, n_train: int, n_test: int, seed: int = 0):
+def grammar_words():
+    """Every text any stage may say: the chat templates, the caption and QA grammar for every category, colour, count
+    and synonym, POPE's suffix. The vocabulary depends on the grammar only, not on the seed or the number of scenes."""
     from model.tokenizer import VICUNA_SYSTEM
+    texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, "Describe the image.",
+             "Answer the question using a single word or phrase.", "Yes. No. small large left right of an a and the is",
+             "scene with , .", *SCENES, *[f"{c}." for c in COLORS], *[f"{n}." for n in NUMBERS.values()]]
+    for c in categories():
+        names = [c, *SYNONYMS.get(c, [])]
+        texts += [f"Is there {article(c)} {c} in the image?", f"What color is the {c}?",
+                  f"How many {plural(c)} are there?", *names, *[plural(n) for n in names]]
+    return texts
+
+
+def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = SIZE):
+    """Draw n_train + n_test scenes and write every file of the world into `out` (see the module docstring)."""
+    if size % 8:
+        raise ValueError(f"image size {size} must be a multiple of 8 (8 x 8 patches of size // 8 pixels)")
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    train, questions, anns, texts = [], [], {}, [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT]
+    tk = build_tokenizer(grammar_words(), os.path.join(out, "tokenizer.json"))
+    unk = tk.token_to_id("<unk>")
+    train, questions, anns = [], [], {}
     split = {"train": [], "test": []}
     for i in range(n_train + n_test):
-        img, ann, rng = render(i, seed)
+        img, ann, rng = render(i, seed, size)
         iid = f"{'train' if i < n_train else 'test'}_{i:06d}"
         rel = f"images/{iid}.png"
         img.save(os.path.join(out, rel))
         ann["image"] = rel
         anns[iid] = ann
-        texts.append(ann["caption"])
+        texts = [ann["caption"]]
         if i < n_train:
             split["train"].append(iid)
             conv = [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT}, {"from": "gpt", "value": ann["caption"]}]
@@ -346,25 +395,20 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0):
         else:
             split["test"].append(iid)
             questions.append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
-    # every word any later stage may say: POPE/QA templates for all categories, colours, counts, synonyms
-    for c in categories():
-        texts += [f"Is there {article(c)} {c} in the image?", f"What color is the {c}?",
-                  f"How many {plural(c)} are there?", plural(c), *SYNONYMS.get(c, []),
-                  *[plural(s) for s in SYNONYMS.get(c, [])]]
-    texts += [f"{c}." for c in COLORS] + [f"{n}." for n in NUMBERS.values()] + [
-        "Yes. No. small large left of right of an a and the is scene with", *SCENES,
-        "Answer the question using a single word or phrase."]
-    tk = build_tokenizer(texts, os.path.join(out, "tokenizer.json"))
-    configs(out, tk)
+        for t in texts:  # the grammar and grammar_words() must agree: a word outside the vocabulary is a bug
+            if unk in tk.encode(t).ids:
+                raise ValueError(f"scene {iid}: text {t!r} has a word outside the tokenizer's vocabulary")
+    configs(out, tk, size)
     write_json(os.path.join(out, "train.json"), train)
     with open(os.path.join(out, "test_questions.jsonl.tmp"), "w") as f:
         f.writelines(json.dumps(q) + "\n" for q in questions)
     os.replace(os.path.join(out, "test_questions.jsonl.tmp"), os.path.join(out, "test_questions.jsonl"))
     write_json(os.path.join(out, "annotations.json"), anns)
     write_json(os.path.join(out, "test_annotations.json"), {k: anns[k] for k in split["test"]})
-    with open(os.path.join(out, "synonyms.txt"), "w") as f:
+    with open(os.path.join(out, "synonyms.txt.tmp"), "w") as f:
         for c in categories():
             f.write(", ".join([c, *SYNONYMS.get(c, [])]) + "\n")
+    os.replace(os.path.join(out, "synonyms.txt.tmp"), os.path.join(out, "synonyms.txt"))
     write_json(os.path.join(out, "vocab.json"), {
         "objects": categories(), "colors": sorted(COLORS), "sizes": ["small", "large"],
         "relations": ["left of", "right of"], "numbers": list(NUMBERS.values()),
@@ -380,9 +424,10 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=SIZE, help="image side in pixels (64-96 intended)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    split = build_world(a.out, a.n_train, a.n_test, a.seed)
+    split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size)
     print(f"toy world: {len(split['train'])} train + {len(split['test'])} test scenes in {a.out} "
           f"({time.time() - t0:.1f}s)")
 

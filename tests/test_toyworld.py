@@ -1,7 +1,9 @@
-"""toyworld.py: deterministic scenes, captions that agree with the annotations, the designed co-occurrence, a
-tokenizer that covers every word, configs the model package loads."""
+"""toyworld.py: deterministic scenes, captions and QA that agree exactly with the annotations, the designed
+co-occurrence and faintness rates, a tokenizer that covers every word, configs the model package loads."""
 import json
 import os
+import random
+import re
 
 import pytest
 
@@ -18,68 +20,160 @@ def world(tmp_path_factory):
 
 def test_deterministic(world, tmp_path):
     toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3)
-    for name in ("train.json", "annotations.json", "tokenizer.json"):
+    for name in ("train.json", "annotations.json", "tokenizer.json", "test_questions.jsonl"):
         assert (world / name).read_bytes() == (tmp_path / name).read_bytes(), name
     assert (world / "images/test_000170.png").read_bytes() == (tmp_path / "images/test_000170.png").read_bytes()
     img, ann, _ = toyworld.render(170, 3)  # any scene regenerates alone
     assert ann["caption"] == json.loads((world / "annotations.json").read_text())["test_000170"]["caption"]
+    _, other, _ = toyworld.render(170, 4)
+    assert other != ann  # and the seed matters
 
 
-def caption_categories(caption):
-    """Categories named in a caption, through the synonym table (two-word names first)."""
-    words = caption.replace(".", " ").replace(",", " ").split()
-    syn = {s: c for c, ss in toyworld.SYNONYMS.items() for s in ss + [toyworld.plural(x) for x in ss]}
-    for c in toyworld.categories():
-        syn[c], syn[toyworld.plural(c)] = c, c
-    found, i = set(), 0
-    while i < len(words):
-        two = " ".join(words[i:i + 2])
-        if two in syn:
-            found.add(syn[two])
-            i += 2
-            continue
-        if words[i] in syn:
-            found.add(syn[words[i]])
-        i += 1
-    return found
+def test_size_scales_the_same_scene():
+    small, a64, _ = toyworld.render(5, 0, size=64)
+    big, a96, _ = toyworld.render(5, 0, size=96)
+    assert small.size == (64, 64) and big.size == (96, 96)
+    assert a64["caption"] == a96["caption"] and a64["objects"] == a96["objects"]
+    for i64, i96 in zip(a64["instances"], a96["instances"]):
+        assert all(abs(b * 1.5 - c) <= 1.5 for b, c in zip(i64["box"], i96["box"]))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        toyworld.build_world("/nonexistent-never-written", 1, 1, size=68)
+
+
+NAMES = {**{s: c for c, ss in toyworld.SYNONYMS.items() for s in ss}, **{c: c for c in toyworld.categories()}}
+NAMES.update({toyworld.plural(w): c for w, c in list(NAMES.items())})
+NUMBER = {w: n for n, w in toyworld.NUMBERS.items()}
+
+
+def parse_caption(caption):
+    """The grammar read back: scene, [(count, small, colour, category)], optional (a, rel, b)."""
+    m = re.fullmatch(r"an? (\w+) scene with (.*?) \.(?: the (.+) is (left|right) of the (.+) \.)?", caption)
+    assert m, caption
+    phrases = []
+    for p in m.group(2).replace(" and ", " , ").split(" , "):
+        words = p.split()
+        count = NUMBER.get(words[0], 1)
+        assert words[0] in NUMBER or words[0] in ("a", "an"), p
+        rest = words[1:]
+        small = rest[0] == "small"
+        rest = rest[1:] if small else rest
+        colour = rest[0] if rest[0] in toyworld.COLORS else None
+        rest = rest[1:] if colour else rest
+        phrases.append((count, small, colour, NAMES[" ".join(rest)]))
+    rel = (NAMES[m.group(3)], m.group(4), NAMES[m.group(5)]) if m.group(3) else None
+    return m.group(1), phrases, rel
 
 
 def test_captions_are_exact(world):
     anns = json.loads((world / "annotations.json").read_text())
+    n_rel = 0
     for iid, a in anns.items():
-        assert caption_categories(a["caption"]) == set(a["objects"]), (iid, a["caption"], a["objects"])
+        scene, phrases, rel = parse_caption(a["caption"])
+        assert scene == a["scene"]
+        assert sorted(c for _, _, _, c in phrases) == sorted(set(a["objects"])), (iid, a["caption"])
+        by_cat = {}
         for inst in a["instances"]:
+            by_cat.setdefault(inst["category"], []).append(inst)
             x0, y0, x1, y1 = inst["box"]
             assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+        lefts = [min(i["box"][0] for i in by_cat[c]) for _, _, _, c in phrases]
+        assert lefts == sorted(lefts), a["caption"]  # mentioned left to right
+        for count, small, colour, cat in phrases:
+            inst = by_cat[cat]
+            assert count == len(inst), a["caption"]
+            assert small == (count == 1 and inst[0]["size"] == "small"), a["caption"]
+            assert colour == (inst[0]["color"] if len({i["color"] for i in inst}) == 1 else None), a["caption"]
+        if rel:
+            n_rel += 1
+            ca, cb = ((by_cat[c][0]["box"][0] + by_cat[c][0]["box"][2]) / 2 for c in (rel[0], rel[2]))
+            assert (ca < cb) == (rel[1] == "left") and abs(ca - cb) >= 6, a["caption"]
+    assert n_rel > len(anns) // 2  # relations are common, not an untested corner
 
 
-def test_cooccurrence_statistics():
-    import random
-    n, with_plate, fork_and_plate = 4000, 0, 0
+def test_qa_answers_are_exact(world):
+    anns = json.loads((world / "annotations.json").read_text())
+    kinds = set()
+    for item in json.loads((world / "train.json").read_text()):
+        a, conv = anns[item["id"]], item["conversations"]
+        assert conv[0]["value"] == "<image>\n" + toyworld.CAPTION_PROMPT and conv[1]["value"] == a["caption"]
+        for q, ans in zip(conv[2::2], conv[3::2]):
+            q, ans = q["value"], ans["value"]
+            if m := re.fullmatch(r"Is there an? (.+) in the image\?", q):
+                kinds.add("exists")
+                assert ans == ("Yes." if m.group(1) in a["objects"] else "No."), (q, ans, a["objects"])
+            elif m := re.fullmatch(r"What color is the (.+)\?", q):
+                kinds.add("color")
+                (inst,) = [i for i in a["instances"] if i["category"] == m.group(1)]
+                assert ans == inst["color"] + "."
+            elif m := re.fullmatch(r"How many (.+) are there\?", q):
+                kinds.add("count")
+                assert ans == toyworld.NUMBERS[a["objects"].count(NAMES[m.group(1)])] + "."
+            else:
+                raise AssertionError(f"unknown question {q!r}")
+    assert kinds == {"exists", "color", "count"}
+
+
+def test_cooccurrence_and_weak_evidence_rates():
+    """Measured rates match the design table: P(companion | scene), faint and covered companions."""
+    n, k = 4000, 0
+    seen = {s: 0 for s in toyworld.SCENES}
+    hits = {(s, c): 0 for s, (_, _, comps, _) in toyworld.SCENES.items() for c, _ in comps}
     for i in range(n):
         scene, objs, _ = toyworld.sample_scene(random.Random(i))
-        if "plate" in objs:
-            with_plate += 1
-            fork_and_plate += "fork" in objs
-    assert abs(fork_and_plate / with_plate - 0.85) < 0.03  # the designed P(fork | plate)
+        seen[scene] += 1
+        for c, _ in toyworld.SCENES[scene][2]:
+            hits[scene, c] += c in objs
+    for (s, c), h in hits.items():
+        p = dict(toyworld.SCENES[s][2])[c]
+        sd = (p * (1 - p) / seen[s]) ** 0.5
+        assert abs(h / seen[s] - p) < 4 * sd, (s, c, h / seen[s], p)
+    faint = covered = comps = 0
+    for i in range(1500):
+        _, a, _ = toyworld.render(i, 0)
+        names = {c for c, _ in toyworld.SCENES[a["scene"]][2]}
+        for inst in a["instances"]:
+            if inst["category"] in names:
+                comps += 1
+                faint += inst["faint"]
+                covered += inst["occluded"]
+            else:
+                k += inst["faint"] or inst["occluded"]
+    assert k == 0  # only companions are ever hard to see
+    assert abs(faint / comps - toyworld.P_FAINT) < 0.03
+    assert abs(covered / comps - (1 - toyworld.P_FAINT) * toyworld.P_OCCLUDED) < 0.03
 
 
-def test_tokenizer_covers_every_word(world):
+def test_tokenizer_covers_every_word(world, tmp_path):
     tok = Tokenizer.from_pretrained(str(world))
     unk = tok.token_to_id("<unk>")
-    train = json.loads((world / "train.json").read_text())
-    for item in train[:50]:
+    for item in json.loads((world / "train.json").read_text()):
         ids, labels = tok.encode_chat(item["conversations"], num_image_tokens=64, template="llava_hf")
-        assert unk not in ids
+        assert unk not in ids, item["id"]
         assert sum(l != -100 for l in labels) > 5
+        ids, _ = tok.encode_chat(item["conversations"], num_image_tokens=64, template="vicuna_v1")
+        assert unk not in ids, item["id"]
     assert tok.decode(tok.encode("a table scene with a fork .")) == "a table scene with a fork ."
+    # the vocabulary is the grammar's, not the sample's: another seed and size give the same tokenizer
+    toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96)
+    assert (tmp_path / "tokenizer.json").read_bytes() == (world / "tokenizer.json").read_bytes()
+    assert LlavaConfig.from_dir(str(tmp_path / "llava_config")).num_image_tokens == 64
 
 
-def test_configs_load(world):
+def test_configs_and_side_files(world):
     cfg = LlavaConfig.from_dir(str(world / "llava_config"))
     tok = Tokenizer.from_pretrained(str(world / "llava_config"))
     assert cfg.image_token_id == tok.image_token_id and cfg.text.eos_token_id == tok.eos_id
+    assert cfg.pad_token_id == tok.pad_id and cfg.text.bos_token_id == tok.bos_id
     assert cfg.num_image_tokens == 64 and cfg.text.vocab_size >= tok.vocab_size
     clip = CLIPConfig.from_dir(str(world / "clip_config"))
     assert clip.text.eos_token_id == tok.eos_id and clip.vision.image_size == 64
-    assert os.path.exists(world / "synonyms.txt") and (world / "splits.json").exists()
+    syn = [line.split(", ") for line in (world / "synonyms.txt").read_text().splitlines()]
+    assert [s[0] for s in syn] == toyworld.categories() and ["cup", "mug"] in syn
+    vocab = json.loads((world / "vocab.json").read_text())
+    assert vocab["synonyms"]["automobile"] == "car" and set(vocab["colors"]) == set(toyworld.COLORS)
+    split = json.loads((world / "splits.json").read_text())
+    anns = json.loads((world / "annotations.json").read_text())
+    assert len(split["train"]) == 160 and len(split["test"]) == 40 and set(anns) == set(split["train"] + split["test"])
+    qs = [json.loads(line) for line in (world / "test_questions.jsonl").read_text().splitlines()]
+    assert [q["question_id"] for q in qs] == split["test"] and qs[0]["prompt"] == toyworld.CAPTION_PROMPT
+    assert all((world / q["image"]).exists() for q in qs)
