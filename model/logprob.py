@@ -56,24 +56,30 @@ class _ChunkedLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # g (M,) upstream gradient of each row's log-prob
         hidden, weight, targets, lse, dh_unit = ctx.saved_tensors
-        g = g.float()
         if ctx.fused:
-            return (dh_unit * g[:, None]).to(hidden.dtype), None, None, None
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dh = torch.empty_like(hidden) if need_h else None
-        dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        chunk = ctx.chunk
-        for s in range(0, hidden.shape[0], chunk):
-            h, t, gs = hidden[s:s + chunk], targets[s:s + chunk], g[s:s + chunk]
-            logits = (h @ weight.t()).float()  # recompute (c, V)
-            dlogits = logits.sub_(lse[s:s + chunk, None]).exp_().mul_(-gs[:, None])  # -g * softmax
-            dlogits[torch.arange(len(t), device=t.device), t] += gs  # + g * onehot
-            dl = dlogits.to(weight.dtype)
-            if need_h:
-                dh[s:s + chunk] = dl @ weight
-            if need_w:
-                dw.addmm_(dl.t().float(), h.float())  # fp32 accumulation whatever the weight dtype
-        return dh, (dw.to(weight.dtype) if need_w else None), None, None
+            return (dh_unit * g.float()[:, None]).to(hidden.dtype), None, None, None
+        dh, dw = chunked_backward(hidden, weight, targets, lse, g, ctx.needs_input_grad[0],
+                                  ctx.needs_input_grad[1], ctx.chunk)
+        return dh, dw, None, None
+
+
+def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool, chunk: int):
+    """Recompute each chunk's logits; dlogits = g * (onehot - softmax); dh = dlogits @ W; dW += dlogits^T h (fp32).
+    Shared by the torch path and the Triton path (whose forward kept only lse)."""
+    g = g.float()
+    dh = torch.empty_like(hidden) if need_h else None
+    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    for s in range(0, hidden.shape[0], chunk):
+        h, t, gs = hidden[s:s + chunk], targets[s:s + chunk], g[s:s + chunk]
+        logits = (h @ weight.t()).float()  # recompute (c, V)
+        dlogits = logits.sub_(lse[s:s + chunk, None]).exp_().mul_(-gs[:, None])  # -g * softmax
+        dlogits[torch.arange(len(t), device=t.device), t] += gs  # + g * onehot
+        dl = dlogits.to(weight.dtype)
+        if need_h:
+            dh[s:s + chunk] = dl @ weight
+        if need_w:
+            dw.addmm_(dl.t().float(), h.float())  # fp32 accumulation whatever the weight dtype
+    return dh, (dw.to(weight.dtype) if need_w else None)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
