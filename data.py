@@ -1,23 +1,31 @@
-"""Datasets and collation for SFT (LLaVA conversation JSON) and DPO (preference pairs), with strict input checks.
+"""Datasets and collation for train.py: SFT conversations and DPO preference pairs, with strict input checks.
 
-Formats (image paths relative to the data file's directory unless absolute):
-  * SFT: a JSON list of {"id", "image", "conversations": [{"from": "human"|"gpt", "value"}, ...]}.
-  * Preferences, TRL-style JSONL (what hallucinate.py writes): {"id", "image" | "images": [one], "prompt",
-    "chosen", "rejected", "strategy"?, "category"?} per line.
-  * Preferences, POVID's JSON: a list of {"id", "image", "conversations": [human, gpt], "rejected_conversations":
-    [human, gpt]}: the prompt is the human turn, chosen/rejected the two gpt turns.
+Formats read (image paths are relative to the data file's directory unless absolute; a record without an image is
+a text-only sample, as in LLaVA's own instruction mix):
+  * SFT: LLaVA conversation JSON, a list of {"id", "image", "conversations": [{"from": "human"|"gpt", "value"}..]}
+    (JSONL with one such object per line also loads). Every answer and its </s> is scored.
+  * Preferences, TRL-style JSONL (what hallucinate.py writes), one object per line:
+    {"id", "image" | "images": [one path], "prompt", "chosen", "rejected", "strategy"?, "category"?}.
+  * Preferences, POVID's JSON: a list of {"id", "image", "conversations", "rejected_conversations"}; the two
+    conversations share every turn but the last answer, which is chosen vs rejected. Only that answer is scored.
 
-Bad input: a malformed record raises ValueError naming the file and line (JSONL) or item index (JSON); with
-on_bad_sample="skip" it is counted by reason instead, and `Skips.report()` lists the counts. A missing or
-unreadable image names its path. Empty responses and chosen == rejected are skipped and counted. A sequence longer
-than max_len loses the end of its response, never image tokens or prompt (counted as truncated).
+Bad input, by kind:
+  * a malformed record (bad JSON, a missing key, a wrong type) names the file and line (JSONL) or item (JSON);
+    a missing or unreadable image names its path. With on_bad_sample="error" (default) it raises ValueError; with
+    "skip" it is counted by reason, and `Skips.report()` lists the counts with the first place each was seen.
+  * an empty response and chosen == rejected carry no signal: always skipped and counted, never an error.
+  * a sequence longer than max_len loses the end of its response, never image tokens or the prompt; truncations
+    are counted. A prompt that alone exceeds max_len is a bad sample (it would score nothing).
+
+    skips = Skips("skip"); images = ImageStore(size=336, pad=True)
+    rows = check_images(load_pairs("pairs.jsonl", tok, 576, "vicuna_v1", 1024, skips), images, skips)
+    batch = collate_pairs(rows[:4], tok.pad_id, images)   # chosen rows then rejected rows, (2B, T)
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 
@@ -26,32 +34,35 @@ from model.image import open_image, pil_from_tensor01, pil_to_tensor01
 from model.tokenizer import IGNORE_INDEX, pad_sequences
 
 
-@dataclass
 class Skips:
-    policy: str = "error"  # "error" | "skip"
-    counts: Counter = field(default_factory=Counter)
-    examples: dict = field(default_factory=dict)
-    truncated: int = 0
+    """Counts of skipped items by reason (with the first place seen) and of truncated sequences."""
 
-    def bad(self, reason: str, where: str):
+    def __init__(self, policy: str = "error"):
+        if policy not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {policy!r}")
+        self.policy, self.counts, self.first, self.truncated = policy, Counter(), {}, 0
+
+    def bad(self, reason: str, where: str, detail: str = ""):
+        """A malformed or unusable sample: raise (policy "error") or count it (policy "skip")."""
+        msg = f"{where}: {reason}" + (f": {detail}" if detail else "")
         if self.policy == "error":
-            raise ValueError(f"{where}: {reason}")
+            raise ValueError(msg + " (--on_bad_sample=skip counts and skips such samples)")
+        self.skip(reason, msg)
+
+    def skip(self, reason: str, where: str):
+        """A well-formed sample that carries no training signal: always skipped, counted."""
         self.counts[reason] += 1
-        self.examples.setdefault(reason, where)
+        self.first.setdefault(reason, where)
 
     def report(self) -> str:
-        lines = [f"  skipped {n} x {r} (first: {self.examples[r]})" for r, n in self.counts.most_common()]
+        lines = [f"  skipped {n} x {r} (first: {self.first[r]})" for r, n in self.counts.most_common()]
         if self.truncated:
-            lines.append(f"  truncated {self.truncated} response(s) to max_len")
+            lines.append(f"  truncated the response of {self.truncated} sequence(s) to max_len")
         return "\n".join(lines) if lines else "  nothing skipped or truncated"
 
 
-def _resolve(root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(root, path)
-
-
-def read_records(path: str):
-    """(where, record) pairs from a JSON list or a JSONL file; malformed JSON names its line."""
+def read_records(path: str, skips: Skips):
+    """[(where, record)] from a JSON list or a JSONL file. Malformed JSON names its line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
@@ -59,147 +70,217 @@ def read_records(path: str):
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON at line {e.lineno} ({e.msg})") from None
-        return [(f"{path}: item {i}", it) for i, it in enumerate(items)], []
-    out, bad = [], []
+        except json.JSONDecodeError as e:  # one list: nothing after the error can be trusted
+            raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        return [(f"{path}: item {i}", it) for i, it in enumerate(items)]
+    out = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 out.append((f"{path}:{n}", json.loads(line)))
             except json.JSONDecodeError as e:
-                bad.append((f"{path}:{n}", f"malformed JSON ({e.msg})"))
-    return out, bad
+                skips.bad("malformed JSON", f"{path}:{n}", e.msg)
+    return out
 
 
-def parse_preference(rec: dict):
-    """One record of either preference format -> (prompt, chosen, rejected, image); KeyError names what is missing."""
-    if "rejected_conversations" in rec:  # POVID's JSON
-        c, r = rec["conversations"], rec["rejected_conversations"]
-        return c[0]["value"], c[1]["value"], r[1]["value"], rec["image"]
-    image = rec["image"] if "image" in rec else rec["images"][0]
-    return rec["prompt"], rec["chosen"], rec["rejected"], image
-
-
-class ImageCache:
-    """Preprocessed pixel tensors, loaded once per path (toy images are tiny; real runs may disable it)."""
-
-    def __init__(self, size: int, pad: bool, enabled: bool = True):
-        self.size, self.pad, self.enabled, self.cache = size, pad, enabled, {}
-
-    def clean(self, path: str):
-        if path not in self.cache or not self.enabled:
-            px = load_image(path, self.size, pad=self.pad)
-            if not self.enabled:
-                return px
-            self.cache[path] = px
-        return self.cache[path]
-
-    def noisy(self, path: str, t: int, schedule, generator):
-        """POVID: DDPM noise on the [0, 1] RGB image *before* padding and CLIP preprocessing, clamped."""
-        from noise import noise_image
-        x01 = pil_to_tensor01(open_image(path).convert("RGB"))  # (3, H, W) in [0, 1]
-        return load_image(pil_from_tensor01(noise_image(x01, t, schedule, generator)), self.size, pad=self.pad)
-
-
-def truncate(ids, labels, max_len: int, skips: Skips, where: str):
-    """Cut the response end; never the prompt or image tokens. None if even the prompt does not fit."""
-    if len(ids) <= max_len:
-        return ids, labels
-    first_scored = next((i for i, l in enumerate(labels) if l != IGNORE_INDEX), len(labels))
-    if first_scored >= max_len:
-        skips.bad(f"prompt and image tokens alone exceed max_len={max_len}", where)
+def _image_path(rec: dict, root: str):
+    """The record's one image as a path (None = text-only). Raises KeyError/ValueError on a malformed field."""
+    if "images" in rec:
+        imgs = rec["images"]
+        if not isinstance(imgs, list) or len(imgs) != 1:
+            raise ValueError(f"'images' must list exactly one path, got {imgs!r}")
+        img = imgs[0]
+    else:
+        img = rec.get("image")
+    if img is None:
         return None
-    skips.truncated += 1
-    return ids[:max_len], labels[:max_len]
+    if not isinstance(img, str) or not img:
+        raise ValueError(f"'image' must be a path string, got {img!r}")
+    return img if os.path.isabs(img) else os.path.join(root, img)
+
+
+def truncate(ids, labels, max_len: int):
+    """Cut the end of the response; never the prompt or image tokens (all before the first scored token).
+    Returns (ids, labels, was_cut) or None when the prompt alone leaves no scored token within max_len."""
+    if len(ids) <= max_len:
+        return ids, labels, False
+    first_scored = next((i for i, l in enumerate(labels) if l != IGNORE_INDEX), len(labels))
+    if first_scored >= max_len:  # not one answer token left
+        return None
+    return ids[:max_len], labels[:max_len], True
+
+
+def _last_answer_only(labels):
+    """Multi-turn preference conversations: score only the final answer (the turns before it are shared)."""
+    k = len(labels)
+    while k > 0 and labels[k - 1] == IGNORE_INDEX:
+        k -= 1
+    while k > 0 and labels[k - 1] != IGNORE_INDEX:
+        k -= 1
+    return [IGNORE_INDEX] * k + labels[k:]
+
+
+def _fit(ids, labels, max_len, skips, where):
+    cut = truncate(ids, labels, max_len)
+    if cut is None:
+        skips.bad("prompt longer than max_len", where, f"{len(ids)} tokens, max_len={max_len}")
+        return None
+    skips.truncated += cut[2]
+    return cut[0], cut[1]
 
 
 def load_sft(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips):
-    """-> list of dicts(id, image, input_ids, labels)."""
-    records, bad = read_records(path)
-    for where, reason in bad:
-        skips.bad(reason, where)
+    """LLaVA conversation JSON -> [{"id", "image", "input_ids", "labels"}]."""
     root, out = os.path.dirname(os.path.abspath(path)), []
-    for where, rec in records:
+    for where, rec in read_records(path, skips):
         try:
-            conv, image = rec["conversations"], _resolve(root, rec["image"])
-            ids, labels = tok.encode_chat(conv, num_image_tokens, template=template)
-        except (KeyError, TypeError, IndexError) as e:
-            skips.bad(f"malformed record (missing {e})", where)
+            if not isinstance(rec, dict):
+                raise ValueError(f"expected an object, got {type(rec).__name__}")
+            image = _image_path(rec, root)
+            conv = rec["conversations"]
+            ids, labels = tok.encode_chat(conv, num_image_tokens if image else 0, template=template)
+        except KeyError as e:
+            skips.bad("malformed record", where, f"missing key {e}")
             continue
-        except ValueError as e:
-            skips.bad(str(e), where)
+        except (ValueError, TypeError) as e:
+            skips.bad("malformed record", where, str(e))
             continue
-        if not os.path.isfile(image):
-            skips.bad(f"missing image {image}", where)
+        if not any(isinstance(t, dict) and t.get("from") == "gpt" and str(t.get("value", "")).strip() for t in conv):
+            skips.skip("empty response", where)
             continue
-        cut = truncate(ids, labels, max_len, skips, where)
-        if cut is not None:
-            out.append({"id": str(rec.get("id", where)), "image": image, "input_ids": cut[0], "labels": cut[1]})
+        fit = _fit(ids, labels, max_len, skips, where)
+        if fit:
+            out.append({"id": str(rec.get("id", where)), "image": image, "input_ids": fit[0], "labels": fit[1]})
     return out
+
+
+def _parse_preference(rec: dict, root: str, tok, num_image_tokens: int, template: str):
+    """One record of either format -> (image, chosen_text, rejected_text, (ids, labels) chosen, rejected)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    image = _image_path(rec, root)
+    n_img = num_image_tokens if image else 0
+    if "rejected_conversations" in rec:  # POVID's JSON
+        c, r = rec["conversations"], rec["rejected_conversations"]
+        if not isinstance(c, list) or not isinstance(r, list) or len(c) != len(r) or len(c) < 2:
+            raise ValueError("'conversations' and 'rejected_conversations' must be turn lists of the same length")
+        if c[:-1] != r[:-1]:
+            raise ValueError("'conversations' and 'rejected_conversations' differ before the last answer")
+        chosen, rejected = c[-1]["value"], r[-1]["value"]
+        ce, re = tok.encode_chat(c, n_img, template=template), tok.encode_chat(r, n_img, template=template)
+        ce, re = (ce[0], _last_answer_only(ce[1])), (re[0], _last_answer_only(re[1]))
+    else:  # TRL-style
+        prompt, chosen, rejected = rec["prompt"], rec["chosen"], rec["rejected"]
+        for k, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(v, str):
+                raise ValueError(f"'{k}' must be a string, got {type(v).__name__}")
+        ce = tok.encode_pair(prompt, chosen, n_img, template=template)
+        re = tok.encode_pair(prompt, rejected, n_img, template=template)
+    return image, chosen, rejected, ce, re
 
 
 def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips):
-    """-> list of dicts(id, image, chosen_ids, chosen_labels, rejected_ids, rejected_labels, strategy)."""
-    records, bad = read_records(path)
-    for where, reason in bad:
-        skips.bad(reason, where)
+    """Preference JSONL or POVID JSON -> [{"id", "image", "strategy", "chosen_ids", "chosen_labels",
+    "rejected_ids", "rejected_labels"}]."""
     root, out = os.path.dirname(os.path.abspath(path)), []
-    for where, rec in records:
+    for where, rec in read_records(path, skips):
         try:
-            prompt, chosen, rejected, image = parse_preference(rec)
-        except (KeyError, TypeError, IndexError) as e:
-            skips.bad(f"malformed record (missing {e})", where)
+            image, chosen, rejected, ce, re = _parse_preference(rec, root, tok, num_image_tokens, template)
+        except KeyError as e:
+            skips.bad("malformed record", where, f"missing key {e}")
             continue
-        image = _resolve(root, image)
+        except (ValueError, TypeError) as e:
+            skips.bad("malformed record", where, str(e))
+            continue
         if not str(chosen).strip() or not str(rejected).strip():
-            skips.bad("empty response", where)
+            skips.skip("empty response", where)
             continue
-        if chosen.strip() == rejected.strip():
-            skips.bad("chosen == rejected", where)
+        if str(chosen).strip() == str(rejected).strip():
+            skips.skip("chosen == rejected", where)
             continue
-        if not os.path.isfile(image):
-            skips.bad(f"missing image {image}", where)
+        c, r = _fit(*ce, max_len, skips, where), _fit(*re, max_len, skips, where)
+        if c is None or r is None:
             continue
-        row = {"id": str(rec.get("id", where)), "image": image, "strategy": rec.get("strategy", "")}
-        ok = True
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            ids, labels = tok.encode_pair(prompt, text, num_image_tokens, template=template)
-            cut = truncate(ids, labels, max_len, skips, where)
-            if cut is None:
-                ok = False
-                break
-            row[f"{side}_ids"], row[f"{side}_labels"] = cut
-        if ok:
-            out.append(row)
+        if c == r:  # the two answers differ only past max_len
+            skips.skip("chosen == rejected within max_len", where)
+            continue
+        out.append({"id": str(rec.get("id", where)), "image": image, "strategy": rec.get("strategy", ""),
+                    "chosen_ids": c[0], "chosen_labels": c[1], "rejected_ids": r[0], "rejected_labels": r[1]})
     return out
 
 
-def check_images(rows, cache: ImageCache, skips: Skips):
-    """Load every image once up front, so an unreadable file is reported (or skipped) before training starts."""
+class ImageStore:
+    """Pixel tensors by path. cache=True keeps every preprocessed image (and, for POVID's noise, the decoded [0, 1]
+    image) in memory, which makes small runs fast; a COCO-sized run sets cache=False and decodes per step."""
+
+    def __init__(self, size: int, pad: bool, cache: bool = True):
+        self.size, self.pad, self.cache = size, pad, cache
+        self._px, self._raw = {}, {}
+
+    def pixels(self, path: str):
+        """(3, S, S) CLIP-normalised."""
+        px = self._px.get(path)
+        if px is None:
+            px = load_image(path, self.size, pad=self.pad)
+            if self.cache:
+                self._px[path] = px
+        return px
+
+    def noisy(self, path: str, t: int, schedule, generator):
+        """POVID: DDPM noise q(x_t | x_0) on the [0, 1] RGB image at its own resolution, *before* padding and CLIP
+        preprocessing (as POVID's training code), clamped to [0, 1] (noise.noise_image), then preprocessed."""
+        from noise import noise_image
+        x01 = self._raw.get(path)
+        if x01 is None:
+            x01 = pil_to_tensor01(open_image(path).convert("RGB"))  # (3, H, W)
+            if self.cache:
+                self._raw[path] = x01
+        return load_image(pil_from_tensor01(noise_image(x01, t, schedule, generator)), self.size, pad=self.pad)
+
+    def check(self, path: str):
+        """Raise naming the path if the image is missing or unreadable (a cached store loads it now)."""
+        if self.cache:
+            self.pixels(path)
+        else:
+            open_image(path)  # full decode: a truncated file fails here, not mid-run
+
+
+def check_images(rows, images: ImageStore, skips: Skips):
+    """Open every image once before training, so a missing or unreadable file is reported (or skipped) up front."""
     kept = []
     for r in rows:
-        try:
-            cache.clean(r["image"])
-        except (OSError, ValueError) as e:
-            skips.bad(f"unreadable image ({e})", r["id"])
-            continue
+        if r["image"] is not None:
+            try:
+                images.check(r["image"])
+            except FileNotFoundError:
+                skips.bad("missing image", r["id"], r["image"])
+                continue
+            except (OSError, ValueError) as e:
+                skips.bad("unreadable image", r["id"], str(e))
+                continue
         kept.append(r)
     return kept
 
 
-def collate_sft(rows, pad_id: int, cache: ImageCache):
+def _pixels(rows, images: ImageStore):
+    px = [images.pixels(r["image"]) for r in rows if r["image"] is not None]
+    return torch.stack(px) if px else None  # (B_img, 3, S, S), in row order: the model splices them in order
+
+
+def collate_sft(rows, pad_id: int, images: ImageStore):
+    """Right-padded (B, T) input_ids, attention_mask, labels; pixel_values (B_img, 3, S, S) or None; ids."""
     ids, mask, labels = pad_sequences([r["input_ids"] for r in rows], pad_id, side="right",
                                       labels=[r["labels"] for r in rows])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "pixel_values": torch.stack([cache.clean(r["image"]) for r in rows]), "ids": [r["id"] for r in rows]}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": _pixels(rows, images),
+            "ids": [r["id"] for r in rows]}
 
 
-def collate_pairs(rows, pad_id: int, cache: ImageCache):
-    """Chosen rows first, then rejected rows, one padded batch (2B, T): both share one forward."""
+def collate_pairs(rows, pad_id: int, images: ImageStore):
+    """Chosen rows first, then rejected rows, one right-padded batch (2B, T), so both share one forward."""
     seqs = [r["chosen_ids"] for r in rows] + [r["rejected_ids"] for r in rows]
     labs = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
     ids, mask, labels = pad_sequences(seqs, pad_id, side="right", labels=labs)
-    px = torch.stack([cache.clean(r["image"]) for r in rows])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": torch.cat([px, px]),
+    px = _pixels(rows, images)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+            "pixel_values": None if px is None else torch.cat([px, px]),  # (2 B_img, 3, S, S)
             "ids": [r["id"] for r in rows], "images": [r["image"] for r in rows]}

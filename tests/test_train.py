@@ -129,21 +129,24 @@ def test_bad_input(setup, tmp_path):
     tok = Tokenizer.from_pretrained(str(setup / "ckpt"))
     skips = D.Skips("skip")
     kept = D.load_pairs(str(bad), tok, 16, "llava_hf", 512, skips)
+    assert len(kept) == 7  # the missing image is found by check_images, before any training
+    kept = D.check_images(kept, D.ImageStore(16, pad=True), skips)
     assert len(kept) == 6
     assert skips.counts["chosen == rejected"] == 1 and skips.counts["empty response"] == 1
-    assert any("nope.png" in r for r in skips.counts) and any("malformed JSON" in r for r in skips.counts)
+    assert skips.counts["missing image"] == 1 and "nope.png" in skips.first["missing image"]
+    assert skips.counts["malformed JSON"] == 1 and "bad.jsonl:3" in skips.first["malformed JSON"]
     skips = D.Skips("skip")
     short = D.load_pairs(str(bad), tok, 16, "llava_hf", 30, skips)  # truncates answers, never the prompt
     assert skips.truncated > 0 and all(len(r["chosen_ids"]) <= 30 for r in short)
     assert all(r["chosen_ids"][:20] == k["chosen_ids"][:20] for r, k in zip(short, kept))
-    with pytest.raises(ValueError, match="exceed max_len"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: prompt longer than max_len"):
         D.load_pairs(str(setup / "pairs.jsonl"), tok, 16, "llava_hf", 10, D.Skips("error"))
 
 
 def test_nan_loss_stops_with_step_and_ids(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "dpo_loss", lambda *a, **k: (torch.full((a[0].shape[0],), float("nan")),
-                                                            a[0] * 0, a[0] * 0))
-    with pytest.raises(SystemExit, match=r"non-finite loss nan at step 0, batch ids"):
+    monkeypatch.setattr(train, "dpo_loss", lambda *a, **k: (a[0] * float("nan"), a[0].detach() * 0,
+                                                            a[0].detach() * 0))
+    with pytest.raises(SystemExit, match=r"non-finite loss at step 0 \(batch ids \['"):
         run(setup, tmp_path / "n", "--lora_rank=4")
 
 
