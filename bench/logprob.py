@@ -5,16 +5,15 @@
                                                        # torch.compile(naive), Liger FLCE (if importable), bare GEMMs
 
 Columns: naive (full logits, trainable head), chunked (ours, trainable head), and the frozen-head (LoRA) case of
-both. Each variant runs in a fresh subprocess so its peak memory is its own: on CPU the peak RSS (ru_maxrss) minus
-the RSS after inputs and gradient buffers exist ("extra" = beyond inputs and the gradients themselves); on CUDA
-torch.cuda.max_memory_allocated minus the same baseline. Time = median of --repeats after one warm-up.
+both. Each variant runs in a fresh subprocess so its peak memory is its own: "extra" = peak minus the memory held
+once the inputs exist, minus the gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the
+peak RSS (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,10 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench.memory import reset_peak_rss, rss_mb  # noqa: E402
 from model.logprob import naive_logprobs, sequence_logprobs  # noqa: E402
 
 VARIANTS = ["naive", "chunked", "naive_frozen", "chunked_frozen", "triton", "compile", "liger", "gemm_floor"]
-
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def run_one(name, a):
@@ -41,9 +36,6 @@ def run_one(name, a):
     w = (torch.randn(a.V, a.D, generator=g) * 0.02).to(dev, dtype).requires_grad_(not name.endswith("frozen"))
     t = torch.randint(0, a.V, (a.N,), generator=g).to(dev)
     up = torch.randn(a.N, generator=g).to(dev)
-    h.grad = torch.zeros_like(h)  # gradient buffers exist before the baseline: they are not "extra"
-    if w.requires_grad:
-        w.grad = torch.zeros_like(w)
     if name in ("naive", "naive_frozen"):
         fn = naive_logprobs
     elif name in ("chunked", "chunked_frozen"):
@@ -62,6 +54,7 @@ def run_one(name, a):
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step():
+        h.grad = w.grad = None  # autograd then stores each gradient as .grad (no accumulation copy)
         out = fn(h, w, t)
         (out.float() * up).sum().backward()
         sync()
@@ -71,16 +64,18 @@ def run_one(name, a):
         base = torch.cuda.memory_allocated()
     else:
         base = rss_mb()
+        reset_peak_rss()
     step()  # warm-up (and compile)
     times = []
     for _ in range(a.repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    grads = sum(x.grad.numel() * x.grad.element_size() for x in (h, w) if x.grad is not None) / 2 ** 20
     if dev == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 - base / 2 ** 20 - grads
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = rss_mb("VmHWM") - base - grads
     return {"variant": name, "time_s": statistics.median(times), "extra_mb": peak}
 
 
