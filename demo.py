@@ -96,7 +96,7 @@ class Pipeline:
     def sft(self):
         p, out = self.p, self.path("sft")
         self.stage("sft", os.path.join(out, "model", "model.safetensors"), [[
-            "train.py", "--mode=sft", f"--data={self.world}/train.json", f"--model_config={self.world}/llava_config",
+            "train.py", "--mode=sft", f"--data={self.world}/sft.json", f"--model_config={self.world}/llava_config",
             f"--tokenizer={self.world}", f"--out_dir={out}", f"--max_steps={p['sft_steps']}",
             f"--batch_size={p['sft_batch']}", "--micro_batch_size=" + str(p["sft_batch"]), "--lr=2e-3",
             "--lora_rank=0", "--train_vision=True", f"--warmup_steps={min(50, p['sft_steps'] // 5)}",

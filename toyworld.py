@@ -34,6 +34,8 @@ half the "No." objects are absent companions, the question the prior gets wrong)
 Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --seed 0 [--size 64]`
 (`build_world(out, n_train, n_test, seed, size)` from Python; about 1 ms a scene):
     DIR/images/{id}.png; DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per training scene);
+    DIR/sft.json (what the SFT stage trains on: train.json plus, per training scene, a conversation that opens with
+    the image and two fresh QA turns, so a question is also seen as the first turn, as POPE asks it);
     DIR/test_questions.jsonl (question_id, image_id, image, prompt "Describe this image." per held-out scene);
     DIR/annotations.json ({id: {scene, objects (one entry per instance), instances (category, color, size, box
     [x0, y0, x1, y1] in pixels, faint, occluded), caption, image}} for every scene) and DIR/test_annotations.json
@@ -375,7 +377,7 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     tk = build_tokenizer(grammar_words(), os.path.join(out, "tokenizer.json"))
     unk = tk.token_to_id("<unk>")
-    train, questions, anns = [], [], {}
+    train, sft, questions, anns = [], [], [], {}
     split = {"train": [], "test": []}
     for i in range(n_train + n_test):
         img, ann, rng = render(i, seed, size)
@@ -392,6 +394,10 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
                 conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
                 texts += [q, a]
             train.append({"id": iid, "image": rel, "conversations": conv})
+            qa = [{"from": who, "value": text} for q, a in qa_turns(rng, ann) for who, text in (("human", q), ("gpt", a))]
+            qa[0]["value"] = "<image>\n" + qa[0]["value"]
+            texts += [t["value"] for t in qa[1:]] + [qa[0]["value"][len("<image>\n"):]]
+            sft += [train[-1], {"id": iid + "_qa", "image": rel, "conversations": qa}]
         else:
             split["test"].append(iid)
             questions.append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
@@ -400,6 +406,7 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
                 raise ValueError(f"scene {iid}: text {t!r} has a word outside the tokenizer's vocabulary")
     configs(out, tk, size)
     write_json(os.path.join(out, "train.json"), train)
+    write_json(os.path.join(out, "sft.json"), sft)
     with open(os.path.join(out, "test_questions.jsonl.tmp"), "w") as f:
         f.writelines(json.dumps(q) + "\n" for q in questions)
     os.replace(os.path.join(out, "test_questions.jsonl.tmp"), os.path.join(out, "test_questions.jsonl"))

@@ -65,12 +65,19 @@ def test_rules_change_answer_insert_only_absent_objects_and_reproduce(world, tmp
         added = vocab.mentioned(r["rejected"]) - vocab.mentioned(r["chosen"])
         if r["category"] == "object":
             assert added and not added & present, r
-            assert r["edit"] == f"inserted {added.pop()}"
+            new = added.pop()
+            if r["edit"].startswith("inserted"):  # every object said before is still said
+                assert r["edit"] == f"inserted {new}" and vocab.mentioned(r["chosen"]) <= vocab.mentioned(r["rejected"])
+            else:  # a swap: one present object renamed everywhere, nothing else lost
+                old = vocab.mentioned(r["chosen"]) - vocab.mentioned(r["rejected"])
+                assert r["edit"] == f"{old.pop()} -> {new}" and not old, r
+                assert len(vocab.mentions(r["rejected"])) == len(vocab.mentions(r["chosen"])), r  # as many objects
         else:
             assert not added, r  # only the object rule may add an object
         # the edit stays inside the world's language: every word is known to its word-level tokenizer
         assert all(w in words for w in r["rejected"].split()), r["rejected"]
     assert {r["category"] for r in rows} >= {"object", "attribute", "count"}
+    assert {r["edit"].startswith("inserted") for r in rows if r["category"] == "object"} == {True, False}
     assert rows == run_rules(world, tmp_path / "b.jsonl")  # same seed: same pairs
     other = run_rules(world, tmp_path / "c.jsonl", 1)
     assert rows != other and len(other) == N

@@ -91,12 +91,21 @@ def test_captions_are_exact(world):
 
 
 def test_qa_answers_are_exact(world):
+    """Every QA answer, in train.json's caption conversations and in sft.json's question-first ones, is true."""
     anns = json.loads((world / "annotations.json").read_text())
+    train = json.loads((world / "train.json").read_text())
+    sft = json.loads((world / "sft.json").read_text())
+    assert [x for x in sft if not x["id"].endswith("_qa")] == train and len(sft) == 2 * len(train)
     kinds = set()
-    for item in json.loads((world / "train.json").read_text()):
-        a, conv = anns[item["id"]], item["conversations"]
-        assert conv[0]["value"] == "<image>\n" + toyworld.CAPTION_PROMPT and conv[1]["value"] == a["caption"]
-        for q, ans in zip(conv[2::2], conv[3::2]):
+    for item in sft:
+        a, conv = anns[item["id"].removesuffix("_qa")], item["conversations"]
+        if item["id"].endswith("_qa"):  # the image comes with the first question
+            assert conv[0]["value"].startswith("<image>\n") and "<image>" not in "".join(t["value"] for t in conv[1:])
+            turns = [{"value": conv[0]["value"].removeprefix("<image>\n")}] + conv[1:]
+        else:
+            assert conv[0]["value"] == "<image>\n" + toyworld.CAPTION_PROMPT and conv[1]["value"] == a["caption"]
+            turns = conv[2:]
+        for q, ans in zip(turns[0::2], turns[1::2]):
             q, ans = q["value"], ans["value"]
             if m := re.fullmatch(r"Is there an? (.+) in the image\?", q):
                 kinds.add("exists")
