@@ -129,22 +129,35 @@ def _fit(ids, labels, max_len, skips, where):
     return cut[0], cut[1]
 
 
+def _parse_or_skip(parse, skips: Skips, where: str, *args):
+    """parse(*args), or None after reporting a malformed record (a missing key or a bad value) at `where`."""
+    try:
+        return parse(*args)
+    except KeyError as e:
+        skips.bad("malformed record", where, f"missing key {e}")
+    except (ValueError, TypeError) as e:
+        skips.bad("malformed record", where, str(e))
+    return None
+
+
+def _parse_sft(rec, root, tok, num_image_tokens: int, template: str):
+    """One conversation record -> (image, conversations, ids, labels)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    image = _image_path(rec, root)
+    conv = rec["conversations"]
+    ids, labels = tok.encode_chat(conv, num_image_tokens if image else 0, template=template)
+    return image, conv, ids, labels
+
+
 def load_sft(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips):
     """LLaVA conversation JSON -> [{"id", "image", "input_ids", "labels"}]."""
     root, out = os.path.dirname(os.path.abspath(path)), []
     for where, rec in read_records(path, skips):
-        try:
-            if not isinstance(rec, dict):
-                raise ValueError(f"expected an object, got {type(rec).__name__}")
-            image = _image_path(rec, root)
-            conv = rec["conversations"]
-            ids, labels = tok.encode_chat(conv, num_image_tokens if image else 0, template=template)
-        except KeyError as e:
-            skips.bad("malformed record", where, f"missing key {e}")
+        parsed = _parse_or_skip(_parse_sft, skips, where, rec, root, tok, num_image_tokens, template)
+        if parsed is None:
             continue
-        except (ValueError, TypeError) as e:
-            skips.bad("malformed record", where, str(e))
-            continue
+        image, conv, ids, labels = parsed
         if not any(isinstance(t, dict) and t.get("from") == "gpt" and str(t.get("value", "")).strip() for t in conv):
             skips.skip("empty response", where)
             continue
@@ -184,14 +197,10 @@ def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: in
     "rejected_ids", "rejected_labels"}]."""
     root, out = os.path.dirname(os.path.abspath(path)), []
     for where, rec in read_records(path, skips):
-        try:
-            image, chosen, rejected, ce, re = _parse_preference(rec, root, tok, num_image_tokens, template)
-        except KeyError as e:
-            skips.bad("malformed record", where, f"missing key {e}")
+        parsed = _parse_or_skip(_parse_preference, skips, where, rec, root, tok, num_image_tokens, template)
+        if parsed is None:
             continue
-        except (ValueError, TypeError) as e:
-            skips.bad("malformed record", where, str(e))
-            continue
+        image, chosen, rejected, ce, re = parsed
         if not str(chosen).strip() or not str(rejected).strip():
             skips.skip("empty response", where)
             continue

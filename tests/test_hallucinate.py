@@ -206,20 +206,9 @@ def test_bad_lines_and_missing_images_are_counted_not_fatal(world, tmp_path, cap
 
 # ------------------------------------------------------------------------------------------- tiny models
 def word_tokenizer(texts, path):
-    """A word-level tokenizer over the given texts, saved as <path>/tokenizer.json."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    vocab = {t: i for i, t in enumerate(specials)}
-    for t in texts:
-        for w, _ in pre.pre_tokenize_str(t):
-            vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre
-    tk.add_special_tokens(specials)
+    """A word-level tokenizer over the given texts (the toy world's builder), saved as <path>/tokenizer.json."""
     os.makedirs(path, exist_ok=True)
-    tk.save(os.path.join(path, "tokenizer.json"))
-    return len(vocab)
+    return toyworld.build_tokenizer(texts, os.path.join(path, "tokenizer.json")).get_vocab_size()
 
 
 @pytest.fixture(scope="module")
