@@ -81,6 +81,18 @@ def test_povid_runs_and_starts_at_ln2(setup, tmp_path):
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # both terms at ln 2: 0.5 ln2 + 0.5 ln2
 
 
+def test_reference_cache_gives_the_same_run_and_is_reused(setup, tmp_path, capsys):
+    live = run(setup, tmp_path / "live", "--lora_rank=4")
+    cached = run(setup, tmp_path / "c1", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
+    assert "cached in" in capsys.readouterr().out and len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 1
+    again = run(setup, tmp_path / "c2", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
+    assert "reference log-probs of 24 pairs from" in capsys.readouterr().out  # read back, not recomputed
+    for a, b, c in zip(live, cached, again):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and b["loss"] == c["loss"]
+    run(setup, tmp_path / "c3", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc", "--max_len=40")
+    assert len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 2  # other truncation: another key
+
+
 def test_kill_and_resume_is_bit_exact(setup, tmp_path):
     full = tmp_path / "full"
     run(setup, full, "--max_steps=4", "--lora_rank=4", mode="povid")
