@@ -256,6 +256,13 @@ def split_sentences(text):
     return [x.strip() for x in re.split(r"(?<=[.!?])\s+", text.strip()) if x.strip(" .!?")]
 
 
+def split_phrases(text):
+    """Sentences further cut at commas, semicolons and " and ": one object phrase per unit in a listing ("with a
+    cup , a fork and a plate ." -> three units), so one absent object is one poorly matching unit."""
+    return [x.strip() for s in split_sentences(text) for x in re.split(r"\s*[,;]\s*|\s+and\s+", s)
+            if x.strip(" .!?")]
+
+
 def clip_text_ids(clip_cfg, ctok, text):
     """BOS + ids + EOS within CLIP's max positions. The pooled token is eos_token_id of the CLIP config; legacy
     configs (eos 2) pool at the largest id, which is the tokenizer's end-of-text, so its ids are used then."""
@@ -267,15 +274,17 @@ def clip_text_ids(clip_cfg, ctok, text):
 
 
 @torch.no_grad()
-def clip_scores(clip, ctok, image_emb, answers):
-    """Mean over sentences of 100 * cos(image, sentence) per answer; image_emb (N, P) one row per answer, already
-    normalised. An answer without any sentence text scores -inf (the empty filter removes it first)."""
+def clip_scores(clip, ctok, image_emb, answers, unit: str = "sentence", pool: str = "mean"):
+    """Per answer, 100 * cos(image, unit) pooled over its units: sentences (CSR's sentence-level scoring) or phrases
+    (split_phrases), by mean or min (min: an answer is as good as its worst-supported unit, the hallucination-
+    sensitive choice). image_emb (N, P): one row per answer, already normalised. An answer without any text scores
+    -inf (the empty filter removes it first)."""
     import torch.nn.functional as F
     from model.tokenizer import pad_sequences
     cfg = clip.config.text
     sents, owner = [], []
     for i, ans in enumerate(answers):
-        for sent in split_sentences(ans):
+        for sent in (split_phrases(ans) if unit == "phrase" else split_sentences(ans)):
             sents.append(clip_text_ids(cfg, ctok, sent))
             owner.append(i)
     scores = torch.full((len(answers),), float("-inf"))
@@ -287,9 +296,12 @@ def clip_scores(clip, ctok, image_emb, answers):
     txt = F.normalize(clip.encode_text(ids.to(dev), mask.to(dev)).float(), dim=-1)  # (n_sent, P)
     owner = torch.tensor(owner, device=dev)
     sim = 100 * (image_emb.float()[owner] * txt).sum(-1)  # (n_sent,)
-    total = torch.zeros(len(answers), device=dev).index_add_(0, owner, sim)
     n = torch.bincount(owner, minlength=len(answers))
-    scores[n.cpu() > 0] = (total[n > 0] / n[n > 0]).cpu()
+    if pool == "min":
+        pooled = torch.full((len(answers),), float("inf"), device=dev).scatter_reduce_(0, owner, sim, "amin")
+    else:
+        pooled = torch.zeros(len(answers), device=dev).index_add_(0, owner, sim) / n.clamp(min=1)
+    scores[n.cpu() > 0] = pooled[n > 0].cpu()
     return scores
 
 
@@ -349,7 +361,7 @@ def cmd_clip_rank(a):
                                    a.max_new_tokens, a.temperature, a.top_p, gen)
         _, cpx = pixels_for(chunk, clip.config.vision.image_size, True, Summary())
         img = F.normalize(clip.encode_image(cpx.to(a.device, clip.logit_scale.dtype)).float(), dim=-1)  # (n, P)
-        scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers)
+        scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers, a.unit, a.pool)
         for i, it in enumerate(chunk):
             sl = slice(i * a.samples, (i + 1) * a.samples)
             pair = rank_pairs(answers[sl], scores[sl].tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
@@ -511,6 +523,9 @@ def main(argv=None) -> int:
             q.add_argument("--min-margin", type=float, default=2.0, help="minimum chosen - rejected CLIP score")
             q.add_argument("--max-len-ratio", type=float, default=1.5, help="longer / shorter answer, in words")
             q.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
+            q.add_argument("--unit", default="sentence", choices=["sentence", "phrase"],
+                           help="what CLIP scores: each sentence (CSR) or each comma/'and' phrase")
+            q.add_argument("--pool", default="mean", choices=["mean", "min"], help="how unit scores combine")
     a = p.parse_args(argv)
     return {"api": cmd_api, "rules": cmd_rules, "noise": cmd_noise, "clip-rank": cmd_clip_rank}[a.cmd](a)
 
