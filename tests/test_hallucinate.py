@@ -310,6 +310,14 @@ def test_clip_text_ids_and_sentence_average(tiny):
     s = H.clip_scores(clip, ctok, img.repeat(3, 1), [a, b, f"{a} {b}"])
     assert s[2].item() == pytest.approx((s[0].item() + s[1].item()) / 2, abs=1e-4)  # mean over sentences
     assert H.clip_scores(clip, ctok, img, [" . "])[0].item() == float("-inf")
+    # phrases: a listing is cut into its object phrases; min pooling keeps the worst-supported one
+    assert H.split_phrases("a scene with a cup , a red fork and a plate . the cup is left of the plate .") == [
+        "a scene with a cup", "a red fork", "a plate .", "the cup is left of the plate ."]
+    units = ["a scene with a cup", "a red fork", "a plate ."]
+    one = H.clip_scores(clip, ctok, img.repeat(3, 1), units)
+    for pool, want in (("min", one.min()), ("mean", one.mean())):
+        got = H.clip_scores(clip, ctok, img, ["a scene with a cup , a red fork and a plate ."], "phrase", pool)
+        assert got.item() == pytest.approx(want.item(), abs=1e-4), pool
 
 
 def test_clip_rank_pairs_satisfy_filters(world, tiny, tmp_path, capsys):
