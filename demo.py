@@ -261,7 +261,7 @@ def examples_png(pl, run_dirs, names=("baseline", "povid", "clip_dpo"), n=8):
             d.text((x0 + 4, y), f"{name}:", fill=(0, 0, 0), font=font)
             text = next(a["text"] for a in _answers(run_dirs[name]) if str(a.get("image_id")) == iid)
             for word in text.split():
-                w = d.textlength(word + " ", font=font)
+                w = d.textlength(word, font=font) + 5  # the default font's space is 2 px: words ran together
                 if x + w > x0 + W - 14:
                     if row == 1:
                         d.text((x, y), "...", fill=(0, 0, 0), font=font)
