@@ -143,7 +143,7 @@ class LlamaModel(nn.Module):
         else:
             mask = attention_mask_4d(key_mask, T)
         for i, layer in enumerate(self.layers):
-            if self.gradient_checkpointing and self.training and cache is None:
+            if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache, i)

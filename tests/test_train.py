@@ -76,6 +76,20 @@ def test_micro_batch_accumulation_equivalence(setup, tmp_path):
         assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
+def test_gradient_checkpointing_changes_nothing_but_memory(setup, tmp_path, monkeypatch):
+    import model.llama as L
+    calls = []
+    real = L.checkpoint
+    monkeypatch.setattr(L, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = run(setup, tmp_path / "plain", "--lora_rank=4")
+    assert not calls
+    b = run(setup, tmp_path / "ckpt", "--lora_rank=4", "--grad_checkpointing=True")
+    assert len(calls) == 3 * 2  # every step, every decoder block of the policy pass (the reference is no_grad)
+    assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], abs=1e-6)
+    wa, wb = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
 def test_povid_runs_and_starts_at_ln2(setup, tmp_path):
     log = run(setup, tmp_path / "p", "--lora_rank=4", "--noise_t=800", mode="povid")
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # both terms at ln 2: 0.5 ln2 + 0.5 ln2
