@@ -71,9 +71,11 @@ def test_micro_batch_accumulation_equivalence(setup, tmp_path):
         for x, y in zip(a, b):
             assert x["loss"] == pytest.approx(y["loss"], abs=1e-5), mode
         wa, wb = weights(tmp_path / f"{mode}1"), weights(tmp_path / f"{mode}4")
-        # weights: Adam divides by sqrt(v), so summation-order noise in near-zero gradient entries is amplified up
-        # to ~lr * 1e-2 after a few steps; the loss trajectory above is the 1e-5 check
-        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+        # weights: Adam divides by sqrt(v), so an entry whose gradient is at summation-order noise level can move by
+        # up to lr (1e-3) per step either way (measured: a few such entries at ~1e-4). So: nearly all entries equal
+        # to 1e-6, and none apart by more than 2 lr x 3 steps; the loss trajectory above is the 1e-5 check
+        diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+        assert (diff <= 1e-6).float().mean() > 0.99 and diff.max() < 6e-3, (mode, (diff > 1e-6).sum(), diff.max())
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(setup, tmp_path, monkeypatch):
