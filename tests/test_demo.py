@@ -15,7 +15,10 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     for run in ("baseline", "povid_stage1", "povid", "noise_only", "clip_dpo", "povid_t0"):
         for key in ("chair_s", "chair_i", "recall", "pope_f1", "pope_yes_ratio"):
             assert 0.0 <= rep[run][key] <= 1.0, (run, key)
-    assert rep["n_test_images"] == demo.QUICK["n_test"] and rep["wall_s"] > 0
+    assert rep["n_test_images"] == demo.QUICK["n_test"] and rep["wall_s"] > 0 and rep["stages_reused"] == []
+    for run in ("baseline", "povid"):  # the mechanism table: companions named when absent / present
+        assert set(rep[run]["companions_named"]) <= {"absent", "clear", "faint", "covered"}
+        assert "absent" in rep[run]["companions_named"]
     assert os.path.getsize(out / "examples.png") > 1000 and "| povid |" in (out / "report.md").read_text()
     # a re-run reuses every stage (nothing is trained again)
     log_size = os.path.getsize(out / "pipeline.log")
@@ -23,3 +26,7 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     with open(out / "pipeline.log") as f:
         f.seek(log_size)
         assert "train.py" not in f.read()
+    again = json.loads((out / "report.json").read_text())
+    assert again["stages_reused"] and "stages reused from an earlier run" in (out / "report.md").read_text()
+    assert {k: again[k] for k in rep if k not in ("wall_s", "stages_reused")} == \
+        {k: rep[k] for k in rep if k not in ("wall_s", "stages_reused")}
