@@ -12,7 +12,7 @@ With summed response log-probs pi_c, pi_r (policy) and ref_c, ref_r (reference, 
     robust   (Chowdhury et al. 2024, eq. 7)  L = [-(1 - eps) log sigma(z) + eps log sigma(-z)] / (1 - 2 eps)
     rewards  r_c = beta (pi_c - ref_c),  r_r = beta (pi_r - ref_r)   (detached; logged)
 
-POVID stage 2 (Zhou et al. 2024; the released code, see shared/reference/povid.md 1.3): the preferred answer
+POVID stage 2 (Zhou et al. 2024; as the released code computes it, tool/dpo_trainer.py): the preferred answer
 against two dispreferred ones, each in its own sigmoid, then averaged with weights (0.5 / 0.5 by default):
 
     L = w_inj * -log sigma(beta [(pi_c - pi_inj) - (ref_c - ref_inj)])         injected hallucination (offline)

@@ -1,7 +1,7 @@
 """CLIP (Radford et al. 2021) written from scratch: the ViT image tower LLaVA-1.5 reads its features from, and the
 text tower + projections CLIP-DPO scores image-text pairs with.
 
-Conventions that matter for parity with openai CLIP checkpoints (see shared/reference/layout_style.md, A3):
+Conventions that matter for parity with openai CLIP checkpoints (as in openai/CLIP and transformers' CLIPModel):
   * patch embedding is a bias-free Conv2d with stride = patch; a learned class embedding is prepended and learned
     position embeddings added; then `pre_layrnorm` (sic) runs before the encoder;
   * pre-LN blocks: x + attn(ln1(x)), then x + mlp(ln2(x)); quick_gelu = x * sigmoid(1.702 x);
