@@ -29,7 +29,8 @@ Modes
 
 Outputs in out_dir: config.json (the resolved config), metrics.jsonl (one JSON object per logged step), ckpt/
 (trainable weights, optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues,
-bit-exactly on CPU), model/ (the final model, adapters merged, in the llava-hf layout + tokenizer.json).
+bit-exactly on CPU), model/ (the final model, adapters merged, in the llava-hf layout + tokenizer.json); both are
+written by train_state.py.
 """
 from __future__ import annotations
 
@@ -37,8 +38,6 @@ import hashlib
 import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from collections import Counter
@@ -48,12 +47,12 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
 import data as D
 from dpo import LOSS_TYPES, dpo_loss, povid_loss, sequence_sums
 from model import Llava, LlavaConfig, Tokenizer
-from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora, merge_lora_state
+from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora
+from train_state import export_model, load_checkpoint, save_checkpoint, write_atomic
 
 
 # -------------------------------------------------------------------------------------------------------- config
@@ -252,114 +251,6 @@ def peak_flops(cfg: Config, device: str):
     return None
 
 
-# -------------------------------------------------------------------------------------------------------- checkpoints
-def _rng_state():
-    s = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state()
-    return s
-
-
-def save_checkpoint(cfg, net, model, opt, step, rank):
-    """ckpt/ = trainable.safetensors (full tensors) + optimizer.pt + rng_rank{r}.pt + state.json + config.json,
-    written into ckpt.tmp/ and swapped in by renames: a crash at any moment leaves the previous checkpoint whole,
-    as ckpt/ or (between the two renames) ckpt.prev/."""
-    final, tmp, prev = (os.path.join(cfg.out_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.prev"))
-    ddp = dist.is_initialized()
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    if ddp:
-        dist.barrier()
-    if cfg.fsdp:  # collectives: every rank takes part, rank 0 receives the full tensors
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        trainable = {n: p.full_tensor().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        optim = get_optimizer_state_dict(net, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        optim = opt.state_dict()
-    torch.save(_rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))  # dropout draws differ per rank
-    if rank == 0:
-        save_file({n: t.contiguous() for n, t in trainable.items()}, os.path.join(tmp, "trainable.safetensors"))
-        torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        for name, obj in (("state.json", {"step": step, "data": cfg.data}), ("config.json", asdict(cfg))):
-            with open(os.path.join(tmp, name), "w") as f:
-                json.dump(obj, f, indent=2)
-    if ddp:
-        dist.barrier()
-    if rank == 0:
-        if os.path.exists(final):
-            shutil.rmtree(prev, ignore_errors=True)
-            os.replace(final, prev)
-        os.replace(tmp, final)
-        shutil.rmtree(prev, ignore_errors=True)
-    if ddp:
-        dist.barrier()
-
-
-def load_checkpoint(cfg, net, model, opt, rank) -> int:
-    """Restore a checkpoint written by save_checkpoint; returns its step (0 when there is none)."""
-    for name in ("ckpt", "ckpt.prev"):  # ckpt.prev: a crash between the two renames
-        d = os.path.join(cfg.out_dir, name)
-        if os.path.isfile(os.path.join(d, "state.json")):
-            break
-    else:
-        return 0
-    saved = load_file(os.path.join(d, "trainable.safetensors"))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if saved.keys() != params.keys():
-        missing, extra = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
-        raise SystemExit(f"{d}: trainable parameters differ from this run's (config changed?): "
-                         f"missing {missing[:3]}, unexpected {extra[:3]}")
-    with torch.no_grad():
-        for n, p in params.items():
-            t = saved[n].to(p.device, p.dtype)
-            if hasattr(p, "device_mesh"):  # an FSDP shard: keep this rank's slice of the full tensor
-                from torch.distributed.tensor import distribute_tensor
-                t = distribute_tensor(t, p.device_mesh, p.placements)
-            p.copy_(t)
-    if cfg.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        osd = torch.load(os.path.join(d, "optimizer.pt"), weights_only=True) if rank == 0 else {}
-        set_optimizer_state_dict(net, opt, osd, options=StateDictOptions(full_state_dict=True,
-                                                                         broadcast_from_rank0=True))
-    else:
-        opt.load_state_dict(torch.load(os.path.join(d, "optimizer.pt"), weights_only=True))
-    rng_path = os.path.join(d, f"rng_rank{rank}.pt")
-    if os.path.isfile(rng_path):
-        rng = torch.load(rng_path, weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-    else:
-        print(f"rank {rank}: {rng_path} missing (world size changed?): dropout draws will not repeat exactly")
-    with open(os.path.join(d, "state.json")) as f:
-        return json.load(f)["step"]
-
-
-def export_model(cfg, net, model, tok, rank):
-    """The final model, adapters merged, in the llava-hf layout + tokenizer.json (what transformers loads)."""
-    if cfg.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        state = {k.removeprefix("llava."): v for k, v in state.items()}
-    else:
-        state = model.state_dict()  # references, no copy
-    if rank != 0:
-        return None
-    if cfg.lora_rank:
-        state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)
-    dtype = state["language_model.embed_tokens.weight"].dtype  # one dtype for the file: the frozen weights'
-    with torch.device("meta"):
-        out = Llava(model.config)  # no memory, no init: the tensors are assigned below
-    out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)  # strict: every key matches
-    path = os.path.join(cfg.out_dir, "model")
-    out.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 # -------------------------------------------------------------------------------------------------------- reference cache
 def reference_cache(cfg, rows, net, ref_net, model, collate, images, tok, device, autocast, rank, world, print0):
     """Reference log-probs of every pair, (N, 2) = (chosen, rejected), computed once (the reference never changes
@@ -524,12 +415,12 @@ def train(cfg: Config, rank: int, world: int, local: int):
     start = load_checkpoint(cfg, net, model, opt, rank) if cfg.resume else 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
-        _write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
+        write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
         kept = []
         if start and os.path.isfile(metrics_path):  # drop what the killed run logged after its last checkpoint
             with open(metrics_path) as f:
                 kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
-        _write_atomic(metrics_path, "".join(kept))
+        write_atomic(metrics_path, "".join(kept))
         print0(f"resumed from {cfg.out_dir}/ckpt at step {start}" if start else f"writing to {cfg.out_dir}")
     peak = peak_flops(cfg, device)
     rnet = net if ref_net is None else ref_net  # the reference: the policy with adapters off, or the frozen copy
@@ -654,12 +545,6 @@ def train(cfg: Config, rank: int, world: int, local: int):
     path = export_model(cfg, net, model, tok, rank)
     print0(f"done: step {done}/{cfg.max_steps} in {time.time() - t_run:.0f}s; model -> {path}\n{skips.report()}")
     return path
-
-
-def _write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 # -------------------------------------------------------------------------------------------------------- main

@@ -2,7 +2,7 @@
 
 Each layout is one explicit, ordered table of key-prefix renames from the file's names to this package's
 module names, plus an explicit ignore list. Every key must be mapped or ignored, every parameter must be
-filled, and every shape must match; the error names the offending key (and both shapes). No `strict=False`.
+filled, and every shape must match; the error names the offending key (and both shapes). Loading is always strict.
 
   llava-hf (legacy, hub files)        llava-hf (transformers >= 4.52)     ours
   language_model.model.*              model.language_model.*              language_model.*

@@ -123,16 +123,17 @@ def test_interrupted_checkpoint_write_keeps_previous(setup, tmp_path, monkeypatc
     out = tmp_path / "c"
     run(setup, out, "--max_steps=2", "--lora_rank=4")
     before = weights(out)
-    real = train.save_file
+    import train_state
+    real = train_state.save_file
 
     def crash(*a, **k):
         real(*a, **k)
         raise KeyboardInterrupt("killed half-way through the checkpoint")
 
-    monkeypatch.setattr(train, "save_file", crash)
+    monkeypatch.setattr(train_state, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         run(setup, out, "--max_steps=3", "--lora_rank=4", "--resume=True")
-    monkeypatch.setattr(train, "save_file", real)
+    monkeypatch.setattr(train_state, "save_file", real)
     assert all(torch.equal(before[k], v) for k, v in weights(out).items())  # ckpt/ still the old, whole one
     assert json.loads((out / "ckpt/state.json").read_text())["step"] == 2
 
