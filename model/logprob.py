@@ -85,33 +85,40 @@ class _ChunkedLogprob(torch.autograd.Function):
         if ctx.fused:
             return (dh_unit * g.float()[:, None]).to(hidden.dtype), None, None, None
         dh, dw = chunked_backward(hidden, weight, targets, lse, g, ctx.needs_input_grad[0],
-                                  ctx.needs_input_grad[1], ctx.chunk)
+                                  ctx.needs_input_grad[1])
         return dh, dw, None, None
 
 
-def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool, chunk: int):
-    """Recompute each chunk's logits; dlogits = g * (onehot - softmax); dh = dlogits @ W; dW += dlogits^T h (fp32).
+def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool):
+    """Backward in vocabulary blocks: for W[v0:v1], recompute the (M, Vb) logits of every row, dlogits = g * (onehot -
+    softmax) with the forward's lse, then dW[v0:v1] = dlogits^T h is written once (one GEMM with K = M, no read-
+    modify-write of a (V, D) accumulator per row chunk) and dh += dlogits W[v0:v1] (an (M, D) fp32 accumulator).
     Shared by the torch path and the Triton path (whose forward kept only lse)."""
     g = g.float()
-    M = hidden.shape[0]
-    dh = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
-    dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-    buf = torch.empty(min(chunk, M), weight.shape[0], dtype=torch.float32, device=hidden.device)  # (c, V)
-    fp32 = weight.dtype == torch.float32
-    for s in range(0, M, chunk):
-        h, t, gs = hidden[s:s + chunk], targets[s:s + chunk], g[s:s + chunk]
-        dlogits = _chunk_logits(h, weight, buf)  # recompute (c, V)
-        dlogits.sub_(lse[s:s + chunk, None]).exp_().mul_(-gs[:, None])  # -g * softmax
-        dlogits[torch.arange(len(t), device=t.device), t] += gs  # + g * onehot
-        dl = dlogits if fp32 else dlogits.to(weight.dtype)
+    M, D = hidden.shape
+    V = weight.shape[0]
+    vb = min(V, max(256, D * hidden.element_size() // 4))  # (M, Vb) fp32 block ~ the size of hidden
+    fp32 = weight.dtype == torch.float32 and hidden.dtype == torch.float32
+    hf = hidden if fp32 else hidden.float()  # (M, D): the dW GEMMs accumulate in fp32
+    dh = torch.zeros(M, D, dtype=torch.float32, device=hidden.device) if need_h else None
+    dw = torch.empty(V, D, dtype=torch.float32, device=weight.device) if need_w else None
+    flat = torch.empty(M * vb, dtype=torch.float32, device=hidden.device)  # one workspace, reused by every block
+    for v0 in range(0, V, vb):
+        w = weight[v0:v0 + vb]  # (Vb, D)
+        n = w.shape[0]
+        dl = flat[: M * n].view(M, n)
+        if fp32:
+            torch.mm(hidden, w.t(), out=dl)  # recompute (M, Vb)
+        else:
+            dl.copy_(hidden @ w.t())
+        dl.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
+        hit = ((targets >= v0) & (targets < v0 + n)).nonzero()[:, 0]
+        dl[hit, targets[hit] - v0] += g[hit]  # + g * onehot
         if need_h:
-            if fp32 and hidden.dtype == torch.float32:
-                torch.mm(dl, weight, out=dh[s:s + chunk])
-            else:
-                dh[s:s + chunk] = dl @ weight
+            dh.addmm_(dl, w if fp32 else w.float())
         if need_w:
-            dw.addmm_(dlogits.t(), h.float())  # fp32 accumulation whatever the weight dtype
-    return dh, (dw.to(weight.dtype) if need_w else None)
+            torch.mm(dl.t(), hf, out=dw[v0:v0 + n])
+    return (dh.to(hidden.dtype) if need_h else None), (dw.to(weight.dtype) if need_w else None)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,

@@ -83,7 +83,7 @@ class _TritonLogprob(torch.autograd.Function):
         from .logprob import chunked_backward
         hidden, weight, targets, lse = ctx.saved_tensors
         dh, dw = chunked_backward(hidden, weight, targets, lse, g, ctx.needs_input_grad[0],
-                                  ctx.needs_input_grad[1], ctx.chunk)
+                                  ctx.needs_input_grad[1])
         return dh, dw, None, None
 
 

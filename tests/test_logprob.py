@@ -27,8 +27,9 @@ def grads(fn, h, w, t, up, head_trainable=True):
 
 @pytest.mark.parametrize("chunk", [None, 5, 64])  # 5: N not a multiple of the chunk
 @pytest.mark.parametrize("head_trainable", [True, False])
-def test_matches_naive_fp32(chunk, head_trainable):
-    h, w, t, up = case()
+@pytest.mark.parametrize("V", [101, 601])  # 601: backward in three vocabulary blocks of 256, the last partial
+def test_matches_naive_fp32(chunk, head_trainable, V):
+    h, w, t, up = case(V=V)
     ours = grads(lambda a, b, c: sequence_logprobs(a, b, c, chunk_rows=chunk), h, w, t, up, head_trainable)
     ref = grads(naive_logprobs, h, w, t, up, head_trainable)
     for a, b in zip(ours, ref):
