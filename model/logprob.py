@@ -11,7 +11,8 @@ cross-entropy, written from scratch):
   * only rows whose target is not `ignore_index` are computed (gathered first);
   * forward walks the rows in chunks sized so the (chunk, V) fp32 workspace is about the size of `hidden`;
     it keeps only the per-row logsumexp (O(N) fp32) for backward;
-  * backward recomputes each chunk's logits, forms g * (onehot - softmax) and accumulates dW in fp32;
+  * backward walks the vocabulary in blocks: it recomputes each block's logits for all rows from the saved lse,
+    forms g * (onehot - softmax), writes that block of dW once (fp32) and accumulates dh;
   * with a frozen head (LoRA: weight.requires_grad is False) the input gradient per unit upstream gradient,
     w_t - p @ W, is formed during the forward while the chunk's softmax is at hand, so backward is a scale:
     no recompute at all.
@@ -33,16 +34,14 @@ def _chunk_rows(n_rows: int, d: int, v: int, elem: int) -> int:
     return min(n_rows, max(256, (n_rows * d * elem) // (v * 4)))
 
 
-def _chunk_logits(h, weight, buf):
-    """(c, D) @ (V, D)^T into the reused fp32 workspace buf[:c] (c, V). One buffer for the whole call: a fresh
-    (c, V) block per chunk would cost page faults each time and, on CPU, let glibc's heap grow by hundreds of MiB
-    (freed 30 MiB blocks fall under its dynamic mmap threshold and stay mapped)."""
-    out = buf[: h.shape[0]]
+def _logits_into(h, weight, out):
+    """(c, D) @ (V', D)^T written into `out` (c, V'), a view of a workspace allocated once per call: a fresh block
+    per chunk would cost page faults each time and, on CPU, let glibc's heap grow by hundreds of MiB (freed 30 MiB
+    blocks fall under its dynamic mmap threshold and stay mapped). bf16/fp16 inputs: the GEMM in their dtype, then
+    fp32 for everything after it."""
     if h.dtype == torch.float32 and weight.dtype == torch.float32:
-        torch.mm(h, weight.t(), out=out)
-    else:
-        out.copy_(h @ weight.t())  # bf16/fp16 GEMM, then fp32 for everything after it
-    return out
+        return torch.mm(h, weight.t(), out=out)
+    return out.copy_(h @ weight.t())
 
 
 def _softmax_(logits):
@@ -66,7 +65,7 @@ class _ChunkedLogprob(torch.autograd.Function):
         buf = torch.empty(min(chunk, M), weight.shape[0], dtype=torch.float32, device=hidden.device)  # (c, V)
         for s in range(0, M, chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
-            logits = _chunk_logits(h, weight, buf)  # (c, V)
+            logits = _logits_into(h, weight, buf[: h.shape[0]])  # (c, V)
             target_logit = logits.gather(1, t[:, None])[:, 0]  # before the block is overwritten
             if fused_grad:
                 l = _softmax_(logits)  # logits now hold p
@@ -75,7 +74,7 @@ class _ChunkedLogprob(torch.autograd.Function):
                 l = torch.logsumexp(logits, dim=-1)  # (c,)
             out[s:s + chunk] = target_logit - l
             lse[s:s + chunk] = l
-        ctx.chunk, ctx.fused = chunk, fused_grad
+        ctx.fused = fused_grad
         ctx.save_for_backward(hidden, weight, targets, lse, dh_unit)
         return out
 
@@ -106,11 +105,7 @@ def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool
     for v0 in range(0, V, vb):
         w = weight[v0:v0 + vb]  # (Vb, D)
         n = w.shape[0]
-        dl = flat[: M * n].view(M, n)
-        if fp32:
-            torch.mm(hidden, w.t(), out=dl)  # recompute (M, Vb)
-        else:
-            dl.copy_(hidden @ w.t())
+        dl = _logits_into(hidden, w, flat[: M * n].view(M, n))  # recompute (M, Vb)
         dl.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
         hit = ((targets >= v0) & (targets < v0 + n)).nonzero()[:, 0]
         dl[hit, targets[hit] - v0] += g[hit]  # + g * onehot

@@ -10,7 +10,7 @@ al. 2024, written from scratch).
             t += z[target column] if the target falls in this block
         lse = m + log(s);  write lse and t - lse    O(rows) outputs only
 
-Backward recomputes the logits in row chunks with cuBLAS GEMMs (shared with the torch path in model/logprob.py):
+Backward recomputes the logits in vocabulary blocks with cuBLAS GEMMs (shared with the torch path in model/logprob.py):
 dlogits = g * (onehot - exp(z - lse)), dh = dlogits @ W, dW += dlogits^T @ h in fp32.
 
 Imported lazily, only when CUDA and triton are present. Triton's interpreter (TRITON_INTERPRET=1) runs the same
@@ -72,9 +72,8 @@ def lse_and_logprob(hidden, weight, targets, block_m: int = 64, block_v: int = 1
 
 class _TritonLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int):
+    def forward(ctx, hidden, weight, targets):
         lse, logp = lse_and_logprob(hidden, weight, targets)
-        ctx.chunk = chunk
         ctx.save_for_backward(hidden, weight, targets, lse)
         return logp
 
@@ -84,11 +83,9 @@ class _TritonLogprob(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         dh, dw = chunked_backward(hidden, weight, targets, lse, g, ctx.needs_input_grad[0],
                                   ctx.needs_input_grad[1])
-        return dh, dw, None, None
+        return dh, dw, None
 
 
-def triton_sequence_logprobs(hidden, weight, targets, chunk: int | None = None):
+def triton_sequence_logprobs(hidden, weight, targets):
     """Scored rows only (the caller gathers them): (M, D), (V, D), (M,) -> (M,) fp32 log p(target)."""
-    from .logprob import _chunk_rows
-    chunk = chunk or _chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0], hidden.element_size())
-    return _TritonLogprob.apply(hidden, weight, targets, chunk)
+    return _TritonLogprob.apply(hidden, weight, targets)
