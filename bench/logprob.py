@@ -1,13 +1,18 @@
 """Forward+backward time and peak memory of per-token log-probs: naive log_softmax+gather vs model/logprob.py.
 
     .venv/bin/python bench/logprob.py                  # CPU: N=4096, D=1024, V=32000, fp32
-    .venv/bin/python bench/logprob.py --device cuda    # GPU: N=8192, D=4096, V=32000, bf16; adds the Triton kernel,
+    .venv/bin/python bench/logprob.py --device cuda    # GPU: N=8192, D=4096, V=32000, bf16; adds the Triton kernels,
                                                        # torch.compile(naive), Liger FLCE (if importable), bare GEMMs
+    python bench/logprob.py --device cuda --check      # + relative errors of every path vs an fp32 reference
+    python bench/logprob.py --device cuda --sweep      # + the Triton kernels' tile configurations, timed
 
-Columns: naive (full logits, trainable head), chunked (ours, trainable head), and the frozen-head (LoRA) case of
-both. Each variant runs in a fresh subprocess so its peak memory is its own: "extra" = peak minus the memory held
-once the inputs exist, minus the gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the
-peak RSS (ru_maxrss) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
+Rows: each method with a trainable LM head and with a frozen one (LoRA: no dW). naive = full logits; chunked = the
+torch path of model/logprob.py; triton = its CUDA path (triton_ptr: the fused forward with pointer loads instead of
+TMA descriptors); gemm_floor = only the bare GEMMs the head needs (logits,
+dH, and dW when trainable), on real data: the physical floor for anything exact. Each variant runs in a fresh
+subprocess so its peak memory is its own: "extra" = peak minus the memory held once the inputs exist, minus the
+gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the peak RSS (VmHWM, reset after
+set-up) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
 """
 from __future__ import annotations
 
@@ -26,31 +31,46 @@ sys.path.insert(0, ROOT)
 from bench.memory import reset_peak_rss, rss_mb  # noqa: E402
 from model.logprob import naive_logprobs, sequence_logprobs  # noqa: E402
 
-VARIANTS = ["naive", "chunked", "naive_frozen", "chunked_frozen", "triton", "compile", "liger", "gemm_floor"]
+METHODS = ["naive", "chunked", "triton", "triton_ptr", "compile", "liger", "gemm_floor"]
+CPU_METHODS = METHODS[:2]
 
 
-def run_one(name, a):
+def _inputs(a, trainable):
     dev, dtype = a.device, {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
     g = torch.Generator().manual_seed(0)
     h = torch.randn(a.N, a.D, generator=g).to(dev, dtype).requires_grad_()
-    w = (torch.randn(a.V, a.D, generator=g) * 0.02).to(dev, dtype).requires_grad_(not name.endswith("frozen"))
+    w = (torch.randn(a.V, a.D, generator=g) * 0.02).to(dev, dtype).requires_grad_(trainable)
     t = torch.randint(0, a.V, (a.N,), generator=g).to(dev)
-    up = torch.randn(a.N, generator=g).to(dev)
-    if name in ("naive", "naive_frozen"):
-        fn = naive_logprobs
-    elif name in ("chunked", "chunked_frozen"):
-        fn = sequence_logprobs
-    elif name == "triton":
-        from model.logprob_triton import triton_sequence_logprobs as fn
-    elif name == "compile":
-        fn = torch.compile(naive_logprobs)
-    elif name == "liger":
+    up = torch.randn(a.N, generator=g).to(dev)  # non-uniform upstream gradient, as DPO's per-sequence weights are
+    return h, w, t, up
+
+
+def _method(name):
+    if name == "naive":
+        return naive_logprobs
+    if name == "chunked":
+        return lambda h_, w_, t_: sequence_logprobs(h_, w_, t_, use_triton=False)
+    if name in ("triton", "triton_ptr"):  # the fused forward loading through TMA descriptors / plain pointers
+        from model import logprob_triton
+        logprob_triton.PLAN["forward"] = "tile" if name == "triton_ptr" else "tma"
+        return lambda h_, w_, t_: sequence_logprobs(h_, w_, t_, use_triton=True)
+    if name == "compile":
+        return torch.compile(naive_logprobs)
+    if name == "liger":
         from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
-        def fn(h_, w_, t_):  # per-token NLL with reduction="none"
+
+        def liger(h_, w_, t_):  # per-token NLL with reduction="none" (recomputes in backward, like ours)
             return -LigerFusedLinearCrossEntropyFunction.apply(h_, w_, t_, None, None, -100, 0.0, 0.0, "none")[0]
-    elif name == "gemm_floor":  # the bare GEMMs a trainable head needs: logits, dH, dW
-        def fn(h_, w_, t_):
-            return _GemmFloor.apply(h_, w_)
+        return liger
+    if name == "gemm_floor":
+        return lambda h_, w_, t_: _GemmFloor.apply(h_, w_)
+    raise ValueError(name)
+
+
+def run_one(name, a):
+    dev = a.device
+    h, w, t, up = _inputs(a, trainable=not name.endswith("_frozen"))
+    fn = _method(name.removesuffix("_frozen"))
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def step():
@@ -80,16 +100,114 @@ def run_one(name, a):
 
 
 class _GemmFloor(torch.autograd.Function):
+    """The GEMMs alone: z = h W^T forward; backward z W (dH) and, for a trainable head, z^T h (dW), with the saved
+    logits standing in for their gradient (same shape, real values, so the timing is that of real data)."""
+
     @staticmethod
     def forward(ctx, h, w):
-        ctx.save_for_backward(h, w)
-        return (h @ w.t())[:, 0].float()  # the (N, V) GEMM; returns one column so nothing else is timed
+        z = h @ w.t()  # (N, V)
+        ctx.save_for_backward(h, w, z)
+        return z[:, 0].float()  # one column, so nothing but the GEMM is timed
 
     @staticmethod
     def backward(ctx, g):
-        h, w = ctx.saved_tensors
-        z = torch.empty(h.shape[0], w.shape[0], dtype=h.dtype, device=h.device)
-        return z @ w, z.t() @ h
+        h, w, z = ctx.saved_tensors
+        return z @ w, (z.t() @ h if ctx.needs_input_grad[1] else None)
+
+
+def check(a):
+    """Relative error (||x - ref|| / ||ref||) of log p, dH and dW of each method vs the naive computation on fp32
+    upcasts of the same inputs, at the benchmark's shape (fresh inputs per method)."""
+    print(f"\nrelative error vs fp32 reference (N={a.N} D={a.D} V={a.V} {a.dtype}):")
+    print("| method | log p | dH | dW |\n|---|---|---|---|")
+    for name in ("naive", "chunked", "triton", "triton_ptr") + (("liger",) if _importable("liger_kernel") else ()):
+        h, w, t, up = _inputs(a, trainable=True)
+        fn = _method(name)
+        out = fn(h, w, t)
+        (out.float() * up).sum().backward()
+        h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+        ref = naive_logprobs(h32, w32, t)
+        (ref * up).sum().backward()
+        errs = [(x.float() - y).norm().item() / y.norm().item()
+                for x, y in ((out.detach(), ref.detach()), (h.grad, h32.grad), (w.grad, w32.grad))]
+        print(f"| {name} | " + " | ".join(f"{e:.1e}" for e in errs) + " |")
+        del h, w, out, ref, h32, w32
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _timed(fn, h, w, t, up, repeats):
+    """Median forward and backward milliseconds (CUDA), after one warm-up."""
+    fwd, bwd = [], []
+    for i in range(repeats + 1):
+        h.grad = w.grad = None
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(h, w, t)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        (out * up).sum().backward()
+        torch.cuda.synchronize()
+        if i:
+            fwd.append((t1 - t0) * 1e3)
+            bwd.append((time.perf_counter() - t1) * 1e3)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def sweep(a):
+    """Forward and backward time of the Triton path's alternatives: tile configurations (BLOCK_M, BLOCK_V, BLOCK_D,
+    GROUP_M, warps, stages) of the fused forward, its row-chunked cuBLAS alternative, and workspace sizes."""
+    from model import logprob_triton as lt
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
+    default_plan, default_cfg = dict(lt.PLAN), lt.CONFIGS[dtype]
+    fn = _method("triton")
+    best = (128, 256, 64, 8, 8, 3)
+    runs = [  # (trainable head, forward kernel, tile config, workspace as a multiple of hidden's size)
+        (True, "tile", best, 2), (True, "tile", (128, 256, 64, 16, 8, 3), 2), (True, "rows", best, 2),
+        (True, "tma", best, 2), (True, "tma", (128, 256, 64, 16, 8, 3), 2), (True, "tma", (128, 256, 64, 8, 8, 4), 2),
+        (True, "tma", (256, 128, 64, 8, 8, 3), 2), (True, "tma", (128, 128, 64, 8, 4, 4), 2),
+        (True, "tma", (128, 256, 64, 8, 8, 3), 4), (False, "-", best, 2)]
+    default_ws = lt.WORKSPACE
+    print(f"\nTriton path alternatives, median of {a.repeats} (forward / backward / total ms):")
+    for trainable, fwd_plan, cfg, ws in runs:
+        lt.CONFIGS[dtype] = cfg
+        lt.PLAN.update(forward=fwd_plan if trainable else "tile")
+        lt.WORKSPACE = ws
+        h, w, t, up = _inputs(a, trainable=trainable)
+        label = (f"trainable head, forward {fwd_plan}, tiles {cfg}" if trainable else "frozen head") + \
+            f", workspace {ws} x hidden"
+        try:
+            f, b = _timed(fn, h, w, t, up, a.repeats)
+            print(f"  {label}: {f:.2f} / {b:.2f} / {f + b:.2f}")
+        except Exception as e:  # a configuration that does not fit (shared memory, registers) is reported
+            print(f"  {label}: failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        del h, w, t, up
+    lt.WORKSPACE = default_ws
+    lt.PLAN.update(default_plan)
+    lt.CONFIGS[dtype] = default_cfg
+
+
+def profile(a):
+    """CUDA kernel times of one forward+backward of the Triton path (torch.profiler), trainable head."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    fn = _method("triton")
+    for trainable in (True, False):
+        h, w, t, up = _inputs(a, trainable=trainable)
+        _timed(fn, h, w, t, up, 1)  # warm-up and compile
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            (fn(h, w, t) * up).sum().backward()
+            torch.cuda.synchronize()
+        print(f"trainable head: {trainable}")
+        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=50))
+        print(p.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+def _importable(mod):
+    try:
+        __import__(mod)
+    except ImportError:
+        return False
+    return True
 
 
 def main():
@@ -99,17 +217,31 @@ def main():
     ap.add_argument("--D", type=int)
     ap.add_argument("--V", type=int, default=32000)
     ap.add_argument("--dtype")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, help="default 3 on CPU, 20 on CUDA")
+    ap.add_argument("--check", action="store_true", help="also print relative errors vs an fp32 reference")
+    ap.add_argument("--sweep", action="store_true", help="also time the Triton kernels' tile configurations")
+    ap.add_argument("--profile", action="store_true", help="also print the Triton path's CUDA kernel times")
+    ap.add_argument("--no-table", action="store_true", help="only --check / --sweep")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cuda = a.device == "cuda"
     a.N = a.N or (8192 if cuda else 4096)
     a.D = a.D or (4096 if cuda else 1024)
+    a.repeats = a.repeats or (20 if cuda else 3)
     a.dtype = a.dtype or ("bfloat16" if cuda else "float32")
     if a.one:
         print(json.dumps(run_one(a.one, a)))
         return
-    names = VARIANTS if cuda else VARIANTS[:4]
+    if a.check:
+        check(a)
+    if a.sweep:
+        sweep(a)
+    if a.profile:
+        profile(a)
+    if a.no_table:
+        return
+    methods = METHODS if cuda else CPU_METHODS
+    names = methods + [m + "_frozen" for m in methods if m != "triton_ptr"]  # a frozen head never runs the tile kernel
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--device", a.device, "--N", str(a.N), "--D", str(a.D),
@@ -122,15 +254,21 @@ def main():
     by = {r["variant"]: r for r in rows}
     print(f"\nN={a.N} D={a.D} V={a.V} {a.dtype} on {a.device} ({torch.get_num_threads()} threads), "
           f"median of {a.repeats}")
-    print("| variant | fwd+bwd s | vs naive | extra MiB | vs naive |" + (" vs GEMM floor |" if cuda else ""))
+    print("| variant | fwd+bwd ms | vs naive | extra MiB | vs naive |" + (" vs GEMM floor |" if cuda else ""))
     print("|---|---|---|---|---|" + ("---|" if cuda else ""))
     for r in rows:
-        ref = by["naive_frozen" if r["variant"].endswith("frozen") else "naive"]
-        line = (f"| {r['variant']} | {r['time_s']:.3f} | {r['time_s'] / ref['time_s']:.2f}x | {r['extra_mb']:.0f} | "
-                f"{r['extra_mb'] / max(ref['extra_mb'], 1e-9):.3f}x |")
-        if cuda and "gemm_floor" in by:
-            line += f" {r['time_s'] / by['gemm_floor']['time_s']:.2f}x |"
+        suffix = "_frozen" if r["variant"].endswith("_frozen") else ""
+        ref = by.get("naive" + suffix)
+        line = (f"| {r['variant']} | {r['time_s'] * 1e3:.1f} | {_ratio(r['time_s'], ref and ref['time_s'])} | "
+                f"{r['extra_mb']:.0f} | {_ratio(r['extra_mb'], ref and ref['extra_mb'], 3)} |")
+        if cuda:
+            floor = by.get("gemm_floor" + suffix)
+            line += f" {_ratio(r['time_s'], floor and floor['time_s'])} |"
         print(line)
+
+
+def _ratio(x, ref, digits=2):
+    return f"{x / ref:.{digits}f}x" if ref else "-"
 
 
 if __name__ == "__main__":

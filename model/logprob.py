@@ -92,7 +92,7 @@ def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool
     """Backward in vocabulary blocks: for W[v0:v1], recompute the (M, Vb) logits of every row, dlogits = g * (onehot -
     softmax) with the forward's lse, then dW[v0:v1] = dlogits^T h is written once (one GEMM with K = M, no read-
     modify-write of a (V, D) accumulator per row chunk) and dh += dlogits W[v0:v1] (an (M, D) fp32 accumulator).
-    Shared by the torch path and the Triton path (whose forward kept only lse)."""
+    (model/logprob_triton.py does the same with a Triton kernel forming dlogits.)"""
     g = g.float()
     M, D = hidden.shape
     V = weight.shape[0]
@@ -117,29 +117,36 @@ def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                      chunk_rows: int | None = None) -> torch.Tensor:
+                      chunk_rows: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
     """hidden (N, D), weight (V, D), targets (N,) -> (N,) fp32 log p(target); 0 where targets == ignore_index.
-    Differentiable with respect to hidden and weight."""
+    Differentiable with respect to hidden and weight. use_triton: None = the Triton kernels on CUDA when triton is
+    installed, False = the torch path on any device, True = the Triton kernels (also CPU tensors under
+    TRITON_INTERPRET=1)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} must be (N, D), (V, D)")
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets {tuple(targets.shape)} must be ({hidden.shape[0]},)")
-    keep = targets != ignore_index
-    idx = keep.nonzero()[:, 0]  # (M,) rows that are scored
-    out = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    if idx.numel() == 0:
-        return out + 0.0 * hidden.sum() if hidden.requires_grad else out  # keep the graph connected
-    t = targets[idx]
-    if bool((t < 0).any() or (t >= weight.shape[0]).any()):
+    keep = targets != ignore_index  # (N,)
+    bad = keep & ((targets < 0) | (targets >= weight.shape[0]))
+    n_keep, n_bad = torch.stack([keep.sum(), bad.sum()]).tolist()  # one host sync for both
+    if n_bad:
         raise ValueError(f"targets must be in [0, {weight.shape[0]}) or {ignore_index}")
-    h = hidden[idx]  # (M, D) gathered: contiguous, image/prompt rows never touch the head
-    if hidden.is_cuda and _triton_ok():
+    out = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device) if n_keep < len(targets) else None
+    if n_keep == 0:
+        return out + 0.0 * hidden.sum() if hidden.requires_grad else out  # keep the graph connected
+    every_row = n_keep == hidden.shape[0]  # nothing to gather or scatter back (and no copy of hidden)
+    idx = None if every_row else keep.nonzero()[:, 0]  # (M,) rows that are scored
+    t = targets if every_row else targets[idx]
+    h = hidden if every_row else hidden.index_select(0, idx)  # (M, D): image/prompt rows never touch the head
+    if use_triton is None:
+        use_triton = hidden.is_cuda and _triton_ok()
+    if use_triton:
         from .logprob_triton import triton_sequence_logprobs
         lp = triton_sequence_logprobs(h, weight, t)
     else:
         chunk = chunk_rows or _chunk_rows(h.shape[0], h.shape[1], weight.shape[0], h.element_size())
         lp = _ChunkedLogprob.apply(h, weight, t, chunk)
-    return out.index_put((idx,), lp)
+    return lp if every_row else out.index_put((idx,), lp)
 
 
 def _triton_ok() -> bool:
