@@ -172,11 +172,12 @@ def lse_and_logprob(hidden, weight, targets, config=None):
     return lse, tgt - lse
 
 
-ROW_BLOCK, ROW_WARPS = 4096, 8
+ROW_BLOCK, ROW_WARPS = 4096, 8  # the row kernels: vocabulary entries per step, warps per row
 # The forward's kernel: "tma" (the fused tile kernel loading through tensor descriptors; where the inputs or the GPU
 # do not allow it, the same kernel with pointer loads), "tile" (always pointer loads) or "rows" (cuBLAS into a
-# workspace, then the row kernel; what the frozen-head forward does). WORKSPACE: the (rows, V) and (M, columns) 16-bit workspaces of the row-chunked
-# steps, as a multiple of the size of `hidden`. bench/logprob.py --sweep measures the alternatives.
+# workspace, then the row kernel; what the frozen-head forward does). WORKSPACE: the (rows, V) and (M, columns)
+# workspaces of the row-chunked steps, as a multiple of the size of `hidden`. Defaults measured on an H100 with
+# bench/logprob.py --sweep (README).
 PLAN = dict(forward="tma")
 WORKSPACE = 2
 
@@ -194,7 +195,7 @@ def _mm_fp32_into(out, a, b, accumulate: bool = False):
 
 
 def forward_rows(hidden, weight, targets, unit_grad: bool):
-    """Row chunks through cuBLAS: z = h_c W^T into a (c, V) workspace the size of `hidden`, then one row kernel for
+    """Row chunks through cuBLAS: z = h_c W^T into a (c, V) workspace (WORKSPACE x hidden), then one row kernel for
     lse and log p; with unit_grad (a frozen head) also dh_unit = (onehot - p) W in fp32, so backward only scales it.
     -> lse (M,), logp (M,), dh_unit (M, D) or None"""
     M, D = hidden.shape
