@@ -4,12 +4,13 @@
     .venv/bin/python bench/logprob.py --device cuda    # GPU: N=8192, D=4096, V=32000, bf16; adds the Triton kernels,
                                                        # torch.compile(naive), Liger FLCE (if importable), bare GEMMs
     python bench/logprob.py --device cuda --check      # + relative errors of every path vs an fp32 reference
-    python bench/logprob.py --device cuda --sweep      # + the Triton kernels' tile configurations, timed
+    python bench/logprob.py --device cuda --sweep      # + the Triton path's alternatives (tiles, plans), timed
+    python bench/logprob.py --device cuda --profile    # + its CUDA kernel times (torch.profiler)
 
 Rows: each method with a trainable LM head and with a frozen one (LoRA: no dW). naive = full logits; chunked = the
 torch path of model/logprob.py; triton = its CUDA path (triton_ptr: the fused forward with pointer loads instead of
-TMA descriptors); gemm_floor = only the bare GEMMs the head needs (logits,
-dH, and dW when trainable), on real data: the physical floor for anything exact. Each variant runs in a fresh
+TMA descriptors); gemm_floor = only the bare GEMMs the head needs (logits, dH, and dW when trainable), on real
+data: the physical floor for anything exact. Each variant runs in a fresh
 subprocess so its peak memory is its own: "extra" = peak minus the memory held once the inputs exist, minus the
 gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the peak RSS (VmHWM, reset after
 set-up) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
@@ -188,7 +189,7 @@ def sweep(a):
 
 
 def profile(a):
-    """CUDA kernel times of one forward+backward of the Triton path (torch.profiler), trainable head."""
+    """CUDA and CPU times of one forward+backward of the Triton path (torch.profiler), trainable and frozen head."""
     from torch.profiler import ProfilerActivity, profile as prof
     fn = _method("triton")
     for trainable in (True, False):
