@@ -44,13 +44,13 @@ def _logits_into(h, weight, out):
     return out.copy_(h @ weight.t())
 
 
-def _softmax_(logits):
-    """In place: logits (c, V) fp32 -> softmax; returns lse (c,). One exp pass (torch.logsumexp would add a second,
-    and a temporary the size of the block)."""
+def _exp_shifted_(logits):
+    """In place: logits (c, V) fp32 -> exp(logits - rowmax), the softmax before its normalisation; returns the row
+    sums (c, 1) and lse (c,). One exp pass (torch.logsumexp would add a second, and a temporary the size of the
+    block); the caller divides its (c, D) product by the sums instead of the (c, V) block."""
     m = logits.amax(dim=-1, keepdim=True)  # (c, 1)
     s = logits.sub_(m).exp_().sum(dim=-1, keepdim=True)  # (c, 1)
-    logits.div_(s)
-    return (m + s.log())[:, 0]
+    return s, (m + s.log())[:, 0]
 
 
 class _ChunkedLogprob(torch.autograd.Function):
@@ -68,8 +68,8 @@ class _ChunkedLogprob(torch.autograd.Function):
             logits = _logits_into(h, weight, buf[: h.shape[0]])  # (c, V)
             target_logit = logits.gather(1, t[:, None])[:, 0]  # before the block is overwritten
             if fused_grad:
-                l = _softmax_(logits)  # logits now hold p
-                dh_unit[s:s + chunk] = weight[t].float() - (logits.to(weight.dtype) @ weight).float()
+                z, l = _exp_shifted_(logits)  # logits now hold exp(logit - max) = p * z
+                dh_unit[s:s + chunk] = weight[t].float() - (logits.to(weight.dtype) @ weight).float() / z
             else:
                 l = torch.logsumexp(logits, dim=-1)  # (c,)
             out[s:s + chunk] = target_logit - l
