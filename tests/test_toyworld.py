@@ -36,8 +36,8 @@ def test_size_scales_the_same_scene():
     assert a64["caption"] == a96["caption"] and a64["objects"] == a96["objects"]
     for i64, i96 in zip(a64["instances"], a96["instances"]):
         assert all(abs(b * 1.5 - c) <= 1.5 for b, c in zip(i64["box"], i96["box"]))
-    with pytest.raises(ValueError, match="multiple of 8"):
-        toyworld.build_world("/nonexistent-never-written", 1, 1, size=68)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        toyworld.build_world("/nonexistent-never-written", 1, 1, size=66)
 
 
 NAMES = {**{s: c for c, ss in toyworld.SYNONYMS.items() for s in ss}, **{c: c for c in toyworld.categories()}}
@@ -156,16 +156,16 @@ def test_tokenizer_covers_every_word(world, tmp_path):
     tok = Tokenizer.from_pretrained(str(world))
     unk = tok.token_to_id("<unk>")
     for item in json.loads((world / "train.json").read_text()):
-        ids, labels = tok.encode_chat(item["conversations"], num_image_tokens=64, template="llava_hf")
+        ids, labels = tok.encode_chat(item["conversations"], num_image_tokens=16, template="llava_hf")
         assert unk not in ids, item["id"]
         assert sum(l != -100 for l in labels) > 5
-        ids, _ = tok.encode_chat(item["conversations"], num_image_tokens=64, template="vicuna_v1")
+        ids, _ = tok.encode_chat(item["conversations"], num_image_tokens=16, template="vicuna_v1")
         assert unk not in ids, item["id"]
     assert tok.decode(tok.encode("a table scene with a fork .")) == "a table scene with a fork ."
     # the vocabulary is the grammar's, not the sample's: another seed and size give the same tokenizer
     toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96)
     assert (tmp_path / "tokenizer.json").read_bytes() == (world / "tokenizer.json").read_bytes()
-    assert LlavaConfig.from_dir(str(tmp_path / "llava_config")).num_image_tokens == 64
+    assert LlavaConfig.from_dir(str(tmp_path / "llava_config")).num_image_tokens == 16
 
 
 def test_configs_and_side_files(world):
@@ -173,7 +173,7 @@ def test_configs_and_side_files(world):
     tok = Tokenizer.from_pretrained(str(world / "llava_config"))
     assert cfg.image_token_id == tok.image_token_id and cfg.text.eos_token_id == tok.eos_id
     assert cfg.pad_token_id == tok.pad_id and cfg.text.bos_token_id == tok.bos_id
-    assert cfg.num_image_tokens == 64 and cfg.text.vocab_size >= tok.vocab_size
+    assert cfg.num_image_tokens == 16 and cfg.text.vocab_size >= tok.vocab_size
     clip = CLIPConfig.from_dir(str(world / "clip_config"))
     assert clip.text.eos_token_id == tok.eos_id and clip.vision.image_size == 64
     syn = [line.split(", ") for line in (world / "synonyms.txt").read_text().splitlines()]
