@@ -92,7 +92,7 @@ def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool
     """Backward in vocabulary blocks: for W[v0:v1], recompute the (M, Vb) logits of every row, dlogits = g * (onehot -
     softmax) with the forward's lse, then dW[v0:v1] = dlogits^T h is written once (one GEMM with K = M, no read-
     modify-write of a (V, D) accumulator per row chunk) and dh += dlogits W[v0:v1] (an (M, D) fp32 accumulator).
-    (model/logprob_triton.py does the same with a Triton kernel forming dlogits.)"""
+    (model/logprob_triton.py does the same on CUDA, with a Triton row kernel forming dlogits.)"""
     g = g.float()
     M, D = hidden.shape
     V = weight.shape[0]
