@@ -53,7 +53,7 @@ def _method(name):
         return lambda h_, w_, t_: sequence_logprobs(h_, w_, t_, use_triton=False)
     if name in ("triton", "triton_ptr"):  # the fused forward loading through TMA descriptors / plain pointers
         from model import logprob_triton
-        logprob_triton.PLAN["forward"] = "tile" if name == "triton_ptr" else "tma"
+        logprob_triton.FORWARD = "tile" if name == "triton_ptr" else "tma"
         return lambda h_, w_, t_: sequence_logprobs(h_, w_, t_, use_triton=True)
     if name == "compile":
         return torch.compile(naive_logprobs)
@@ -160,7 +160,7 @@ def sweep(a):
     GROUP_M, warps, stages) of the fused forward, its row-chunked cuBLAS alternative, and workspace sizes."""
     from model import logprob_triton as lt
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
-    default_plan, default_cfg = dict(lt.PLAN), lt.CONFIGS[dtype]
+    default_forward, default_cfg = lt.FORWARD, lt.CONFIGS[dtype]
     fn = _method("triton")
     best = (128, 256, 64, 8, 8, 3)
     runs = [  # (trainable head, forward kernel, tile config, workspace as a multiple of hidden's size)
@@ -172,7 +172,7 @@ def sweep(a):
     print(f"\nTriton path alternatives, median of {a.repeats} (forward / backward / total ms):")
     for trainable, fwd_plan, cfg, ws in runs:
         lt.CONFIGS[dtype] = cfg
-        lt.PLAN.update(forward=fwd_plan if trainable else "tile")
+        lt.FORWARD = fwd_plan if trainable else "tile"
         lt.WORKSPACE = ws
         h, w, t, up = _inputs(a, trainable=trainable)
         label = (f"trainable head, forward {fwd_plan}, tiles {cfg}" if trainable else "frozen head") + \
@@ -184,7 +184,7 @@ def sweep(a):
             print(f"  {label}: failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         del h, w, t, up
     lt.WORKSPACE = default_ws
-    lt.PLAN.update(default_plan)
+    lt.FORWARD = default_forward
     lt.CONFIGS[dtype] = default_cfg
 
 

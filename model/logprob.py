@@ -68,8 +68,8 @@ class _ChunkedLogprob(torch.autograd.Function):
             logits = _logits_into(h, weight, buf[: h.shape[0]])  # (c, V)
             target_logit = logits.gather(1, t[:, None])[:, 0]  # before the block is overwritten
             if fused_grad:
-                z, l = _exp_shifted_(logits)  # logits now hold exp(logit - max) = p * z
-                dh_unit[s:s + chunk] = weight[t].float() - (logits.to(weight.dtype) @ weight).float() / z
+                sums, l = _exp_shifted_(logits)  # logits now hold exp(logit - max) = p * sums
+                dh_unit[s:s + chunk] = weight[t].float() - (logits.to(weight.dtype) @ weight).float() / sums
             else:
                 l = torch.logsumexp(logits, dim=-1)  # (c,)
             out[s:s + chunk] = target_logit - l

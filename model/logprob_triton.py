@@ -160,7 +160,7 @@ def lse_and_logprob(hidden, weight, targets, config=None):
     precision = "ieee" if hidden.dtype == torch.float32 else "tf32"  # the latter is ignored for 16-bit inputs
     tiles = dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_D=bd, GROUP_M=group, PRECISION=precision, num_warps=warps,
                  num_stages=stages)
-    if PLAN["forward"] == "tma" and _tma_ok(hidden) and _tma_ok(weight):
+    if FORWARD == "tma" and _tma_ok(hidden) and _tma_ok(weight):
         from triton.tools.tensor_descriptor import TensorDescriptor
         _forward_kernel_tma[grid](TensorDescriptor.from_tensor(hidden, [bm, bd]),
                                   TensorDescriptor.from_tensor(weight, [bv, bd]),
@@ -178,7 +178,7 @@ ROW_BLOCK, ROW_WARPS = 4096, 8  # the row kernels: vocabulary entries per step, 
 # workspace, then the row kernel; what the frozen-head forward does). WORKSPACE: the (rows, V) and (M, columns)
 # workspaces of the row-chunked steps, as a multiple of the size of `hidden`. Defaults measured on an H100 with
 # bench/logprob.py --sweep (README).
-PLAN = dict(forward="tma")
+FORWARD = "tma"
 WORKSPACE = 2
 
 
@@ -205,7 +205,7 @@ def forward_rows(hidden, weight, targets, unit_grad: bool):
     lse = torch.empty(M, dtype=torch.float32, device=hidden.device)
     logp = torch.empty_like(lse)
     dh_unit = torch.empty(M, D, dtype=torch.float32, device=hidden.device) if unit_grad else None
-    ones = torch.ones(c, dtype=torch.float32, device=hidden.device)
+    ones = torch.ones(c, dtype=torch.float32, device=hidden.device) if unit_grad else None  # g = 1: the unit dH
     for s in range(0, M, c):
         n = min(c, M - s)
         z = torch.mm(hidden[s:s + n], weight.t(), out=ws[: n * V].view(n, V))  # (n, V)
@@ -246,7 +246,7 @@ class _TritonLogprob(torch.autograd.Function):
         dh_unit = None
         if ctx.fused:
             lse, logp, dh_unit = forward_rows(hidden, weight, targets, unit_grad=True)
-        elif PLAN["forward"] == "rows":  # otherwise the fused kernel
+        elif FORWARD == "rows":  # otherwise the fused kernel
             lse, logp, _ = forward_rows(hidden, weight, targets, unit_grad=False)
         else:
             lse, logp = lse_and_logprob(hidden, weight, targets)

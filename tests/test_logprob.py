@@ -32,7 +32,7 @@ def impl(request, monkeypatch):
     monkeypatch.setattr(lt, "ROW_BLOCK", 64)  # several blocks per row, the last partial
     monkeypatch.setattr(lt, "WORKSPACE", 1)  # V = 601 > 256 columns: several backward blocks
     if request.param != "triton":  # the other forwards: cuBLAS logits per row chunk + the row kernel; pointer loads
-        monkeypatch.setitem(lt.PLAN, "forward", request.param.removeprefix("triton-"))
+        monkeypatch.setattr(lt, "FORWARD", request.param.removeprefix("triton-"))
     return lambda h, w, t, chunk_rows=None: sequence_logprobs(h, w, t, use_triton=True)
 
 
