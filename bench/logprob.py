@@ -8,7 +8,8 @@
     python bench/logprob.py --device cuda --profile    # + its CUDA kernel times (torch.profiler)
 
 Rows: each method with a trainable LM head and with a frozen one (LoRA: no dW). naive = full logits; chunked = the
-torch path of model/logprob.py; triton = its CUDA path (triton_ptr: the fused forward with pointer loads instead of
+torch path of model/logprob.py (vocabulary blocks; on CPU its GEMMs run in oneDNN, naive's in MKL); naive_onednn
+(CPU) = naive with the torch path's GEMMs, to tell the GEMM library's share from the algorithm's; triton = its CUDA path (triton_ptr: the fused forward with pointer loads instead of
 TMA descriptors); gemm_floor = only the bare GEMMs the head needs (logits, dH, and dW when trainable), on real
 data: the physical floor for anything exact. Each variant runs in a fresh
 subprocess so its peak memory is its own: "extra" = peak minus the memory held once the inputs exist, minus the
@@ -30,10 +31,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.memory import reset_peak_rss, rss_mb  # noqa: E402
-from model.logprob import naive_logprobs, sequence_logprobs  # noqa: E402
+from model.logprob import _linear, naive_logprobs, sequence_logprobs  # noqa: E402
 
 METHODS = ["naive", "chunked", "triton", "triton_ptr", "compile", "liger", "gemm_floor"]
-CPU_METHODS = METHODS[:2]
+CPU_METHODS = ["naive", "naive_onednn", "chunked"]
 
 
 def _inputs(a, trainable):
@@ -65,6 +66,8 @@ def _method(name):
         return liger
     if name == "gemm_floor":
         return lambda h_, w_, t_: _GemmFloor.apply(h_, w_)
+    if name == "naive_onednn":
+        return lambda h_, w_, t_: _NaiveOneDNN.apply(h_, w_, t_)
     raise ValueError(name)
 
 
@@ -114,6 +117,25 @@ class _GemmFloor(torch.autograd.Function):
     def backward(ctx, g):
         h, w, z = ctx.saved_tensors
         return z @ w, (z.t() @ h if ctx.needs_input_grad[1] else None)
+
+
+class _NaiveOneDNN(torch.autograd.Function):
+    """The naive computation (full fp32 logits, log-softmax saved for backward) with the GEMMs of the torch path
+    (model/logprob.py's _linear: oneDNN on CPU): what is left of the torch path's lead once both use the same GEMM
+    library is the algorithm's."""
+
+    @staticmethod
+    def forward(ctx, h, w, t):
+        logp = torch.log_softmax(_linear(h, w), dim=-1)  # (N, V)
+        ctx.save_for_backward(h, w, t, logp)
+        return logp.gather(1, t[:, None])[:, 0]
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w, t, logp = ctx.saved_tensors
+        dz = logp.exp_().mul_(-g[:, None])  # -g * softmax, in the saved block (autograd would allocate another)
+        dz[torch.arange(len(t)), t] += g
+        return _linear(dz, w.t()), (_linear(dz.t(), h.t()) if ctx.needs_input_grad[1] else None), None
 
 
 def check(a):

@@ -9,13 +9,14 @@ prompt rows that are never scored. Here (the approach of Apple's Cut Cross-Entro
 cross-entropy, written from scratch):
 
   * only rows whose target is not `ignore_index` are computed (gathered first);
-  * forward walks the rows in chunks sized so the (chunk, V) fp32 workspace is about the size of `hidden`;
-    it keeps only the per-row logsumexp (O(N) fp32) for backward;
-  * backward walks the vocabulary in blocks: it recomputes each block's logits for all rows from the saved lse,
-    forms g * (onehot - softmax), writes that block of dW once (fp32) and accumulates dh;
+  * forward walks the vocabulary in blocks: each block's logits for every scored row, folded into a running
+    max and sum of exp per row (the online softmax of Milakov & Gimelshein, 2018, as in FlashAttention), the
+    target's logit picked from the block that holds it; it keeps only the per-row logsumexp (O(N) fp32);
+  * backward walks the same blocks: it recomputes each block's logits from the saved lse, forms
+    g * (onehot - softmax), writes that block of dW once (fp32) and accumulates dh;
   * with a frozen head (LoRA: weight.requires_grad is False) the input gradient per unit upstream gradient,
-    w_t - p @ W, is formed during the forward while the chunk's softmax is at hand, so backward is a scale:
-    no recompute at all.
+    w_t - p @ W, is accumulated during the forward (rescaled with the running max like the sum), so backward
+    is a scale: no recompute at all.
 
 On CUDA with triton installed the same function runs a fused Triton kernel (model/logprob_triton.py) when it is
 present; the torch path runs everywhere. Needs torch alone: copy this file anywhere.
@@ -27,97 +28,104 @@ from __future__ import annotations
 import torch
 
 
-def _chunk_rows(n_rows: int, d: int, v: int, elem: int) -> int:
-    """Rows per chunk so that a (chunk, V) fp32 block is about the size of `hidden` (n_rows x d), but at least 256
-    rows: thinner GEMMs lose efficiency (CPU, V = 32000, D = 1024: 64 rows cost 8% more than the full GEMM, 128 rows
-    as much, 256 rows and up 3% less), and 256 x 32000 fp32 is only 31 MiB."""
-    return min(n_rows, max(256, (n_rows * d * elem) // (v * 4)))
+_ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def _logits_into(h, weight, out):
-    """(c, D) @ (V', D)^T written into `out` (c, V'), a view of a workspace allocated once per call: a fresh block
-    per chunk would cost page faults each time and, on CPU, let glibc's heap grow by hundreds of MiB (freed 30 MiB
-    blocks fall under its dynamic mmap threshold and stay mapped). bf16/fp16 inputs: the GEMM in their dtype, then
-    fp32 for everything after it."""
-    if h.dtype == torch.float32 and weight.dtype == torch.float32:
-        return torch.mm(h, weight.t(), out=out)
-    return out.copy_(h @ weight.t())
+def _block_cols(d: int, v: int, elem: int) -> int:
+    """Vocabulary columns per block: an (M, block) fp32 block of logits is a quarter of `hidden`'s size (M x d),
+    whatever M is, but at least 256 columns, under which GEMMs lose speed. Why not bigger: the blocks are fresh
+    tensors (see _linear), and on CPU glibc's heap keeps what they fragment. Measured (CPU, M = 4096, D = 1024,
+    V = 32000, trainable head): peak memory beyond the gradients 54 MiB with 256 columns, 84 with 512, 162 with
+    1024, in the same time."""
+    return min(v, max(256, d * elem // 16))
 
 
-def _exp_shifted_(logits):
-    """In place: logits (c, V) fp32 -> exp(logits - rowmax), the softmax before its normalisation; returns the row
-    sums (c, 1) and lse (c,). One exp pass (torch.logsumexp would add a second, and a temporary the size of the
-    block); the caller divides its (c, D) product by the sums instead of the (c, V) block."""
-    m = logits.amax(dim=-1, keepdim=True)  # (c, 1)
-    s = logits.sub_(m).exp_().sum(dim=-1, keepdim=True)  # (c, 1)
-    return s, (m + s.log())[:, 0]
+def _linear(x, w):
+    """x (m, k) @ w (n, k)^T -> (m, n) fp32, strided views too. CPU fp32 goes through oneDNN's GEMM (the linear op
+    torch registers for it) rather than torch.mm, which calls MKL's sgemm: MKL runs its AVX2 code on x86 CPUs that
+    are not Intel's, and on the AMD Zen 5 host of the README's CPU table oneDNN's AVX-512 kernels do the same
+    GEMMs about 1.7x faster. Elsewhere (CUDA, bf16/fp16 inputs, a torch built without oneDNN) the plain matmul,
+    its result in fp32 for everything after it."""
+    if _ONEDNN and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return (x @ w.t()).float()
 
 
-class _ChunkedLogprob(torch.autograd.Function):
+def _hits(targets, v0: int, n: int):
+    """Rows whose target lies in the vocabulary block [v0, v0 + n), and its column there."""
+    rows = ((targets >= v0) & (targets < v0 + n)).nonzero()[:, 0]
+    return rows, targets[rows] - v0
+
+
+class _BlockedLogprob(torch.autograd.Function):
+    """Both passes walk the vocabulary in blocks of `block` columns, each block's logits for every scored row at
+    once: an (M, block) fp32 workspace, never (M, V)."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int):
+    def forward(ctx, hidden, weight, targets, block: int):
         # hidden (M, D) scored rows only, weight (V, D), targets (M,)
-        M = hidden.shape[0]
-        out = torch.empty(M, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(M, dtype=torch.float32, device=hidden.device)
+        (M, D), V, dev = hidden.shape, weight.shape[0], hidden.device
         fused_grad = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1]  # frozen head: dh now, scale later
-        dh_unit = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if fused_grad else None
-        buf = torch.empty(min(chunk, M), weight.shape[0], dtype=torch.float32, device=hidden.device)  # (c, V)
-        for s in range(0, M, chunk):
-            h, t = hidden[s:s + chunk], targets[s:s + chunk]
-            logits = _logits_into(h, weight, buf[: h.shape[0]])  # (c, V)
-            target_logit = logits.gather(1, t[:, None])[:, 0]  # before the block is overwritten
+        m = torch.full((M,), float("-inf"), device=dev)  # running max of the logits seen so far
+        s = torch.zeros(M, device=dev)  # running sum of exp(logit - m)
+        target_logit = torch.empty(M, device=dev)
+        acc = torch.zeros(M, D, device=dev) if fused_grad else None  # running sum of exp(logit - m) w_v
+        for v0 in range(0, V, block):
+            w = weight[v0:v0 + block]  # (Vb, D)
+            z = _linear(hidden, w)  # (M, Vb) fp32 logits of this block
+            rows, cols = _hits(targets, v0, w.shape[0])
+            target_logit[rows] = z[rows, cols]
+            m_new = torch.maximum(m, z.amax(dim=1))
+            rescale = (m - m_new).exp()  # (M,) what was summed under the old max; exp(-inf) = 0 the first time
+            z.sub_(m_new[:, None]).exp_()  # in place: exp(logit - m_new)
+            s = s * rescale + z.sum(dim=1)
             if fused_grad:
-                sums, l = _exp_shifted_(logits)  # logits now hold exp(logit - max) = p * sums
-                dh_unit[s:s + chunk] = weight[t].float() - (logits.to(weight.dtype) @ weight).float() / sums
-            else:
-                l = torch.logsumexp(logits, dim=-1)  # (c,)
-            out[s:s + chunk] = target_logit - l
-            lse[s:s + chunk] = l
-        ctx.fused = fused_grad
+                acc.mul_(rescale[:, None]).add_(_linear(z.to(weight.dtype), w.t()))  # (M, Vb) @ (Vb, D)
+            m = m_new
+            del z  # before the next block's GEMM allocates its own
+        lse = m + s.log()  # (M,) logsumexp over the whole vocabulary (the online softmax of Milakov & Gimelshein)
+        dh_unit = acc.div_(s[:, None]).neg_().add_(weight[targets]) if fused_grad else None  # w_t - p @ W, in acc
+        ctx.fused, ctx.block = fused_grad, block
         ctx.save_for_backward(hidden, weight, targets, lse, dh_unit)
-        return out
+        return target_logit - lse
 
     @staticmethod
     def backward(ctx, g):  # g (M,) upstream gradient of each row's log-prob
         hidden, weight, targets, lse, dh_unit = ctx.saved_tensors
         if ctx.fused:
             return (dh_unit * g.float()[:, None]).to(hidden.dtype), None, None, None
-        dh, dw = chunked_backward(hidden, weight, targets, lse, g, ctx.needs_input_grad[0],
+        dh, dw = blocked_backward(hidden, weight, targets, lse, g, ctx.block, ctx.needs_input_grad[0],
                                   ctx.needs_input_grad[1])
         return dh, dw, None, None
 
 
-def chunked_backward(hidden, weight, targets, lse, g, need_h: bool, need_w: bool):
-    """Backward in vocabulary blocks: for W[v0:v1], recompute the (M, Vb) logits of every row, dlogits = g * (onehot -
-    softmax) with the forward's lse, then dW[v0:v1] = dlogits^T h is written once (one GEMM with K = M, no read-
-    modify-write of a (V, D) accumulator per row chunk) and dh += dlogits W[v0:v1] (an (M, D) fp32 accumulator).
-    (model/logprob_triton.py does the same on CUDA, with a Triton row kernel forming dlogits.)"""
+def blocked_backward(hidden, weight, targets, lse, g, block: int, need_h: bool, need_w: bool):
+    """For W[v0:v1]: recompute the (M, Vb) logits of every row, dlogits = g * (onehot - softmax) with the forward's
+    lse, then dW[v0:v1] = dlogits^T h is written once (one GEMM with K = M, no read-modify-write of a (V, D)
+    accumulator) and dh += dlogits W[v0:v1] (an (M, D) fp32 accumulator). (model/logprob_triton.py does the same on
+    CUDA, with a Triton row kernel forming dlogits.)"""
     g = g.float()
-    M, D = hidden.shape
-    V = weight.shape[0]
-    vb = min(V, max(256, D * hidden.element_size() // 4))  # (M, Vb) fp32 block ~ the size of hidden
+    (M, D), V = hidden.shape, weight.shape[0]
     fp32 = weight.dtype == torch.float32 and hidden.dtype == torch.float32
     hf = hidden if fp32 else hidden.float()  # (M, D): the dW GEMMs accumulate in fp32
     dh = torch.zeros(M, D, dtype=torch.float32, device=hidden.device) if need_h else None
     dw = torch.empty(V, D, dtype=torch.float32, device=weight.device) if need_w else None
-    flat = torch.empty(M * vb, dtype=torch.float32, device=hidden.device)  # one workspace, reused by every block
-    for v0 in range(0, V, vb):
-        w = weight[v0:v0 + vb]  # (Vb, D)
-        n = w.shape[0]
-        dl = _logits_into(hidden, w, flat[: M * n].view(M, n))  # recompute (M, Vb)
+    for v0 in range(0, V, block):
+        w = weight[v0:v0 + block]  # (Vb, D)
+        dl = _linear(hidden, w)  # recompute (M, Vb) fp32
         dl.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
-        hit = ((targets >= v0) & (targets < v0 + n)).nonzero()[:, 0]
-        dl[hit, targets[hit] - v0] += g[hit]  # + g * onehot
+        rows, cols = _hits(targets, v0, w.shape[0])
+        dl[rows, cols] += g[rows]  # + g * onehot
         if need_h:
-            dh.addmm_(dl, w if fp32 else w.float())
+            dh += _linear(dl, (w if fp32 else w.float()).t())  # (M, Vb) @ (Vb, D)
         if need_w:
-            torch.mm(dl.t(), hf, out=dw[v0:v0 + n])
+            dw[v0:v0 + w.shape[0]] = _linear(dl.t(), hf.t())  # (Vb, M) @ (M, D)
+        del dl  # before the next block's GEMM allocates its own
     return (dh.to(hidden.dtype) if need_h else None), (dw.to(weight.dtype) if need_w else None)
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                      chunk_rows: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
+                      block_cols: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
     """hidden (N, D), weight (V, D), targets (N,) -> (N,) fp32 log p(target); 0 where targets == ignore_index.
     Differentiable with respect to hidden and weight. use_triton: None = the Triton kernels on CUDA when triton is
     installed, False = the torch path on any device, True = the Triton kernels (also CPU tensors under
@@ -144,8 +152,8 @@ def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
         from .logprob_triton import triton_sequence_logprobs
         lp = triton_sequence_logprobs(h, weight, t)
     else:
-        chunk = chunk_rows or _chunk_rows(h.shape[0], h.shape[1], weight.shape[0], h.element_size())
-        lp = _ChunkedLogprob.apply(h, weight, t, chunk)
+        block = block_cols or _block_cols(h.shape[1], weight.shape[0], h.element_size())
+        lp = _BlockedLogprob.apply(h, weight, t, block)
     return lp if every_row else out.index_put((idx,), lp)
 
 

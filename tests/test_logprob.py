@@ -33,7 +33,7 @@ def impl(request, monkeypatch):
     monkeypatch.setattr(lt, "WORKSPACE", 1)  # V = 601 > 256 columns: several backward blocks
     if request.param != "triton":  # the other forwards: cuBLAS logits per row chunk + the row kernel; pointer loads
         monkeypatch.setattr(lt, "FORWARD", request.param.removeprefix("triton-"))
-    return lambda h, w, t, chunk_rows=None: sequence_logprobs(h, w, t, use_triton=True)
+    return lambda h, w, t, block_cols=None: sequence_logprobs(h, w, t, use_triton=True)
 
 
 def case(N=37, D=24, V=101, ignored=(0, 5, 6, 30), dtype=torch.float32, seed=0):
@@ -54,12 +54,12 @@ def grads(fn, h, w, t, up, head_trainable=True):
     return out.detach(), h.grad, w.grad
 
 
-@pytest.mark.parametrize("chunk", [None, 5, 64])  # 5: N not a multiple of the chunk (the torch path's rows)
+@pytest.mark.parametrize("block", [None, 7, 64])  # the torch path's vocabulary blocks; V is no multiple of 7 or 64
 @pytest.mark.parametrize("head_trainable", [True, False])
 @pytest.mark.parametrize("V", [101, 601])  # 601: backward in three vocabulary blocks of 256, the last partial
-def test_matches_naive_fp32(impl, chunk, head_trainable, V):
+def test_matches_naive_fp32(impl, block, head_trainable, V):
     h, w, t, up = case(V=V)
-    ours = grads(lambda a, b, c: impl(a, b, c, chunk_rows=chunk), h, w, t, up, head_trainable)
+    ours = grads(lambda a, b, c: impl(a, b, c, block_cols=block), h, w, t, up, head_trainable)
     ref = grads(naive_logprobs, h, w, t, up, head_trainable)
     for a, b in zip(ours, ref):
         if b is None:
