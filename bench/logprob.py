@@ -9,12 +9,12 @@
 
 Rows: each method with a trainable LM head and with a frozen one (LoRA: no dW). naive = full logits; chunked = the
 torch path of model/logprob.py (vocabulary blocks; on CPU its GEMMs run in oneDNN, naive's in MKL); naive_onednn
-(CPU) = naive with the torch path's GEMMs, to tell the GEMM library's share from the algorithm's; triton = its CUDA path (triton_ptr: the fused forward with pointer loads instead of
-TMA descriptors); gemm_floor = only the bare GEMMs the head needs (logits, dH, and dW when trainable), on real
-data: the physical floor for anything exact. Each variant runs in a fresh
-subprocess so its peak memory is its own: "extra" = peak minus the memory held once the inputs exist, minus the
-gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the peak RSS (VmHWM, reset after
-set-up) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
+(CPU) = naive with the torch path's GEMMs, to tell the GEMM library's share from the algorithm's; triton = its CUDA
+path (triton_ptr: the fused forward with pointer loads instead of TMA descriptors); gemm_floor = only the bare GEMMs
+the head needs (logits, dH, and dW when trainable), on real data: the physical floor for anything exact. Each variant
+runs in a fresh subprocess so its peak memory is its own: "extra" = peak minus the memory held once the inputs exist,
+minus the gradients dH and dW themselves (the issue's "beyond the gradients"); peak = the peak RSS (VmHWM, reset
+after set-up) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one warm-up.
 """
 from __future__ import annotations
 
