@@ -3,7 +3,7 @@
     .venv/bin/python bench/logprob.py                  # CPU: N=4096, D=1024, V=32000, fp32
     .venv/bin/python bench/logprob.py --device cuda    # GPU: N=8192, D=4096, V=32000, bf16; adds the Triton kernels,
                                                        # torch.compile(naive), Liger FLCE (if importable), bare GEMMs
-    python bench/logprob.py --device cuda --check      # + relative errors of every path vs an fp32 reference
+    python bench/logprob.py [--device cuda] --check   # + relative errors vs an fp32 (bf16 inputs) / fp64 (fp32) reference
     python bench/logprob.py --device cuda --sweep      # + the Triton path's alternatives (tiles, plans), timed
     python bench/logprob.py --device cuda --profile    # + its CUDA kernel times (torch.profiler)
 
@@ -244,7 +244,7 @@ def main():
     ap.add_argument("--V", type=int, default=32000)
     ap.add_argument("--dtype")
     ap.add_argument("--repeats", type=int, help="default 3 on CPU, 20 on CUDA")
-    ap.add_argument("--check", action="store_true", help="also print relative errors vs an fp32 reference")
+    ap.add_argument("--check", action="store_true", help="also print relative errors vs an upcast reference (fp32 for 16-bit inputs, fp64 for fp32)")
     ap.add_argument("--sweep", action="store_true", help="also time the Triton kernels' tile configurations")
     ap.add_argument("--profile", action="store_true", help="also print the Triton path's CUDA kernel times")
     ap.add_argument("--no-table", action="store_true", help="only --check / --sweep")
