@@ -244,7 +244,8 @@ def main():
     ap.add_argument("--V", type=int, default=32000)
     ap.add_argument("--dtype")
     ap.add_argument("--repeats", type=int, help="default 3 on CPU, 20 on CUDA")
-    ap.add_argument("--check", action="store_true", help="also print relative errors vs an upcast reference (fp32 for 16-bit inputs, fp64 for fp32)")
+    ap.add_argument("--check", action="store_true",
+                    help="also print relative errors vs an upcast reference (fp32 for 16-bit inputs, fp64 for fp32)")
     ap.add_argument("--sweep", action="store_true", help="also time the Triton kernels' tile configurations")
     ap.add_argument("--profile", action="store_true", help="also print the Triton path's CUDA kernel times")
     ap.add_argument("--no-table", action="store_true", help="only --check / --sweep")
