@@ -3,7 +3,7 @@
     .venv/bin/python bench/logprob.py                  # CPU: N=4096, D=1024, V=32000, fp32
     .venv/bin/python bench/logprob.py --device cuda    # GPU: N=8192, D=4096, V=32000, bf16; adds the Triton kernels,
                                                        # torch.compile(naive), Liger FLCE (if importable), bare GEMMs
-    python bench/logprob.py [--device cuda] --check   # + relative errors vs an fp32 (bf16 inputs) / fp64 (fp32) reference
+    python bench/logprob.py [--device cuda] --check   # + errors vs an fp32 (bf16 inputs) or fp64 (fp32) reference
     python bench/logprob.py --device cuda --sweep      # + the Triton path's alternatives (tiles, plans), timed
     python bench/logprob.py --device cuda --profile    # + its CUDA kernel times (torch.profiler)
 
