@@ -31,16 +31,20 @@ QA turns after the caption (two per training scene): "Is there a {obj} in the im
 half the "No." objects are absent companions, the question the prior gets wrong), then "What color is the {obj}?"
 -> "{color}.", "How many {objs} are there?" -> "{number}." or a second existence question.
 
-Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --seed 0 [--size 64]`
-(`build_world(out, n_train, n_test, seed, size)` from Python; about 1 ms a scene):
+Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --n-val 500 --seed 0 [--size 64]`
+(`build_world(out, n_train, n_test, seed, size, n_val)` from Python; about 1 ms a scene). Scenes 0..n_train-1
+train, the next n_test test, the next n_val validation (held out like the test scenes, for choosing settings
+without looking at the test scenes; drawn last, so they change no train or test file):
     DIR/images/{id}.png; DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per training scene);
     DIR/sft.json (what the SFT stage trains on: train.json plus, per training scene, a conversation that opens with
     the image, asks about each of the scene's companions in turn (companion_turns) and then two fresh QA turns, so a
     question is also seen as the first turn, as POPE asks it);
-    DIR/test_questions.jsonl (question_id, image_id, image, prompt "Describe this image." per held-out scene);
+    DIR/test_questions.jsonl (question_id, image_id, image, prompt "Describe this image." per test scene) and
+    DIR/val_questions.jsonl (the same per validation scene);
     DIR/annotations.json ({id: {scene, objects (one entry per instance), instances (category, color, size, box
-    [x0, y0, x1, y1] in pixels, faint, occluded), caption, image}} for every scene) and DIR/test_annotations.json
-    (held-out only); DIR/splits.json ({"train": [...], "test": [...]}, written last: it marks a complete world);
+    [x0, y0, x1, y1] in pixels, faint, occluded), caption, image}} for every scene), DIR/test_annotations.json and
+    DIR/val_annotations.json (that split only); DIR/splits.json ({"train": [...], "test": [...], "val": [...]},
+    written last: it marks a complete world);
     DIR/synonyms.txt (CHAIR's format: a category, then its synonyms); DIR/vocab.json (word lists and scene
     co-occurrence for hallucinate.py's rules); DIR/tokenizer.json (word level; its vocabulary is the grammar's,
     the same for every seed and size); DIR/llava_config/ and DIR/clip_config/ (config.json + tokenizer.json of a tiny
@@ -385,19 +389,23 @@ def grammar_words():
     return texts
 
 
-def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = SIZE):
-    """Draw n_train + n_test scenes and write every file of the world into `out` (see the module docstring)."""
+def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = SIZE, n_val: int = 0):
+    """Draw n_train + n_test + n_val scenes and write every file of the world into `out` (see the module docstring).
+    Scene i is train for i < n_train, then test, then validation: the validation scenes come after the test ones,
+    so adding them leaves every train and test file unchanged."""
     if size % GRID:
         raise ValueError(f"image size {size} must be a multiple of {GRID} ({GRID} x {GRID} patches of size // {GRID} "
                          "pixels)")
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     tk = build_tokenizer(grammar_words(), os.path.join(out, "tokenizer.json"))
     unk = tk.token_to_id("<unk>")
-    train, sft, questions, anns = [], [], [], {}
-    split = {"train": [], "test": []}
-    for i in range(n_train + n_test):
+    train, sft, anns = [], [], {}
+    split = {"train": [], "test": [], "val": []}
+    questions = {"test": [], "val": []}
+    for i in range(n_train + n_test + n_val):
         img, ann, rng = render(i, seed, size)
-        iid = f"{'train' if i < n_train else 'test'}_{i:06d}"
+        part = "train" if i < n_train else "test" if i < n_train + n_test else "val"
+        iid = f"{part}_{i:06d}"
         rel = f"images/{iid}.png"
         img.save(os.path.join(out, rel))
         ann["image"] = rel
@@ -416,19 +424,21 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
             texts += [t["value"] for t in qa[1:]] + [qa[0]["value"][len("<image>\n"):]]
             sft += [train[-1], {"id": iid + "_qa", "image": rel, "conversations": qa}]
         else:
-            split["test"].append(iid)
-            questions.append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
+            split[part].append(iid)
+            questions[part].append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
         for t in texts:  # the grammar and grammar_words() must agree: a word outside the vocabulary is a bug
             if unk in tk.encode(t).ids:
                 raise ValueError(f"scene {iid}: text {t!r} has a word outside the tokenizer's vocabulary")
     configs(out, tk, size)
     write_json(os.path.join(out, "train.json"), train)
     write_json(os.path.join(out, "sft.json"), sft)
-    with open(os.path.join(out, "test_questions.jsonl.tmp"), "w") as f:
-        f.writelines(json.dumps(q) + "\n" for q in questions)
-    os.replace(os.path.join(out, "test_questions.jsonl.tmp"), os.path.join(out, "test_questions.jsonl"))
+    for part in ("test", "val"):
+        path = os.path.join(out, f"{part}_questions.jsonl")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(q) + "\n" for q in questions[part])
+        os.replace(path + ".tmp", path)
+        write_json(os.path.join(out, f"{part}_annotations.json"), {k: anns[k] for k in split[part]})
     write_json(os.path.join(out, "annotations.json"), anns)
-    write_json(os.path.join(out, "test_annotations.json"), {k: anns[k] for k in split["test"]})
     with open(os.path.join(out, "synonyms.txt.tmp"), "w") as f:
         for c in categories():
             f.write(", ".join([c, *SYNONYMS.get(c, [])]) + "\n")
@@ -447,12 +457,14 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--n-val", type=int, default=0, help="validation scenes, drawn after the test ones")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=SIZE, help="image side in pixels (64-96 intended)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size)
-    print(f"toy world: {len(split['train'])} train + {len(split['test'])} test scenes in {a.out} "
+    split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size, a.n_val)
+    print(f"toy world: {len(split['train'])} train + {len(split['test'])} test + {len(split['val'])} validation "
+          f"scenes in {a.out} "
           f"({time.time() - t0:.1f}s)")
 
 

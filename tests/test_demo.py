@@ -30,3 +30,15 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     assert again["stages_reused"] and "stages reused from an earlier run" in (out / "report.md").read_text()
     assert {k: again[k] for k in rep if k not in ("wall_s", "stages_reused")} == \
         {k: rep[k] for k in rep if k not in ("wall_s", "stages_reused")}
+    # the validation split: the same trained models, evaluated on other held-out scenes into their own files
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--quick", "--out", str(out), "--eval-split", "val"])
+    demo.main()
+    val = json.loads((out / "report_val.json").read_text())
+    assert val["split"] == "val" and val["n_val_images"] == demo.QUICK["n_val"] and rep["split"] == "test"
+    assert set(val["stages_reused"]) >= {"world", "sft", "povid", "clip_dpo"} and "questions_val" not in val[
+        "stages_reused"]
+    assert set(val) - {"n_val_images"} == set(rep) - {"n_test_images"}
+    answered = {json.loads(x)["image_id"] for x in (out / "runs_val/povid/chair_answers.jsonl").open()}
+    assert answered == set(json.loads((out / "world/splits.json").read_text())["val"])
+    assert "validation scenes" in (out / "report_val.md").read_text() and (out / "examples_val.png").exists()
+    assert json.loads((out / "report.json").read_text()) == again  # the test report is left alone

@@ -14,19 +14,38 @@ from model import CLIPConfig, LlavaConfig, Tokenizer
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    toyworld.build_world(str(out), n_train=160, n_test=40, seed=3)
+    toyworld.build_world(str(out), n_train=160, n_test=40, seed=3, n_val=30)
     return out
 
 
 def test_deterministic(world, tmp_path):
-    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3)
-    for name in ("train.json", "annotations.json", "tokenizer.json", "test_questions.jsonl"):
+    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3, n_val=30)
+    for name in ("train.json", "annotations.json", "tokenizer.json", "test_questions.jsonl", "val_questions.jsonl"):
         assert (world / name).read_bytes() == (tmp_path / name).read_bytes(), name
     assert (world / "images/test_000170.png").read_bytes() == (tmp_path / "images/test_000170.png").read_bytes()
     img, ann, _ = toyworld.render(170, 3)  # any scene regenerates alone
     assert ann["caption"] == json.loads((world / "annotations.json").read_text())["test_000170"]["caption"]
     _, other, _ = toyworld.render(170, 4)
     assert other != ann  # and the seed matters
+
+
+def test_validation_split(world, tmp_path):
+    """Validation scenes are held out like the test ones, disjoint from both, in the same formats; adding them
+    leaves every train and test file as it was, so a world grown by a validation split keeps its trained models."""
+    split = json.loads((world / "splits.json").read_text())
+    assert len(split["val"]) == 30 and all(i.startswith("val_") for i in split["val"])
+    assert not set(split["val"]) & (set(split["train"]) | set(split["test"]))
+    anns = json.loads((world / "annotations.json").read_text())
+    val = json.loads((world / "val_annotations.json").read_text())
+    assert val == {k: anns[k] for k in split["val"]}
+    qs = [json.loads(line) for line in (world / "val_questions.jsonl").read_text().splitlines()]
+    assert [q["question_id"] for q in qs] == split["val"] and {q["prompt"] for q in qs} == {toyworld.CAPTION_PROMPT}
+    assert all((world / q["image"]).exists() for q in qs)
+    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3)  # the same world without validation scenes
+    assert json.loads((tmp_path / "splits.json").read_text()) == {**split, "val": []}
+    for name in ("train.json", "sft.json", "test_questions.jsonl", "test_annotations.json", "tokenizer.json",
+                 "images/test_000199.png"):
+        assert (world / name).read_bytes() == (tmp_path / name).read_bytes(), name
 
 
 def test_size_scales_the_same_scene():
@@ -182,7 +201,8 @@ def test_configs_and_side_files(world):
     assert vocab["synonyms"]["automobile"] == "car" and set(vocab["colors"]) == set(toyworld.COLORS)
     split = json.loads((world / "splits.json").read_text())
     anns = json.loads((world / "annotations.json").read_text())
-    assert len(split["train"]) == 160 and len(split["test"]) == 40 and set(anns) == set(split["train"] + split["test"])
+    assert len(split["train"]) == 160 and len(split["test"]) == 40
+    assert set(anns) == set(split["train"] + split["test"] + split["val"])
     qs = [json.loads(line) for line in (world / "test_questions.jsonl").read_text().splitlines()]
     assert [q["question_id"] for q in qs] == split["test"] and qs[0]["prompt"] == toyworld.CAPTION_PROMPT
     assert all((world / q["image"]).exists() for q in qs)
