@@ -8,14 +8,16 @@ under-uses its eyes learns the prior and names the companion whether or not it i
 co-occurrence, the first of POVID's three categories, measured exactly by CHAIR against the annotations. Anchors and
 extras are never faint, so the same model must still see to get recall.
 
-Pretraining scenes (--n-pretrain, SFT only). A real LLaVA's eyes come from elsewhere: a CLIP tower trained on 400M
-image-text pairs and a projector aligned on 558k captioned images before instruction tuning. So they know what a fork
-looks like regardless of the table around it, and POVID's premise - the model sees the object but its language prior
-overrules it - holds. A tiny model trained from scratch on the scene-typed data alone never learns to look for a fork
-(it is named in every table scene, drawn or not). The pretraining scenes stand in for that stage: 2-5 categories drawn
-uniformly from all 15 on any background (no co-occurrence), every object faint or covered at the companions' rates,
-"List the objects in the image." answered by the exact listing, then two existence questions. The description
-prompt, its scene prefix and its co-occurrence prior are only ever trained on the scene-typed scenes.
+Pretraining scenes (--n-pretrain, SFT only; 0 by default and in the demo). A real LLaVA's eyes come from elsewhere: a
+CLIP tower trained on 400M image-text pairs and a projector aligned on 558k captioned images before instruction
+tuning, so they know a fork regardless of the table around it. A tiny model trained from scratch on the scene-typed
+data alone never learns to look for a fork (it is named in every table scene, drawn or not). Pretraining scenes stand
+in for that stage: 2-5 categories drawn uniformly from all 15 on any background (no co-occurrence), every object faint
+or covered at the companions' rates, "List the objects in the image." answered by the exact listing, then two
+existence questions; the description prompt and its co-occurrence prior stay with the scene-typed scenes. Measured
+(README, "What was tried"): with 4,000 of them POVID then cut absent forks, lamps and benches while still naming
+present ones, but the gain over the demo's world did not hold across SFT seeds or on the test scenes, so the demo
+does not use them.
 
 World design (PIL, drawn in 64-px units on a `size` canvas, 64 by default; deterministic: scene i of seed s uses
 random.Random(s * 1_000_003 + i), so any scene regenerates alone):
@@ -54,8 +56,8 @@ for choosing settings without looking at the test scenes; drawn last, so they ch
     DIR/val_questions.jsonl (the same per validation scene);
     DIR/annotations.json ({id: {scene, objects (one entry per instance), instances (category, color, size, box
     [x0, y0, x1, y1] in pixels, faint, occluded), caption, image}} for every scene), DIR/test_annotations.json and
-    DIR/val_annotations.json (that split only); DIR/splits.json ({"train": [...], "test": [...], "val": [...],
-    "pretrain": [...]}, written last: it marks a complete world);
+    DIR/val_annotations.json (that split only); DIR/splits.json ({"train": [...], "test": [...], "val": [...]}, and
+    "pretrain": [...] when there are pretraining scenes; written last: it marks a complete world);
     DIR/synonyms.txt (CHAIR's format: a category, then its synonyms); DIR/vocab.json (word lists and scene
     co-occurrence for hallucinate.py's rules); DIR/tokenizer.json (word level; its vocabulary is the grammar's,
     the same for every seed and size); DIR/llava_config/ and DIR/clip_config/ (config.json + tokenizer.json of a tiny
@@ -361,7 +363,7 @@ def pretrain_conversation(rng, ann):
     """A pretraining scene's SFT conversation: LIST_PROMPT answered by the exact listing, then two existence
     questions (yes / no balanced, the "no" objects drawn from all absent categories). Asking the questions first
     instead, so they must be answered from the image as POPE asks them, gave a baseline with a higher POPE F1 that
-    DPO moved less, but cut less CHAIR_i per point of recall (README, "What was tried")."""
+    DPO moved less, and less CHAIR_i cut per point of recall (README, "What was tried")."""
     present = sorted(set(ann["objects"]))
     absent = [c for c in categories() if c not in present]
     turns = [(LIST_PROMPT, ann["caption"])]
@@ -420,11 +422,13 @@ def configs(out, tk, size=SIZE):
         os.replace(path + ".tmp", path)
 
 
-def grammar_words():
+def grammar_words(pretrain: bool = False):
     """Every text any stage may say: the chat templates, the caption and QA grammar for every category, colour, count
-    and synonym, POPE's suffix. The vocabulary depends on the grammar only, not on the seed or the number of scenes."""
+    and synonym, POPE's suffix; LIST_PROMPT only for a world with pretraining scenes (so a world without them keeps
+    the vocabulary it always had). The vocabulary depends on the grammar only, not on the seed or the number of
+    scenes."""
     from model.tokenizer import VICUNA_SYSTEM
-    texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, LIST_PROMPT, "Describe the image.",
+    texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, *([LIST_PROMPT] if pretrain else []), "Describe the image.",
              "Answer the question using a single word or phrase.", "Yes. No. small large left right of an a and the is",
              "scene with , .", *SCENES, *[f"{c}." for c in COLORS], *[f"{n}." for n in NUMBERS.values()]]
     for c in categories():
@@ -444,10 +448,10 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
         raise ValueError(f"image size {size} must be a multiple of {GRID} ({GRID} x {GRID} patches of size // {GRID} "
                          "pixels)")
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    tk = build_tokenizer(grammar_words(), os.path.join(out, "tokenizer.json"))
+    tk = build_tokenizer(grammar_words(n_pretrain > 0), os.path.join(out, "tokenizer.json"))
     unk = tk.token_to_id("<unk>")
     train, sft, anns = [], [], {}
-    split = {"train": [], "test": [], "val": [], "pretrain": []}
+    split = {"train": [], "test": [], "val": [], **({"pretrain": []} if n_pretrain else {})}
     questions = {"test": [], "val": []}
     for i in range(n_train + n_test + n_val):
         img, ann, rng = render(i, seed, size)
@@ -492,7 +496,8 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
         sft.append({"id": iid, "image": rel, "conversations": conv})
     configs(out, tk, size)
     write_json(os.path.join(out, "train.json"), train)
-    write_json(os.path.join(out, "pretrain_annotations.json"), pretrain_anns)
+    if n_pretrain:
+        write_json(os.path.join(out, "pretrain_annotations.json"), pretrain_anns)
     write_json(os.path.join(out, "sft.json"), sft)
     for part in ("test", "val"):
         path = os.path.join(out, f"{part}_questions.jsonl")
@@ -528,7 +533,7 @@ def main(argv=None):
     t0 = time.time()
     split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size, a.n_val, a.n_pretrain)
     print(f"toy world: {len(split['train'])} train + {len(split['test'])} test + {len(split['val'])} validation "
-          f"+ {len(split['pretrain'])} pretraining scenes in {a.out} "
+          f"+ {a.n_pretrain} pretraining scenes in {a.out} "
           f"({time.time() - t0:.1f}s)")
 
 

@@ -197,8 +197,14 @@ def test_tokenizer_covers_every_word(world, tmp_path):
         assert unk not in ids, item["id"]
     assert tok.decode(tok.encode("a table scene with a fork .")) == "a table scene with a fork ."
     # the vocabulary is the grammar's, not the sample's: another seed and size give the same tokenizer
-    toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96)
+    toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96, n_pretrain=3)
     assert (tmp_path / "tokenizer.json").read_bytes() == (world / "tokenizer.json").read_bytes()
+    # without pretraining scenes the vocabulary lacks only LIST_PROMPT's new words (the demo's world is unchanged)
+    toyworld.build_world(str(tmp_path / "plain"), n_train=5, n_test=2, seed=9)
+    plain = Tokenizer.from_pretrained(str(tmp_path / "plain"))
+    assert set(tok.tk.get_vocab()) - set(plain.tk.get_vocab()) == {"List", "objects"}
+    split = json.loads((tmp_path / "plain" / "splits.json").read_text())
+    assert "pretrain" not in split and not (tmp_path / "plain" / "pretrain_annotations.json").exists()
     assert LlavaConfig.from_dir(str(tmp_path / "llava_config")).num_image_tokens == 16
 
 
