@@ -14,13 +14,14 @@ from model import CLIPConfig, LlavaConfig, Tokenizer
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    toyworld.build_world(str(out), n_train=160, n_test=40, seed=3, n_val=30)
+    toyworld.build_world(str(out), n_train=160, n_test=40, seed=3, n_val=30, n_pretrain=40)
     return out
 
 
 def test_deterministic(world, tmp_path):
-    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3, n_val=30)
-    for name in ("train.json", "annotations.json", "tokenizer.json", "test_questions.jsonl", "val_questions.jsonl"):
+    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3, n_val=30, n_pretrain=40)
+    for name in ("train.json", "sft.json", "annotations.json", "pretrain_annotations.json", "tokenizer.json",
+                 "test_questions.jsonl", "val_questions.jsonl", "images/pretrain_000007.png"):
         assert (world / name).read_bytes() == (tmp_path / name).read_bytes(), name
     assert (world / "images/test_000170.png").read_bytes() == (tmp_path / "images/test_000170.png").read_bytes()
     img, ann, _ = toyworld.render(170, 3)  # any scene regenerates alone
@@ -41,7 +42,8 @@ def test_validation_split(world, tmp_path):
     qs = [json.loads(line) for line in (world / "val_questions.jsonl").read_text().splitlines()]
     assert [q["question_id"] for q in qs] == split["val"] and {q["prompt"] for q in qs} == {toyworld.CAPTION_PROMPT}
     assert all((world / q["image"]).exists() for q in qs)
-    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3)  # the same world without validation scenes
+    # the same world without validation scenes
+    toyworld.build_world(str(tmp_path), n_train=160, n_test=40, seed=3, n_pretrain=40)
     assert json.loads((tmp_path / "splits.json").read_text()) == {**split, "val": []}
     for name in ("train.json", "sft.json", "test_questions.jsonl", "test_annotations.json", "tokenizer.json",
                  "images/test_000199.png"):
@@ -68,8 +70,15 @@ def parse_caption(caption):
     """The grammar read back: scene, [(count, small, colour, category)], optional (a, rel, b)."""
     m = re.fullmatch(r"an? (\w+) scene with (.*?) \.(?: the (.+) is (left|right) of the (.+) \.)?", caption)
     assert m, caption
+    phrases = parse_listing(m.group(2))
+    rel = (NAMES[m.group(3)], m.group(4), NAMES[m.group(5)]) if m.group(3) else None
+    return m.group(1), phrases, rel
+
+
+def parse_listing(listing):
+    """"a red cup , a small fork and two books" -> [(count, small, colour, category)]."""
     phrases = []
-    for p in m.group(2).replace(" and ", " , ").split(" , "):
+    for p in listing.replace(" and ", " , ").split(" , "):
         words = p.split()
         count = NUMBER.get(words[0], 1)
         assert words[0] in NUMBER or words[0] in ("a", "an"), p
@@ -79,8 +88,25 @@ def parse_caption(caption):
         colour = rest[0] if rest[0] in toyworld.COLORS else None
         rest = rest[1:] if colour else rest
         phrases.append((count, small, colour, NAMES[" ".join(rest)]))
-    rel = (NAMES[m.group(3)], m.group(4), NAMES[m.group(5)]) if m.group(3) else None
-    return m.group(1), phrases, rel
+    return phrases
+
+
+def check_phrases(a, phrases):
+    """Each category once, left to right, with its exact count, "small" and colour; returns instances by category."""
+    assert sorted(c for _, _, _, c in phrases) == sorted(set(a["objects"])), a["caption"]
+    by_cat = {}
+    for inst in a["instances"]:
+        by_cat.setdefault(inst["category"], []).append(inst)
+        x0, y0, x1, y1 = inst["box"]
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+    lefts = [min(i["box"][0] for i in by_cat[c]) for _, _, _, c in phrases]
+    assert lefts == sorted(lefts), a["caption"]  # mentioned left to right
+    for count, small, colour, cat in phrases:
+        inst = by_cat[cat]
+        assert count == len(inst), a["caption"]
+        assert small == (count == 1 and inst[0]["size"] == "small"), a["caption"]
+        assert colour == (inst[0]["color"] if len({i["color"] for i in inst}) == 1 else None), a["caption"]
+    return by_cat
 
 
 def test_captions_are_exact(world):
@@ -89,19 +115,7 @@ def test_captions_are_exact(world):
     for iid, a in anns.items():
         scene, phrases, rel = parse_caption(a["caption"])
         assert scene == a["scene"]
-        assert sorted(c for _, _, _, c in phrases) == sorted(set(a["objects"])), (iid, a["caption"])
-        by_cat = {}
-        for inst in a["instances"]:
-            by_cat.setdefault(inst["category"], []).append(inst)
-            x0, y0, x1, y1 = inst["box"]
-            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
-        lefts = [min(i["box"][0] for i in by_cat[c]) for _, _, _, c in phrases]
-        assert lefts == sorted(lefts), a["caption"]  # mentioned left to right
-        for count, small, colour, cat in phrases:
-            inst = by_cat[cat]
-            assert count == len(inst), a["caption"]
-            assert small == (count == 1 and inst[0]["size"] == "small"), a["caption"]
-            assert colour == (inst[0]["color"] if len({i["color"] for i in inst}) == 1 else None), a["caption"]
+        by_cat = check_phrases(a, phrases)
         if rel:
             n_rel += 1
             ca, cb = ((by_cat[c][0]["box"][0] + by_cat[c][0]["box"][2]) / 2 for c in (rel[0], rel[2]))
@@ -114,6 +128,7 @@ def test_qa_answers_are_exact(world):
     anns = json.loads((world / "annotations.json").read_text())
     train = json.loads((world / "train.json").read_text())
     sft = json.loads((world / "sft.json").read_text())
+    sft = [x for x in sft if not x["id"].startswith("pretrain_")]  # test_pretraining_scenes checks those
     assert [x for x in sft if not x["id"].endswith("_qa")] == train and len(sft) == 2 * len(train)
     kinds = set()
     for item in sft:
@@ -182,8 +197,14 @@ def test_tokenizer_covers_every_word(world, tmp_path):
         assert unk not in ids, item["id"]
     assert tok.decode(tok.encode("a table scene with a fork .")) == "a table scene with a fork ."
     # the vocabulary is the grammar's, not the sample's: another seed and size give the same tokenizer
-    toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96)
+    toyworld.build_world(str(tmp_path), n_train=5, n_test=2, seed=9, size=96, n_pretrain=3)
     assert (tmp_path / "tokenizer.json").read_bytes() == (world / "tokenizer.json").read_bytes()
+    # without pretraining scenes the vocabulary lacks only LIST_PROMPT's new words (the demo's world is unchanged)
+    toyworld.build_world(str(tmp_path / "plain"), n_train=5, n_test=2, seed=9)
+    plain = Tokenizer.from_pretrained(str(tmp_path / "plain"))
+    assert set(tok.tk.get_vocab()) - set(plain.tk.get_vocab()) == {"List", "objects"}
+    split = json.loads((tmp_path / "plain" / "splits.json").read_text())
+    assert "pretrain" not in split and not (tmp_path / "plain" / "pretrain_annotations.json").exists()
     assert LlavaConfig.from_dir(str(tmp_path / "llava_config")).num_image_tokens == 16
 
 
@@ -206,3 +227,57 @@ def test_configs_and_side_files(world):
     qs = [json.loads(line) for line in (world / "test_questions.jsonl").read_text().splitlines()]
     assert [q["question_id"] for q in qs] == split["test"] and qs[0]["prompt"] == toyworld.CAPTION_PROMPT
     assert all((world / q["image"]).exists() for q in qs)
+
+
+def test_pretraining_scenes(world):
+    """Pretraining scenes: only in sft.json, after every training conversation; the exact listing under
+    LIST_PROMPT, no scene prefix, no relation; then two exact existence questions."""
+    split = json.loads((world / "splits.json").read_text())
+    anns = json.loads((world / "pretrain_annotations.json").read_text())
+    assert split["pretrain"] == [f"pretrain_{j:06d}" for j in range(40)] == list(anns)
+    assert not set(anns) & set(json.loads((world / "annotations.json").read_text()))
+    assert not any(x["id"].startswith("pretrain_") for x in json.loads((world / "train.json").read_text()))
+    sft = json.loads((world / "sft.json").read_text())
+    assert [x["id"] for x in sft[-40:]] == split["pretrain"] and len(sft) == 2 * 160 + 40
+    _, first, _ = toyworld.render(toyworld.PRETRAIN_OFFSET, 3, pretrain=True)
+    assert first["caption"] == anns["pretrain_000000"]["caption"]  # any pretraining scene regenerates alone
+    answers = []
+    for item in sft[-40:]:
+        a, conv = anns[item["id"]], item["conversations"]
+        assert item["image"] == a["image"] and (world / a["image"]).exists()
+        assert [t["from"] for t in conv] == ["human", "gpt"] * 3
+        assert conv[0]["value"].startswith("<image>\n") and "<image>" not in "".join(t["value"] for t in conv[1:])
+        assert conv[0]["value"] == "<image>\n" + toyworld.LIST_PROMPT and conv[1]["value"] == a["caption"]
+        for q, ans in zip(conv[2::2], conv[3::2]):
+            m = re.fullmatch(r"Is there an? (.+) in the image\?", q["value"])
+            assert m and ans["value"] == ("Yes." if m.group(1) in a["objects"] else "No."), (q, ans, a["objects"])
+            answers.append(ans["value"])
+        assert a["caption"].endswith(" .") and "scene" not in a["caption"] and " of the " not in a["caption"]
+        check_phrases(a, parse_listing(a["caption"][:-2]))
+    assert 25 <= answers.count("Yes.") <= 55  # balanced (80 answers)
+
+
+def test_pretraining_scenes_have_no_cooccurrence():
+    """In pretraining scenes an object says nothing about another or about the background, and any object (not
+    only a companion) may be faint or covered: P(fork | table background) = P(fork | other backgrounds) and
+    P(fork | plate) = P(fork), within sampling error; every category is faint at about P_FAINT."""
+    n = 6000
+    rows = [toyworld.sample_pretrain_scene(random.Random(i)) for i in range(n)]
+    assert all(2 <= len(set(objs)) <= 5 and len(objs) <= 8 for _, objs, _ in rows)
+    # 2-5 distinct categories of 15, uniformly: P(fork) = 3.5 / 15; given a plate, the other 2.5 of 14 (drawing
+    # without replacement is the only dependence); in a table scene of the main world it is 0.85
+    p = sum("fork" in objs for _, objs, _ in rows) / n
+    assert abs(p - 3.5 / 15) < 0.02
+    for frac in (sum("fork" in o for s, o, _ in rows if s == "table") / sum(s == "table" for s, _, _ in rows),
+                 sum("fork" in o for s, o, _ in rows if s != "table") / sum(s != "table" for s, _, _ in rows)):
+        assert abs(frac - p) < 0.04, (frac, p)
+    plate = sum("fork" in o for _, o, _ in rows if "plate" in o) / sum("plate" in o for _, o, _ in rows)
+    assert abs(plate - 2.5 / 14) < 0.04, plate
+    faint, seen = {}, {}
+    for j in range(1500):
+        _, a, _ = toyworld.render(toyworld.PRETRAIN_OFFSET + j, 0, pretrain=True)
+        for inst in a["instances"]:
+            seen[inst["category"]] = seen.get(inst["category"], 0) + 1
+            faint[inst["category"]] = faint.get(inst["category"], 0) + inst["faint"]
+    assert set(seen) == set(toyworld.categories())
+    assert all(abs(faint[c] / seen[c] - toyworld.P_FAINT) < 0.1 for c in seen), {c: faint[c] / seen[c] for c in seen}
