@@ -43,7 +43,7 @@ QA turns after the caption (two per training scene): "Is there a {obj} in the im
 half the "No." objects are absent companions, the question the prior gets wrong), then "What color is the {obj}?"
 -> "{color}.", "How many {objs} are there?" -> "{number}." or a second existence question.
 
-Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --n-val 500 --n-pretrain 4000 --seed 0
+Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --n-val 500 --seed 0 [--n-pretrain 4000]
 [--size 64]` (`build_world(out, n_train, n_test, seed, size, n_val, n_pretrain)` from Python; about 1 ms a
 scene). Scenes 0..n_train-1 train, the next n_test test, the next n_val validation (held out like the test scenes,
 for choosing settings without looking at the test scenes; drawn last, so they change no train or test file):
@@ -428,8 +428,8 @@ def grammar_words(pretrain: bool = False):
     the vocabulary it always had). The vocabulary depends on the grammar only, not on the seed or the number of
     scenes."""
     from model.tokenizer import VICUNA_SYSTEM
-    texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, *([LIST_PROMPT] if pretrain else []), "Describe the image.",
-             "Answer the question using a single word or phrase.", "Yes. No. small large left right of an a and the is",
+    texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, *([LIST_PROMPT] if pretrain else []),
+             "Describe the image.", "Answer the question using a single word or phrase.", "Yes. No. small large left right of an a and the is",
              "scene with , .", *SCENES, *[f"{c}." for c in COLORS], *[f"{n}." for n in NUMBERS.values()]]
     for c in categories():
         names = [c, *SYNONYMS.get(c, [])]
