@@ -430,7 +430,8 @@ def grammar_words(pretrain: bool = False):
     from model.tokenizer import VICUNA_SYSTEM
     texts = [VICUNA_SYSTEM, "USER: <image>\nASSISTANT:", CAPTION_PROMPT, *([LIST_PROMPT] if pretrain else []),
              "Describe the image.", "Answer the question using a single word or phrase.",
-             "Yes. No. small large left right of an a and the is", "scene with , .", *SCENES, *[f"{c}." for c in COLORS], *[f"{n}." for n in NUMBERS.values()]]
+             "Yes. No. small large left right of an a and the is", "scene with , .", *SCENES,
+             *[f"{c}." for c in COLORS], *[f"{n}." for n in NUMBERS.values()]]
     for c in categories():
         names = [c, *SYNONYMS.get(c, [])]
         texts += [f"Is there {article(c)} {c} in the image?", f"What color is the {c}?",
