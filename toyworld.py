@@ -370,6 +370,11 @@ def pretrain_conversation(rng, ann):
     for _ in range(2):
         obj, ans = (rng.choice(present), "Yes.") if rng.random() < 0.5 else (rng.choice(absent), "No.")
         turns.append((f"Is there {article(obj)} {obj} in the image?", ans))
+    return image_first(turns)
+
+
+def image_first(turns):
+    """[(question, answer), ...] -> LLaVA conversation turns, the image with the first question."""
     conv = [{"from": who, "value": text} for q, a in turns for who, text in (("human", q), ("gpt", a))]
     conv[0]["value"] = "<image>\n" + conv[0]["value"]
     return conv
@@ -454,13 +459,24 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
     train, sft, anns = [], [], {}
     split = {"train": [], "test": [], "val": [], **({"pretrain": []} if n_pretrain else {})}
     questions = {"test": [], "val": []}
+
+    def draw(i, iid, pretrain=False):
+        """Render scene i, save its image as images/{iid}.png; (annotation with its image path, the scene's rng)."""
+        img, ann, rng = render(i, seed, size, pretrain)
+        ann["image"] = f"images/{iid}.png"
+        img.save(os.path.join(out, ann["image"]))
+        return ann, rng
+
+    def check_words(iid, texts):  # the grammar and grammar_words() must agree: a word outside it is a bug
+        for t in texts:
+            if unk in tk.encode(t.removeprefix("<image>\n")).ids:
+                raise ValueError(f"scene {iid}: text {t!r} has a word outside the tokenizer's vocabulary")
+
     for i in range(n_train + n_test + n_val):
-        img, ann, rng = render(i, seed, size)
         part = "train" if i < n_train else "test" if i < n_train + n_test else "val"
         iid = f"{part}_{i:06d}"
-        rel = f"images/{iid}.png"
-        img.save(os.path.join(out, rel))
-        ann["image"] = rel
+        ann, rng = draw(i, iid)
+        rel = ann["image"]
         anns[iid] = ann
         texts = [ann["caption"]]
         if i < n_train:
@@ -471,30 +487,22 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
                 texts += [q, a]
             train.append({"id": iid, "image": rel, "conversations": conv})
             turns = companion_turns(rng, ann) + qa_turns(rng, ann)
-            qa = [{"from": who, "value": text} for q, a in turns for who, text in (("human", q), ("gpt", a))]
-            qa[0]["value"] = "<image>\n" + qa[0]["value"]
-            texts += [t["value"] for t in qa[1:]] + [qa[0]["value"][len("<image>\n"):]]
+            qa = image_first(turns)
+            texts += [t["value"] for t in qa]
             sft += [train[-1], {"id": iid + "_qa", "image": rel, "conversations": qa}]
         else:
             split[part].append(iid)
             questions[part].append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
-        for t in texts:  # the grammar and grammar_words() must agree: a word outside the vocabulary is a bug
-            if unk in tk.encode(t).ids:
-                raise ValueError(f"scene {iid}: text {t!r} has a word outside the tokenizer's vocabulary")
+        check_words(iid, texts)
     pretrain_anns = {}
     for j in range(n_pretrain):
-        img, ann, rng = render(PRETRAIN_OFFSET + j, seed, size, pretrain=True)
         iid = f"pretrain_{j:06d}"
-        rel = f"images/{iid}.png"
-        img.save(os.path.join(out, rel))
-        ann["image"] = rel
+        ann, rng = draw(PRETRAIN_OFFSET + j, iid, pretrain=True)
         pretrain_anns[iid] = ann
         split["pretrain"].append(iid)
         conv = pretrain_conversation(rng, ann)
-        for t in conv:
-            if unk in tk.encode(t["value"].removeprefix("<image>\n")).ids:
-                raise ValueError(f"scene {iid}: text {t['value']!r} has a word outside the tokenizer's vocabulary")
-        sft.append({"id": iid, "image": rel, "conversations": conv})
+        check_words(iid, [t["value"] for t in conv])
+        sft.append({"id": iid, "image": ann["image"], "conversations": conv})
     configs(out, tk, size)
     write_json(os.path.join(out, "train.json"), train)
     if n_pretrain:
