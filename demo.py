@@ -13,7 +13,8 @@ the shell command calls), exactly as a user would type it:
     clip_dpo   hallucinate.py clip-rank (K samples, CLIP-scored, filtered) -> train.py --mode=clip-dpo
     sweep      POVID stage 2 at noise step t in {0, 200, 500, 800}
     (every DPO run: LoRA r16 / alpha 32, lr 1.5e-4, beta 0.1, 16 pairs a step; steps in FULL)
-    report     out/toy/report.md, report.json, examples.png
+    report     out/toy/report.md, report.json (each change with a 95% paired-bootstrap interval over the scenes,
+               bootstrap.py), examples.png
 
 A stage whose output exists is reused, so a re-run only redoes what is missing (delete a stage's directory to
 redo it). `--quick` shrinks everything (scenes, steps, eval set) to a smoke test of the whole pipeline.
@@ -341,6 +342,7 @@ def _answers(run_dir):
 
 
 def write_report(pl, run_dirs, wall):
+    from bootstrap import paired_intervals
     res = {name: summarise(rd) for name, rd in run_dirs.items()}
     n = pl.p["n_" + pl.split]
     report = {**res, "wall_s": round(wall, 1), "split": pl.split, f"n_{pl.split}_images": n,
@@ -360,6 +362,19 @@ def write_report(pl, run_dirs, wall):
                      f"{100 * r['recall']:.1f} | {r['length']:.1f} | {100 * r['pope_f1']:.1f} | "
                      f"{100 * r['pope_yes_ratio']:.1f} |")
     lines += ["", "Targets:", *[f"- {v}" for v in verdicts(res)]]
+    lines += ["", f"Changes against the baseline with 95% paired-bootstrap intervals over the {n} scenes (bootstrap.py: "
+              "the scenes' sampling noise only; another training seed moves the numbers more):", "",
+              "| run | CHAIR_i vs base | CHAIR_s change | recall change | POPE F1 change |", "|---|---|---|---|---|"]
+    for name, rd in run_dirs.items():
+        if name == "baseline":
+            continue
+        ci = report[name]["ci95"] = paired_intervals(run_dirs["baseline"], rd)
+        r = res[name]
+        point = {"chair_i_rel": r["chair_i"] / b["chair_i"] - 1 if b["chair_i"] else float("nan"),
+                 **{k: r[k] - b[k] for k in ("chair_s", "recall", "pope_f1")}}
+        lines.append(f"| {name} | " + " | ".join(
+            f"{100 * point[k]:+.1f}{'%' if k == 'chair_i_rel' else ''} [{100 * ci[k][0]:+.1f}, {100 * ci[k][1]:+.1f}]"
+            for k in ("chair_i_rel", "chair_s", "recall", "pope_f1")) + " |")
     lines += ["", "Companion objects named in the captions (% of cases), by whether they are in the image:", "",
               "| run | absent (= hallucinated) | present, clear | present, faint | present, covered |",
               "|---|---|---|---|---|"]
