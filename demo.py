@@ -368,13 +368,11 @@ def write_report(pl, run_dirs, wall):
     for name, rd in run_dirs.items():
         if name == "baseline":
             continue
-        ci = report[name]["ci95"] = paired_intervals(run_dirs["baseline"], rd)
-        r = res[name]
-        point = {"chair_i_rel": r["chair_i"] / b["chair_i"] - 1 if b["chair_i"] else float("nan"),
-                 **{k: r[k] - b[k] for k in ("chair_s", "recall", "pope_f1")}}
+        ci = paired_intervals(run_dirs["baseline"], rd)  # {stat: (change, low, high)}
+        report[name]["vs_baseline"] = {k: {"change": c, "ci95": [lo, hi]} for k, (c, lo, hi) in ci.items()}
         lines.append(f"| {name} | " + " | ".join(
-            f"{100 * point[k]:+.1f}{'%' if k == 'chair_i_rel' else ''} [{100 * ci[k][0]:+.1f}, {100 * ci[k][1]:+.1f}]"
-            for k in ("chair_i_rel", "chair_s", "recall", "pope_f1")) + " |")
+            f"{100 * c:+.1f}{'%' if k == 'chair_i_rel' else ''} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            for k, (c, lo, hi) in ci.items()) + " |")
     lines += ["", "Companion objects named in the captions (% of cases), by whether they are in the image:", "",
               "| run | absent (= hallucinated) | present, clear | present, faint | present, covered |",
               "|---|---|---|---|---|"]

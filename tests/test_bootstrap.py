@@ -66,7 +66,7 @@ def test_a_run_against_itself_has_zero_width_intervals(tmp_path):
     write_run(tmp_path / "a", caps, gt, answers)
     write_run(tmp_path / "b", caps, gt, answers)
     ci = bs.paired_intervals(str(tmp_path / "a"), str(tmp_path / "b"), n=300)
-    assert ci == {k: (0.0, 0.0) for k in bs.STATS}
+    assert ci == {k: (0.0, 0.0, 0.0) for k in bs.STATS}
 
 
 def test_the_change_lies_inside_its_interval_and_the_draw_is_seeded(tmp_path):
@@ -77,11 +77,13 @@ def test_the_change_lies_inside_its_interval_and_the_draw_is_seeded(tmp_path):
     sr = write_run(tmp_path / "run", caps, gt, answers)
     assert gt == base[1]
     ci = bs.paired_intervals(str(tmp_path / "base"), str(tmp_path / "run"), n=1000, seed=0)
-    change = sr["chair_i"] / sb["chair_i"] - 1
-    assert ci["chair_i_rel"][0] < change < ci["chair_i_rel"][1] < 0  # fewer hallucinations: the whole CI below 0
-    assert ci["recall"] == (0.0, 0.0)  # the same present objects are named in both: no recall change in any draw
+    change, low, high = ci["chair_i_rel"]
+    assert change == pytest.approx(sr["chair_i"] / sb["chair_i"] - 1)  # the change on all the scenes, CHAIR's own
+    assert ci["chair_s"][0] == pytest.approx(sr["chair_s"] - sb["chair_s"])
+    assert low < change < high < 0  # fewer hallucinations: the whole interval below 0
+    assert ci["recall"] == (0.0, 0.0, 0.0)  # the same present objects are named in both: no change in any draw
     for k in ("chair_i_rel", "chair_s", "pope_f1"):
-        assert ci[k][0] < ci[k][1]
+        assert ci[k][1] < ci[k][0] < ci[k][2]
     assert bs.paired_intervals(str(tmp_path / "base"), str(tmp_path / "run"), n=1000, seed=0) == ci
 
 

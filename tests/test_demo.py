@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+import pytest
+
 import demo
 
 
@@ -20,9 +22,11 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
         assert set(rep[run]["companions_named"]) <= {"absent", "clear", "faint", "covered"}
         assert "absent" in rep[run]["companions_named"]
     for run in ("povid", "clip_dpo"):  # every change against the baseline comes with its bootstrap interval
-        ci = rep[run]["ci95"]
-        assert set(ci) == {"chair_i_rel", "chair_s", "recall", "pope_f1"} and all(lo <= hi for lo, hi in ci.values())
-    assert "ci95" not in rep["baseline"] and "paired-bootstrap intervals" in (out / "report.md").read_text()
+        vs = rep[run]["vs_baseline"]
+        assert set(vs) == {"chair_i_rel", "chair_s", "recall", "pope_f1"}
+        assert all(v["ci95"][0] <= v["ci95"][1] for v in vs.values())
+        assert vs["recall"]["change"] == pytest.approx(rep[run]["recall"] - rep["baseline"]["recall"])
+    assert "vs_baseline" not in rep["baseline"] and "paired-bootstrap intervals" in (out / "report.md").read_text()
     assert os.path.getsize(out / "examples.png") > 1000 and "| povid |" in (out / "report.md").read_text()
     # a re-run reuses every stage (nothing is trained again)
     log_size = os.path.getsize(out / "pipeline.log")
