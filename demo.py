@@ -14,7 +14,8 @@ the shell command calls), exactly as a user would type it:
     sweep      POVID stage 2 at noise step t in {0, 200, 500, 800}
     (every DPO run: LoRA r16 / alpha 32, lr 1.5e-4, beta 0.1, 16 pairs a step; steps in FULL)
     report     out/toy/report.md, report.json (each change with a 95% paired-bootstrap interval over the scenes,
-               bootstrap.py), examples.png
+               bootstrap.py; companions named when absent / drawn; recall by role: anchor, companion, extra),
+               examples.png
 
 A stage whose output exists is reused, so a re-run only redoes what is missing (delete a stage's directory to
 redo it). `--quick` shrinks everything (scenes, steps, eval set) to a smoke test of the whole pipeline.
@@ -256,26 +257,50 @@ def summarise(run_dir) -> dict:
             **{f"pope_f1_{s}": pope[s]["f1"] for s in ("random", "popular", "adversarial")}}
 
 
-def companion_mentions(pl, run_dir) -> dict:
-    """How often each scene's companion objects (fork for a table, ...) are named in the captions, split by whether
-    the companion is in the image: absent (every such mention is a hallucination) or present clearly / faintly /
-    partly covered. A model that reads the image names present ones far more often than absent ones; one that
-    leans on the scene prior names both at about the prior's rate."""
+def _captions(pl, run_dir):
+    """Per evaluated scene: (its annotation, [anchor, companions...] of its scene type, CHAIR's per-caption entry)."""
     with open(os.path.join(pl.world, f"{pl.split}_annotations.json")) as f:
         anns = json.load(f)
     with open(os.path.join(pl.world, "vocab.json")) as f:
         cooc = json.load(f)["cooccurrence"]  # scene -> [anchor, companions...]
     with open(os.path.join(run_dir, "chair.json")) as f:
         per = json.load(f)["per_caption"]
+    return [(anns[iid], cooc[anns[iid]["scene"]], d) for iid, d in per.items()]
+
+
+def companion_mentions(pl, run_dir) -> dict:
+    """How often each scene's companion objects (fork for a table, ...) are named in the captions, split by whether
+    the companion is in the image: absent (every such mention is a hallucination) or present clearly / faintly /
+    partly covered. A model that reads the image names present ones far more often than absent ones; one that
+    leans on the scene prior names both at about the prior's rate."""
     n, said = Counter(), Counter()
-    for iid, d in per.items():
-        inst = {i["category"]: i for i in anns[iid]["instances"]}
-        for obj in cooc[anns[iid]["scene"]][1:]:
+    for ann, cooc, d in _captions(pl, run_dir):
+        inst = {i["category"]: i for i in ann["instances"]}
+        for obj in cooc[1:]:
             i = inst.get(obj)
             k = "absent" if i is None else "faint" if i["faint"] else "covered" if i["occluded"] else "clear"
             n[k] += 1
             said[k] += obj in d["mentioned"]
     return {k: said[k] / n[k] for k in ("absent", "clear", "faint", "covered") if n[k]}
+
+
+def recall_by_role(pl, run_dir) -> dict:
+    """Recall split by the object's role in its scene: the anchor (always there), companions (usually there) and
+    extras (15% each, never faint or covered, so always plain to see), plus the share of hallucinated mentions that
+    are an absent companion of the scene. A model that captions from the scene type names every anchor, the
+    companions by their prior and no extras, however clearly drawn; every hallucination is then a companion."""
+    n, named, hall, comp = Counter(), Counter(), 0, 0
+    for ann, cooc, d in _captions(pl, run_dir):
+        for obj in set(ann["objects"]):
+            role = "anchor" if obj == cooc[0] else "companion" if obj in cooc[1:] else "extra"
+            n[role] += 1
+            named[role] += obj in d["mentioned"]
+        hall += len(d["hallucinated"])
+        comp += sum(h in cooc[1:] for h in d["hallucinated"])
+    out = {r: named[r] / n[r] for r in ("anchor", "companion", "extra") if n[r]}  # a role no scene holds: no rate
+    if hall:  # no hallucinations: no share either
+        out["hallucinations_absent_companion"] = comp / hall
+    return out
 
 
 def verdicts(res) -> list[str]:
@@ -380,6 +405,14 @@ def write_report(pl, run_dirs, wall):
         m = report[name]["companions_named"] = companion_mentions(pl, rd)
         lines.append(f"| {name} | " + " | ".join(f"{100 * m.get(k, 0):.0f}" for k in
                                                  ("absent", "clear", "faint", "covered")) + " |")
+    lines += ["", "Recall by the object's role in its scene (%), and the share of hallucinated mentions that are an "
+              "absent companion:", "", "| run | anchor | companion | extra (never faint or covered) | hallucinations that "
+              "are absent companions |", "|---|---|---|---|---|"]
+    for name, rd in run_dirs.items():
+        m = report[name]["recall_by_role"] = recall_by_role(pl, rd)
+        lines.append(f"| {name} | " + " | ".join(f"{100 * m[k]:.0f}" if k in m else "–" for k in
+                                                 ("anchor", "companion", "extra", "hallucinations_absent_companion"))
+                     + " |")
     tmp = os.path.join(pl.out, f"report{pl.suffix}.json.tmp")
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2)

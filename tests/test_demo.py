@@ -21,6 +21,10 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     for run in ("baseline", "povid"):  # the mechanism table: companions named when absent / present
         assert set(rep[run]["companions_named"]) <= {"absent", "clear", "faint", "covered"}
         assert "absent" in rep[run]["companions_named"]
+        roles = rep[run]["recall_by_role"]  # and recall by role: anchors are in every scene
+        assert {"anchor", "companion"} <= set(roles) <= \
+            {"anchor", "companion", "extra", "hallucinations_absent_companion"}
+        assert all(0.0 <= v <= 1.0 for v in roles.values())
     for run in ("povid", "clip_dpo"):  # every change against the baseline comes with its bootstrap interval
         vs = rep[run]["vs_baseline"]
         assert set(vs) == {"chair_i_rel", "chair_s", "recall", "pope_f1"}
@@ -50,3 +54,25 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     assert answered == set(json.loads((out / "world/splits.json").read_text())["val"])
     assert "validation scenes" in (out / "report_val.md").read_text() and (out / "examples_val.png").exists()
     assert json.loads((out / "report.json").read_text()) == again  # the test report is left alone
+
+
+def test_recall_by_role_and_companion_mentions(tmp_path):
+    """The report's mechanism tables on two hand-made captions: a table scene with plate, fork (faint) and a ball
+    (an extra), captioned "plate, fork, cup" (cup: an absent companion); a street scene with car and dog, captioned
+    "car, bench" (bench: not a street companion)."""
+    from types import SimpleNamespace
+    inst = lambda c, faint=False: {"category": c, "faint": faint, "occluded": False}  # noqa: E731
+    anns = {"a": {"scene": "table", "objects": ["plate", "fork", "ball"],
+                  "instances": [inst("plate"), inst("fork", True), inst("ball")]},
+            "b": {"scene": "street", "objects": ["car", "dog"], "instances": [inst("car"), inst("dog")]}}
+    (tmp_path / "test_annotations.json").write_text(json.dumps(anns))
+    (tmp_path / "vocab.json").write_text(json.dumps({"cooccurrence": {
+        "table": ["plate", "fork", "cup", "bottle"], "street": ["car", "traffic light", "person", "dog"]}}))
+    (tmp_path / "chair.json").write_text(json.dumps({"per_caption": {
+        "a": {"mentioned": ["plate", "fork", "cup"], "hallucinated": ["cup"]},
+        "b": {"mentioned": ["car", "bench"], "hallucinated": ["bench"]}}}))
+    pl = SimpleNamespace(world=str(tmp_path), split="test")
+    assert demo.recall_by_role(pl, str(tmp_path)) == {"anchor": 1.0, "companion": 0.5, "extra": 0.0,
+                                                      "hallucinations_absent_companion": 0.5}
+    # absent companions: cup, bottle (table), traffic light, person (street); only cup named
+    assert demo.companion_mentions(pl, str(tmp_path)) == {"absent": 0.25, "clear": 0.0, "faint": 1.0}
