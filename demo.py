@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import contextlib
+import functools
 import importlib
 import traceback
 import sys
@@ -257,12 +258,18 @@ def summarise(run_dir) -> dict:
             **{f"pope_f1_{s}": pope[s]["f1"] for s in ("random", "popular", "adversarial")}}
 
 
+@functools.lru_cache(maxsize=4)
+def _scenes(world, split):
+    """(the split's annotations, scene -> [anchor, companions...]): read once per report, not once per run and table."""
+    with open(os.path.join(world, f"{split}_annotations.json")) as f:
+        anns = json.load(f)
+    with open(os.path.join(world, "vocab.json")) as f:
+        return anns, json.load(f)["cooccurrence"]
+
+
 def _captions(pl, run_dir):
     """Per evaluated scene: (its annotation, [anchor, companions...] of its scene type, CHAIR's per-caption entry)."""
-    with open(os.path.join(pl.world, f"{pl.split}_annotations.json")) as f:
-        anns = json.load(f)
-    with open(os.path.join(pl.world, "vocab.json")) as f:
-        cooc = json.load(f)["cooccurrence"]  # scene -> [anchor, companions...]
+    anns, cooc = _scenes(pl.world, pl.split)
     with open(os.path.join(run_dir, "chair.json")) as f:
         per = json.load(f)["per_caption"]
     return [(anns[iid], cooc[anns[iid]["scene"]], d) for iid, d in per.items()]
