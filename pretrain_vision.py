@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+import train_clip
 from model import Llava, LlavaConfig, load_image
 
 
@@ -53,14 +54,7 @@ class Config:
 
 
 def parse_args(argv) -> Config:
-    cfg = Config()
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"arguments are --key=value, got {arg!r}")
-        key, val = arg[2:].split("=", 1)
-        if not hasattr(cfg, key):
-            raise SystemExit(f"unknown config key {key!r}; known: {', '.join(asdict(cfg))}")
-        setattr(cfg, key, type(getattr(cfg, key))(val))
+    cfg = train_clip.parse_args(argv, Config())  # the same --key=value parser
     for key in ("annotations", "splits", "model_config"):
         if not getattr(cfg, key):
             raise SystemExit(f"--{key} is required")

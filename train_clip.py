@@ -52,8 +52,10 @@ class Config:
     log_every: int = 50
 
 
-def parse_args(argv) -> Config:
-    cfg = Config()
+def parse_args(argv, cfg=None):
+    """--key=value arguments into a config dataclass (this script's Config by default), each value cast to the
+    field's type; unknown keys are an error that lists the known ones."""
+    cfg = Config() if cfg is None else cfg
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             raise SystemExit(f"arguments are --key=value, got {arg!r}")
