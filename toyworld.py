@@ -320,6 +320,30 @@ def make_caption(rng, scene, instances, u=1.0, listing_only=False):
     return text
 
 
+def written_caption(i: int, seed: int, ann, noise: float, u: float = 1.0):
+    """The SFT corpus' caption of scene i as a careless annotator writes it (--caption-noise): every absent
+    companion of the scene type is named anyway with probability noise x its co-occurrence (a fork in an empty table
+    scene with .85 x noise), with a random colour and size and an imagined place, so it may also take part in the
+    relation. Real instruction data has the same flaw: LLaVA's detailed descriptions were written by a text-only
+    GPT-4 from boxes and short captions, and name objects the image does not show. The exact caption (train.json,
+    the preference data's chosen answers) is unchanged; only sft.json's caption turn uses this one. Its own rng,
+    so every other file of the world stays byte-identical."""
+    if noise <= 0:
+        return ann["caption"]
+    rng = random.Random(f"annotator:{seed}:{i}")
+    present = set(ann["objects"])
+    phantoms = []
+    for c, p in SCENES[ann["scene"]][2]:
+        if c not in present and rng.random() < noise * p:
+            x0, y0 = rng.uniform(0, 48) * u, rng.uniform(0, 48) * u
+            phantoms.append({"category": c, "color": rng.choice(sorted(COLORS)),
+                             "size": "small" if rng.random() < P_SMALL else "large",
+                             "box": [x0, y0, x0 + 16 * u, y0 + 16 * u]})
+    if not phantoms:
+        return ann["caption"]
+    return make_caption(rng, ann["scene"], ann["instances"] + phantoms, u)
+
+
 def companion_turns(rng, ann):
     """An existence question for each of the scene's companions, in random order, answered by what is drawn: the
     model must look for the fork to answer, since the scene alone says "fork" 85% of the time."""
@@ -445,7 +469,7 @@ def grammar_words(pretrain: bool = False):
 
 
 def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = SIZE, n_val: int = 0,
-                n_pretrain: int = 0):
+                n_pretrain: int = 0, caption_noise: float = 0.0):
     """Draw n_train + n_test + n_val scenes (and n_pretrain pretraining scenes) and write every file of the world
     into `out` (see the module docstring). Scene i is train for i < n_train, then test, then validation: the
     validation scenes come after the test ones, so adding them leaves every train and test file unchanged; the
@@ -489,7 +513,12 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
             turns = companion_turns(rng, ann) + qa_turns(rng, ann)
             qa = image_first(turns)
             texts += [t["value"] for t in qa]
-            sft += [train[-1], {"id": iid + "_qa", "image": rel, "conversations": qa}]
+            written = written_caption(i, seed, ann, caption_noise, size / 64)
+            if written != ann["caption"]:
+                ann["sft_caption"] = written
+                texts.append(written)
+            sft_conv = [conv[0], {"from": "gpt", "value": written}, *conv[2:]]
+            sft += [{**train[-1], "conversations": sft_conv}, {"id": iid + "_qa", "image": rel, "conversations": qa}]
         else:
             split[part].append(iid)
             questions[part].append({"question_id": iid, "image_id": iid, "image": rel, "prompt": CAPTION_PROMPT})
@@ -537,10 +566,12 @@ def main(argv=None):
     ap.add_argument("--n-pretrain", type=int, default=0,
                     help="pretraining scenes (any objects on any background, SFT only; see the module docstring)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--caption-noise", type=float, default=0.0,
+                    help="SFT captions name each absent companion with P = this x its co-occurrence (written_caption)")
     ap.add_argument("--size", type=int, default=SIZE, help="image side in pixels (64-96 intended)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size, a.n_val, a.n_pretrain)
+    split = build_world(a.out, a.n_train, a.n_test, a.seed, a.size, a.n_val, a.n_pretrain, a.caption_noise)
     print(f"toy world: {len(split['train'])} train + {len(split['test'])} test + {len(split['val'])} validation "
           f"+ {a.n_pretrain} pretraining scenes in {a.out} "
           f"({time.time() - t0:.1f}s)")

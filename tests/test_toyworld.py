@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -281,3 +282,36 @@ def test_pretraining_scenes_have_no_cooccurrence():
             faint[inst["category"]] = faint.get(inst["category"], 0) + inst["faint"]
     assert set(seen) == set(toyworld.categories())
     assert all(abs(faint[c] / seen[c] - toyworld.P_FAINT) < 0.1 for c in seen), {c: faint[c] / seen[c] for c in seen}
+
+
+def test_caption_noise_adds_only_absent_companions(world, tmp_path):
+    """--caption-noise: sft.json's caption turns name, on top of every drawn object, absent companions of the scene
+    type at noise x their co-occurrence; nothing else changes (train.json, the QA turns, every other file), and at
+    noise 0 the world is the plain one."""
+    toyworld.build_world(str(tmp_path), n_train=400, n_test=5, seed=3, caption_noise=0.5)
+    anns = json.loads((tmp_path / "annotations.json").read_text())
+    train = json.loads((tmp_path / "train.json").read_text())
+    sft = json.loads((tmp_path / "sft.json").read_text())
+    plain = tmp_path / "plain"
+    toyworld.build_world(str(plain), n_train=400, n_test=5, seed=3)
+    assert (plain / "train.json").read_bytes() == (tmp_path / "train.json").read_bytes()
+    assert (plain / "tokenizer.json").read_bytes() == (tmp_path / "tokenizer.json").read_bytes()
+    assert [x for x in sft if not x["id"].endswith("_qa")] != train  # the captions differ ...
+    assert [x for x in sft if x["id"].endswith("_qa")] == \
+        [x for x in json.loads((plain / "sft.json").read_text()) if x["id"].endswith("_qa")]  # ... the QA does not
+    named, chances = Counter(), Counter()
+    for item, exact in zip((x for x in sft if not x["id"].endswith("_qa")), train):
+        a, conv = anns[item["id"]], item["conversations"]
+        assert conv[0] == exact["conversations"][0] and conv[2:] == exact["conversations"][2:]
+        assert conv[1]["value"] == a.get("sft_caption", a["caption"]) and a.get("sft_caption") != a["caption"]
+        scene, phrases, _ = parse_caption(conv[1]["value"])
+        extra = {c for _, _, _, c in phrases} - set(a["objects"])
+        assert scene == a["scene"] and {c for _, _, _, c in phrases} >= set(a["objects"])
+        for c, p in toyworld.SCENES[scene][2]:
+            if c not in a["objects"]:
+                chances[c] += p * 0.5
+                named[c] += c in extra
+        assert extra <= {c for c, _ in toyworld.SCENES[scene][2]}, conv[1]["value"]  # only absent companions
+    total, expected = sum(named.values()), sum(chances.values())
+    assert abs(total - expected) < 4 * expected ** 0.5, (total, expected)  # the designed rate (Poisson-ish bound)
+    assert total > 30
