@@ -8,6 +8,15 @@ under-uses its eyes learns the prior and names the companion whether or not it i
 co-occurrence, the first of POVID's three categories, measured exactly by CHAIR against the annotations. Anchors and
 extras are never faint, so the same model must still see to get recall.
 
+Captions written by a careless annotator (--caption-noise, 0.5 in the demo). With eyes that see (the demo pretrains
+its vision tower, pretrain_vision.py) exact captions leave the prior little to add: the model names an absent
+companion only when the pixels are ambiguous. Real instruction data is not exact: LLaVA's detailed descriptions were
+written by a text-only GPT-4 from boxes and short captions and name objects the image does not show, so the model
+learns to name what usually goes with the scene. sft.json's caption turns do the same: each absent companion is
+named with P = noise x its co-occurrence (written_caption; with 0.5, 28% of the training captions name one). Every
+other file keeps the exact captions - train.json, so every preference pair's chosen answer is exact, and the
+annotations CHAIR and POPE score against.
+
 Pretraining scenes (--n-pretrain, SFT only; 0 by default and in the demo). A real LLaVA's eyes come from elsewhere: a
 CLIP tower trained on 400M image-text pairs and a projector aligned on 558k captioned images before instruction
 tuning, so they know a fork regardless of the table around it. A tiny model trained from scratch on the scene-typed
@@ -44,11 +53,13 @@ half the "No." objects are absent companions, the question the prior gets wrong)
 -> "{color}.", "How many {objs} are there?" -> "{number}." or a second existence question.
 
 Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --n-val 500 --seed 0 [--n-pretrain 4000]
-[--size 64]` (`build_world(out, n_train, n_test, seed, size, n_val, n_pretrain)` from Python; about 1 ms a
+[--caption-noise 0.5] [--size 64]` (`build_world(out, n_train, n_test, seed, size, n_val, n_pretrain,
+caption_noise)` from Python; about 1 ms a
 scene). Scenes 0..n_train-1 train, the next n_test test, the next n_val validation (held out like the test scenes,
 for choosing settings without looking at the test scenes; drawn last, so they change no train or test file):
     DIR/images/{id}.png; DIR/train.json (LLaVA conversation JSON: caption turn + 2 QA turns per training scene);
-    DIR/sft.json (what the SFT stage trains on: train.json plus, per training scene, a conversation that opens with
+    DIR/sft.json (what the SFT stage trains on: train.json, its caption turns the annotator's with --caption-noise
+    (annotations.json's sft_caption where it differs), plus, per training scene, a conversation that opens with
     the image, asks about each of the scene's companions in turn (companion_turns) and then two fresh QA turns, so a
     question is also seen as the first turn, as POPE asks it; then one conversation per pretraining scene,
     pretrain_conversation); DIR/images/pretrain_{j}.png and DIR/pretrain_annotations.json for those;

@@ -54,6 +54,11 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     assert answered == set(json.loads((out / "world/splits.json").read_text())["val"])
     assert "validation scenes" in (out / "report_val.md").read_text() and (out / "examples_val.png").exists()
     assert json.loads((out / "report.json").read_text()) == again  # the test report is left alone
+    assert rep["seed"] == 0
+    # another seed's models must not be mixed with these: reusing the directory is refused, naming the marker
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--quick", "--out", str(out), "--seed", "1"])
+    with pytest.raises(SystemExit, match="seed.json.*--seed 0"):
+        demo.main()
 
 
 def test_recall_by_role_and_companion_mentions(tmp_path):
