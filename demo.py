@@ -4,6 +4,7 @@ Every stage is the project's real command line (run in-process through the scrip
 the shell command calls), exactly as a user would type it:
 
     world      python toyworld.py            procedurally drawn scenes, exact annotations, tokenizer, configs
+                                             (SFT captions from a careless annotator: --caption-noise)
     vision     python pretrain_vision.py     the tiny LLaVA's vision tower taught to tag the training scenes' objects
                                              (stands in for the pretrained CLIP ViT LLaVA-1.5 starts from)
     sft        python train.py --mode=sft    the tiny LLaVA trained on captions + QA, the tower frozen (as LLaVA-1.5's),
