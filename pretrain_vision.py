@@ -4,7 +4,7 @@ LLaVA-1.5 does not learn to see from its instruction data: it takes a CLIP ViT p
 and keeps it frozen through both of its training stages (Liu et al. 2023, Sec. 3), so its tower already knows a
 fork from a table. The toy world has no such tower. Trained from scratch through the caption loss alone, the tiny
 tower learns the scene type and little else: a probe on its image tokens tells a drawn companion from an absent one
-with AUC 0.71 (README, "The eyes"), so the model can only caption from the scene type's prior. This stage stands in
+with AUC 0.71 (README, "A pretrained, frozen vision tower"), so the model can only caption from the scene type's prior. This stage stands in
 for CLIP's pretraining: the same tower (the blocks LLaVA reads, CLS dropped) is trained to say which of the world's
 categories each training image holds, a multi-label logistic loss on the mean and max of its patch tokens:
 
