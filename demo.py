@@ -54,8 +54,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 #   caption_noise    the SFT captions' annotator names each absent companion with P = 0.5 x its co-occurrence
 #                    (toyworld.written_caption): the habit DPO has to remove
 #   vision_steps     pretrain_vision.py: 3,000 tagging steps (85 s; validation tagging AUC 0.98)
-#   stage1_steps     POVID stage 1: 50 DPO steps (then stage 2: 75 cost 3.0-3.3 points of recall and 1.1 of POPE F1
-#                    on seed 0; 25 then stage 2 60 steps lost 0.506 of POPE F1)
+#   stage1_steps     POVID stage 1: 50 DPO steps (75 steps, then stage 2, cost 3.0-3.3 points of recall and, on seed
+#                    0, 1.1 of POPE F1; 25 steps, then stage 2 for 60, lost 0.506 of POPE F1)
 #   dpo_steps        POVID stage 2, noise only and the noise-step sweep: 45 steps
 #   clip_dpo_steps   CLIP-DPO: 120 steps (150 cost 3.5-4.5 points of recall)
 FULL = dict(n_train=4000, n_test=500, n_val=1000, caption_noise=0.5, vision_steps=3000, sft_steps=1500, sft_batch=32,
@@ -64,7 +64,7 @@ FULL = dict(n_train=4000, n_test=500, n_val=1000, caption_noise=0.5, vision_step
 DPO_ARGS = ["--lora_rank=16", "--lora_alpha=32", "--lr=1.5e-4", "--beta=0.1", "--warmup_steps=10", "--log_every=25"]
 # POVID stage 2 (and the sweep): the injection term weighted 0.7, the noise term 0.3 (chosen on the earlier,
 # from-scratch tower, where 0.5 / 0.5 gave back most of stage 1's cut and 0.8 / 0.2 cost over 3 points of recall; with
-# the pretrained tower 0.5 / 0.5 at 60 steps cut 42-44% for 5.6-7.6 points, 0.7 / 0.3 at 60 steps 38-40% for 5.5-7.3)
+# the pretrained tower and exact captions 0.5 / 0.5 at 60 steps cut 42-44% for 5.6-7.6 points, 0.7 / 0.3 at 60 steps 38-40% for 5.5-7.3)
 POVID_WEIGHTS = ["--povid_weight_injected=0.7", "--povid_weight_noise=0.3"]
 QUICK = dict(n_train=200, n_test=24, n_val=24, caption_noise=0.5, vision_steps=40, sft_steps=80, sft_batch=16,
              clip_steps=10, stage1_steps=4, dpo_steps=4, clip_dpo_steps=4, dpo_batch=8, pope_per_image=1, clip_samples=3,
@@ -108,17 +108,14 @@ class Pipeline:
         self.log = os.path.join(out, "pipeline.log")
         self.ran, self.reused = [], []  # stage names, for the report's wall-time line
         os.makedirs(out, exist_ok=True)
-        # stages are reused by their outputs alone, so one directory must hold one seed's models
-        marker = self.path("seed.json")
-        if os.path.exists(marker):
-            with open(marker) as f:
-                was = json.load(f)["seed"]
-            if was != seed:
-                sys.exit(f"{marker}: {out} holds the models of --seed {was}; give --seed {seed} its own --out")
-        else:
-            with open(marker + ".tmp", "w") as f:
-                json.dump({"seed": seed}, f)
-            os.replace(marker + ".tmp", marker)
+        # stages are reused by their outputs alone, so one directory must hold one seed's models: the seeded stages
+        # record theirs in their own config files
+        for recorded in (self.path("vision", "train_config.json"), self.path("sft", "config.json")):
+            if os.path.exists(recorded):
+                with open(recorded) as f:
+                    was = json.load(f)["seed"]
+                if was != seed:
+                    sys.exit(f"{recorded}: {out} holds the models of --seed {was}; give --seed {seed} its own --out")
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)

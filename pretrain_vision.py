@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import train_clip
 from model import Llava, LlavaConfig, load_image
+from train_state import write_atomic
 
 
 @dataclass
@@ -139,10 +140,8 @@ def main(argv):
               f"{metrics['mean_auc']:.3f}")
     model.save_pretrained(cfg.out_dir)
     shutil.copy(os.path.join(cfg.model_config, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-    for name, obj in (("train_config.json", asdict(cfg)), ("metrics.json", metrics)):
-        with open(os.path.join(cfg.out_dir, name + ".tmp"), "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(os.path.join(cfg.out_dir, name + ".tmp"), os.path.join(cfg.out_dir, name))
+    for name, obj in (("train_config.json", asdict(cfg)), ("metrics.json", metrics)):  # metrics.json last: the done mark
+        write_atomic(os.path.join(cfg.out_dir, name), json.dumps(obj, indent=2))
     return losses
 
 

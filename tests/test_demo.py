@@ -57,7 +57,7 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     assert rep["seed"] == 0
     # another seed's models must not be mixed with these: reusing the directory is refused, naming the marker
     monkeypatch.setattr(sys, "argv", ["demo.py", "--quick", "--out", str(out), "--seed", "1"])
-    with pytest.raises(SystemExit, match="seed.json.*--seed 0"):
+    with pytest.raises(SystemExit, match="train_config.json.*--seed 0"):
         demo.main()
 
 
