@@ -64,11 +64,12 @@ FULL = dict(n_train=4000, n_test=500, n_val=1000, caption_noise=0.5, vision_step
 DPO_ARGS = ["--lora_rank=16", "--lora_alpha=32", "--lr=1.5e-4", "--beta=0.1", "--warmup_steps=10", "--log_every=25"]
 # POVID stage 2 (and the sweep): the injection term weighted 0.7, the noise term 0.3 (chosen on the earlier,
 # from-scratch tower, where 0.5 / 0.5 gave back most of stage 1's cut and 0.8 / 0.2 cost over 3 points of recall; with
-# the pretrained tower and exact captions 0.5 / 0.5 at 60 steps cut 42-44% for 5.6-7.6 points, 0.7 / 0.3 at 60 steps 38-40% for 5.5-7.3)
+# the pretrained tower and exact captions, at 60 steps, 0.5 / 0.5 cut 42-44% for 5.6-7.6 points of recall and
+# 0.7 / 0.3 cut 38-40% for 5.5-7.3)
 POVID_WEIGHTS = ["--povid_weight_injected=0.7", "--povid_weight_noise=0.3"]
 QUICK = dict(n_train=200, n_test=24, n_val=24, caption_noise=0.5, vision_steps=40, sft_steps=80, sft_batch=16,
-             clip_steps=10, stage1_steps=4, dpo_steps=4, clip_dpo_steps=4, dpo_batch=8, pope_per_image=1, clip_samples=3,
-             clip_images=24, sweep=(0, 500))
+             clip_steps=10, stage1_steps=4, dpo_steps=4, clip_dpo_steps=4, dpo_batch=8, pope_per_image=1,
+             clip_samples=3, clip_images=24, sweep=(0, 500))
 
 
 def run(cmd, log_path):

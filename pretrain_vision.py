@@ -4,9 +4,10 @@ LLaVA-1.5 does not learn to see from its instruction data: it takes a CLIP ViT p
 and keeps it frozen through both of its training stages (Liu et al. 2023, Sec. 3), so its tower already knows a
 fork from a table. The toy world has no such tower. Trained from scratch through the caption loss alone, the tiny
 tower learns the scene type and little else: a probe on its image tokens tells a drawn companion from an absent one
-with AUC 0.71 (README, "A pretrained, frozen vision tower"), so the model can only caption from the scene type's prior. This stage stands in
-for CLIP's pretraining: the same tower (the blocks LLaVA reads, CLS dropped) is trained to say which of the world's
-categories each training image holds, a multi-label logistic loss on the mean and max of its patch tokens:
+with AUC 0.71 (README, "A pretrained, frozen vision tower"), so the model can only caption from the scene type's
+prior. This stage stands in for CLIP's pretraining: the same tower (the blocks LLaVA reads, CLS dropped) is trained
+to say which of the world's categories each training image holds, a multi-label logistic loss on the mean and max of
+its patch tokens:
 
     h      = tower(image)[:, 1:]                          (B, P, Dv)   blocks up to LLaVA's feature layer
     logits = W [mean_p h ; max_p h] + b                   (B, C)       C = the categories in the annotations
@@ -140,7 +141,8 @@ def main(argv):
               f"{metrics['mean_auc']:.3f}")
     model.save_pretrained(cfg.out_dir)
     shutil.copy(os.path.join(cfg.model_config, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-    for name, obj in (("train_config.json", asdict(cfg)), ("metrics.json", metrics)):  # metrics.json last: the done mark
+    # metrics.json last: it marks a finished run (demo.py reuses the stage by it)
+    for name, obj in (("train_config.json", asdict(cfg)), ("metrics.json", metrics)):
         write_atomic(os.path.join(cfg.out_dir, name), json.dumps(obj, indent=2))
     return losses
 
