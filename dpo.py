@@ -12,6 +12,15 @@ With summed response log-probs pi_c, pi_r (policy) and ref_c, ref_r (reference, 
     robust   (Chowdhury et al. 2024, eq. 7)  L = [-(1 - eps) log sigma(z) + eps log sigma(-z)] / (1 - 2 eps)
     rewards  r_c = beta (pi_c - ref_c),  r_r = beta (pi_r - ref_r)   (detached; logged)
 
+With --rpo_alpha = alpha > 0 any of them gets the chosen answer's per-token NLL added (RPO, Pang et al. 2024,
+"Iterative Reasoning Preference Optimization", the DPO+NLL loss of section 2; TRL's `rpo_alpha`):
+
+    L + alpha * (-pi_c / |c|)                                        |c| = the chosen answer's scored tokens
+
+Plain DPO only widens the gap: it may lower the chosen answer as long as it lowers the rejected one faster, and in
+the toy world it does, naming every co-occurring object less whether drawn or not. The NLL term pins the chosen
+(ground-truth) answer's likelihood, so what DPO removes has to come from the rejected side.
+
 POVID stage 2 (Zhou et al. 2024; as the released code computes it, tool/dpo_trainer.py): the preferred answer
 against two dispreferred ones, each in its own sigmoid, then averaged with weights (0.5 / 0.5 by default):
 
@@ -53,6 +62,11 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def chosen_nll(policy_chosen, n_tokens):
+    """RPO's term: (B,) summed chosen log-probs and (B,) scored-token counts -> (B,) per-token NLL."""
+    return -policy_chosen / n_tokens.clamp(min=1)
 
 
 def povid_loss(policy_chosen, policy_injected, policy_noise, ref_chosen, ref_injected, ref_noise,

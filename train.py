@@ -26,6 +26,7 @@ Modes
             states of the chosen sequence's clean forward. The reference scores the same tokens
             (--noise_tokens_from=each: it picks its own, as POVID's released code does).
   clip-dpo  an alias of dpo with its defaults: CLIP-DPO (Ouali et al. 2024) is DPO on hallucinate.py clip-rank pairs.
+  --rpo_alpha=A (dpo, povid, clip-dpo) adds A x the chosen answer's per-token NLL to every pair's loss (RPO; dpo.py).
 
 Outputs in out_dir: config.json (the resolved config), metrics.jsonl (one JSON object per logged step), ckpt/
 (trainable weights, optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues,
@@ -49,7 +50,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import data as D
-from dpo import LOSS_TYPES, dpo_loss, povid_loss, sequence_sums
+from dpo import LOSS_TYPES, chosen_nll, dpo_loss, povid_loss, sequence_sums
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora
 from train_state import export_model, load_checkpoint, save_checkpoint, write_atomic
@@ -90,6 +91,7 @@ class Config:
     beta: float = 0.1
     loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | robust (dpo.py)
     label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0  # dpo / povid / clip-dpo: + alpha x the chosen answer's per-token NLL (RPO; dpo.py)
     ref_cache: bool = False  # dpo: reference log-probs computed once, stored on disk
     ref_cache_dir: str = ""  # default: out_dir
     povid_stage1_steps: int = 0  # povid: run stage 1 (dpo + merge) first for this many steps
@@ -168,6 +170,8 @@ def parse_config(argv) -> Config:
         raise SystemExit("batch_size, micro_batch_size and max_steps must be >= 1")
     if cfg.ref_cache and cfg.mode == "povid":
         raise SystemExit("--ref_cache needs static pairs; povid's noise-triggered answers are made online")
+    if cfg.rpo_alpha < 0:
+        raise SystemExit(f"--rpo_alpha must be >= 0, got {cfg.rpo_alpha}")
     if not 0 <= cfg.noise_t < cfg.noise_steps:
         raise SystemExit(f"--noise_t must be in [0, noise_steps={cfg.noise_steps})")
     return cfg
@@ -488,6 +492,9 @@ def train(cfg: Config, rank: int, world: int, local: int):
                                                     (cfg.povid_weight_injected, cfg.povid_weight_noise))
                     else:
                         losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+                    if cfg.rpo_alpha:
+                        n_c = (b["labels"][:len(b["ids"]), 1:] != -100).sum(1)  # (P,) the chosen answers' tokens
+                        losses = losses + cfg.rpo_alpha * chosen_nll(pc, n_c)
                     loss = losses.sum() / per_rank  # summed over micro-batches: the mean over this rank's share
             loss.backward()
             finite = torch.isfinite(loss.detach())

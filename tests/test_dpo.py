@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo import batch_logprobs, dpo_loss, povid_loss
+from dpo import batch_logprobs, chosen_nll, dpo_loss, povid_loss
 
 
 def test_worked_example():
@@ -54,6 +54,12 @@ def test_povid_weights():
     l_noise = -F.logsigmoid(torch.tensor(0.1 * ((-3 + 4) - (-3.5 + 4.5))))
     total, _, _ = povid_loss(pc, pi, pn, rc, ri, rn, weights=(0.3, 0.7))
     assert total.item() == pytest.approx((0.3 * l_inj + 0.7 * l_noise).item(), abs=1e-6)
+
+
+def test_chosen_nll_is_per_token():
+    """RPO's term: -(summed log-prob) / tokens; an empty answer counts as one token rather than dividing by 0."""
+    nll = chosen_nll(torch.tensor([-12.0, -3.0, 0.0]), torch.tensor([4, 1, 0]))
+    assert torch.equal(nll, torch.tensor([3.0, 3.0, 0.0]))
 
 
 def test_batch_logprobs_equal_full_logits():

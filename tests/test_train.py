@@ -97,6 +97,30 @@ def test_povid_runs_and_starts_at_ln2(setup, tmp_path):
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # both terms at ln 2: 0.5 ln2 + 0.5 ln2
 
 
+def test_rpo_adds_the_chosen_per_token_nll(setup, tmp_path):
+    """Step 0, every pair in one batch: loss(alpha) = ln 2 + alpha x the mean over pairs of the chosen answer's
+    per-token NLL, that NLL computed here from the checkpoint's full logits."""
+    import data as D
+    tok = Tokenizer.from_pretrained(str(setup / "ckpt"))
+    m = Llava.from_pretrained(str(setup / "ckpt"))
+    rows = D.load_pairs(str(setup / "pairs.jsonl"), tok, m.config.num_image_tokens, "llava_hf", 512, D.Skips())
+    n = len(rows)
+    images = D.ImageStore(m.config.image_size, pad=m.config.image_aspect_ratio == "pad")
+    b = D.collate_pairs(rows, tok.pad_id, images)
+    with torch.no_grad():
+        logits = m(b["input_ids"][:n], b["pixel_values"][:n], b["attention_mask"][:n])[:, :-1]
+    tgt = b["labels"][:n, 1:]
+    tok_lp = torch.log_softmax(logits, -1).gather(-1, tgt.clamp(min=0)[..., None])[..., 0] * (tgt != -100)
+    nll = (-tok_lp.sum(-1) / (tgt != -100).sum(-1)).mean().item()
+    assert nll > 1  # a random checkpoint: a clearly non-zero term
+    for alpha in (0.5, 2.0):
+        log = run(setup, tmp_path / f"a{alpha}", "--lora_rank=4", "--max_steps=1", f"--batch_size={n}",
+                  f"--micro_batch_size={n}", f"--rpo_alpha={alpha}")
+        assert log[0]["loss"] == pytest.approx(math.log(2) + alpha * nll, rel=1e-5)
+    with pytest.raises(SystemExit, match="rpo_alpha"):
+        train.parse_config(["--data=x", "--init_from=y", "--rpo_alpha=-1"])
+
+
 def test_reference_cache_gives_the_same_run_and_is_reused(setup, tmp_path, capsys):
     live = run(setup, tmp_path / "live", "--lora_rank=4")
     cached = run(setup, tmp_path / "c1", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
