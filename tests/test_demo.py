@@ -14,7 +14,7 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["demo.py", "--quick", "--out", str(out)])
     demo.main()
     rep = json.loads((out / "report.json").read_text())
-    for run in ("baseline", "povid_stage1", "povid", "noise_only", "clip_dpo", "povid_t0"):
+    for run in ("baseline", "povid_stage1", "povid", "noise_only", "nll_only", "clip_dpo", "povid_t0"):
         for key in ("chair_s", "chair_i", "recall", "pope_f1", "pope_yes_ratio"):
             assert 0.0 <= rep[run][key] <= 1.0, (run, key)
     assert rep["n_test_images"] == demo.QUICK["n_test"] and rep["wall_s"] > 0 and rep["stages_reused"] == []
