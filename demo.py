@@ -282,7 +282,8 @@ def main():
     runs["povid"] = pl.dpo("povid", stage1, rules, mode="povid", extra=["--noise_t=500", *POVID_WEIGHTS])
     runs["noise_only"] = pl.dpo("noise_only", sft, rules, mode="povid",
                                 extra=["--noise_t=500", "--povid_weight_injected=0.0", "--povid_weight_noise=1.0"])
-    # the control for the NLL term: the same LoRA trained on POVID's chosen answers alone, as long as both stages
+    # the control for the NLL term: the same LoRA trained on POVID's chosen answers alone, as long as both stages (the
+    # DPO flags in DPO_ARGS are unused by --mode=sft; its NLL is per token over the batch, the term's per answer)
     runs["nll_only"] = pl.dpo("nll_only", sft, pl.chosen_as_sft(rules), mode="sft",
                               steps=pl.p["stage1_steps"] + pl.p["dpo_steps"])
     runs["clip_dpo"] = pl.dpo("clip_dpo", sft, pl.clip_pairs(sft, clip), mode="clip-dpo",
