@@ -179,11 +179,11 @@ class Pipeline:
         same images; the relative image paths stay valid, the file sits next to `pairs`)."""
         out = self.path("pairs", "chosen_sft.json")
         if not os.path.exists(out):
+            from data import Skips, read_records  # malformed lines are named, not silently dropped
             from train_state import write_atomic
-            with open(pairs) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
             conv = [{"id": r["id"], "image": r["image"], "conversations": [
-                {"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["chosen"]}]} for r in rows]
+                {"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["chosen"]}]}
+                for _, r in read_records(pairs, Skips())]
             write_atomic(out, json.dumps(conv))
         return out
 
