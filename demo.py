@@ -1,7 +1,8 @@
 """The toy-world pipeline behind `make demo`: does preference tuning measurably cut hallucination?
 
-Every stage is the project's real command line (run in-process through the script's own main(argv), which is what
-the shell command calls), exactly as a user would type it:
+Every stage is the project's real command line (run through the script's own main(argv), which is what the shell
+command calls), exactly as a user would type it. Stages run in this process, except the CLIP, the CLIP ranking and
+the evaluations, which run in a second one while the next stage trains (2 cores, one torch thread each):
 
     world      python toyworld.py            procedurally drawn scenes, exact annotations, tokenizer, configs
                                              (SFT captions from a careless annotator: --caption-noise)
@@ -11,12 +12,14 @@ the shell command calls), exactly as a user would type it:
                                              projector and decoder from scratch
     clip       python train_clip.py          a tiny CLIP, contrastive, with rule-injected hard negatives
     baseline   python eval.py generate/chair/pope on held-out scenes
-    povid      hallucinate.py rules -> train.py --mode=dpo (stage 1) -> train.py --mode=povid (stage 2,
-               online noise-triggered answers, reference = merged stage 1, weights 0.7 / 0.3)
+    povid      hallucinate.py rules --all-turns (the caption and the QA turns of every training conversation) ->
+               train.py --mode=dpo (stage 1) -> train.py --mode=povid (stage 2, online noise-triggered answers,
+               reference = merged stage 1, weights 0.7 / 0.3)
     noise_only train.py --mode=povid from the SFT model with only the noise term (the paper's ablation)
     nll_only   train.py --mode=sft on POVID's chosen answers alone, as many steps as both stages: the control for
                the NLL term every DPO run carries (what supervised training on the exact captions does by itself)
-    clip_dpo   hallucinate.py clip-rank (K samples, CLIP-scored, filtered) -> train.py --mode=clip-dpo
+    clip_dpo   hallucinate.py clip-rank (K samples, CLIP-scored, filtered) + one QA pair per ranked image (CLIP-DPO's
+               QA branch) -> train.py --mode=clip-dpo
     sweep      POVID stage 2 at noise step t in {0, 200, 500, 800}
     (every DPO run: LoRA r16 / alpha 32, lr 1.5e-4, beta 0.1, + the chosen answer's NLL (RPO, alpha 1), 16 pairs a
     step; steps in FULL)
@@ -53,15 +56,17 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # The DPO settings below were chosen on the validation scenes only (README, "How the settings were chosen"): for each
 # method, the largest validation CHAIR_i cut (mean over the seeds) among the settings that kept every guard (recall
 # at most 3 points down, POPE F1 at most 0.5 down, CHAIR_s down) on both SFT seeds tried (demo.py --seed 0 / 1).
-# Longer or stronger runs cut more but cost recall or POPE F1 faster than the targets allow.
+# and that fit the 20-minute budget (every stage-2 step is paid five times: POVID, noise only and the sweep's three).
 #   caption_noise    the SFT captions' annotator names each absent companion with P = 0.5 x its co-occurrence
 #                    (toyworld.written_caption): the habit DPO has to remove
 #   vision_steps     pretrain_vision.py: 3,000 tagging steps (85 s; validation tagging AUC 0.98)
-#   stage1_steps     POVID stage 1: 50 DPO steps (75 steps, then stage 2 for 45, lost 0.6 of POPE F1 on seed 0)
-#   dpo_steps        POVID stage 2, noise only and the noise-step sweep: 52 steps (60 lost 0.54 of POPE F1 on seed 0)
-#   clip_dpo_steps   CLIP-DPO: 300 steps (with the NLL term its cut levels off: 200 / 250 / 300 steps all 21-29%)
+#   stage1_steps     POVID stage 1: 150 DPO steps on the pairs of every turn, captions and QA (a third of them
+#                    captions, so it takes three times the steps the caption-only pairs took)
+#   dpo_steps        POVID stage 2, noise only and the noise-step sweep: 150 steps (stage 1 150 -> stage 2 200 cut 2
+#                    points more within the guards, but does not fit the budget)
+#   clip_dpo_steps   CLIP-DPO: 500 steps (300 cut 3 points less)
 FULL = dict(n_train=4000, n_test=500, n_val=1000, caption_noise=0.5, vision_steps=3000, sft_steps=1500, sft_batch=32,
-            clip_steps=400, stage1_steps=50, dpo_steps=52, clip_dpo_steps=300, dpo_batch=16, pope_per_image=1,
+            clip_steps=400, stage1_steps=150, dpo_steps=150, clip_dpo_steps=500, dpo_batch=16, pope_per_image=1,
             clip_samples=6, clip_images=1200, sweep=(0, 200, 500, 800))
 # --rpo_alpha=1: every DPO run also lowers the chosen answer's per-token NLL (RPO; dpo.py). Without it DPO lowered
 # how readily every companion is named, drawn or not, and the cut cost recall and POPE F1 faster (README, "Why")
@@ -104,6 +109,15 @@ def run(cmd, log_path):
     return time.time() - t0
 
 
+def _run_commands(cmds, log_path, threads):
+    """A background stage's process: its command lines in order, each as run() does it (a failure exits non-zero)."""
+    import torch
+    torch.set_num_threads(threads)
+    open(log_path, "a").close()
+    for c in cmds:
+        run([PY] + c, log_path)
+
+
 class Pipeline:
     def __init__(self, out: str, quick: bool, split: str = "test", seed: int = 0):
         if split not in ("test", "val"):
@@ -113,6 +127,7 @@ class Pipeline:
         self.world = os.path.join(out, "world")
         self.log = os.path.join(out, "pipeline.log")
         self.ran, self.reused = [], []  # stage names, for the report's wall-time line
+        self.bg = None  # the stage running in a second process: {name, proc, log, t0}
         os.makedirs(out, exist_ok=True)
         # stages are reused by their outputs alone, so one directory must hold one seed's models: the seeded stages
         # record theirs in their own config files
@@ -126,16 +141,53 @@ class Pipeline:
     def path(self, *parts):
         return os.path.join(self.out, *parts)
 
-    def stage(self, name, done_marker, cmds):
-        """Run `cmds` unless `done_marker` exists (then the stage is reused)."""
+    def stage(self, name, done_marker, cmds, background=False):
+        """Run `cmds` unless `done_marker` exists (then the stage is reused). A `background` stage runs its command
+        lines as `python SCRIPT ARGS` in a second process while this one goes on (the machine has 2 cores and each
+        stage uses one thread): one at a time, so starting another, or `join()`, waits for it first."""
         if os.path.exists(done_marker):
             print(f"[{name}] reused ({done_marker})")
             self.reused.append(name)
             return
         self.ran.append(name)
-        print(f"[{name}]", flush=True)
-        t = sum(run([PY] + c, self.log) for c in cmds)
-        print(f"[{name}] done in {t:.0f}s", flush=True)
+        if not background:
+            print(f"[{name}]", flush=True)
+            t = sum(run([PY] + c, self.log) for c in cmds)
+            print(f"[{name}] done in {t:.0f}s", flush=True)
+            return
+        self.join()
+        print(f"[{name}] started in the background", flush=True)
+        os.makedirs(self.path("logs"), exist_ok=True)
+        log = self.path("logs", name.replace(" ", "_") + ".log")
+        if os.path.exists(log):
+            os.remove(log)  # a failed earlier attempt's
+        import multiprocessing
+        import torch
+        # spawn, not fork: a fresh interpreter (one torch import for all the stage's commands), no state shared
+        proc = multiprocessing.get_context("spawn").Process(target=_run_commands,
+                                                            args=(cmds, log, torch.get_num_threads()))
+        proc.start()
+        self.bg = {"name": name, "log": log, "t0": time.time(), "proc": proc}
+
+    def join(self):
+        """Wait for the background stage, if any; its log joins pipeline.log; a failure stops the pipeline."""
+        bg, self.bg = self.bg, None
+        if bg is None:
+            return
+        bg["proc"].join()
+        with open(bg["log"]) as f:
+            out = f.read()
+        with open(self.log, "a") as log:
+            log.write(out)
+        if bg["proc"].exitcode != 0:
+            sys.exit(f"stage {bg['name']} failed (exit {bg['proc'].exitcode}) in the background\n--- {bg['log']}\n"
+                     f"{out[-3000:]}")
+        print(f"[{bg['name']}] done in the background, {time.time() - bg['t0']:.0f}s after its start", flush=True)
+
+    def stop(self):
+        """Kill the background stage's process (the pipeline is stopping on an error)."""
+        if self.bg and self.bg["proc"].is_alive():
+            self.bg["proc"].kill()
 
     # ------------------------------------------------------------------ stages
     def build_world(self):
@@ -167,11 +219,14 @@ class Pipeline:
         return os.path.join(out, "model")
 
     def rules_pairs(self):
+        """POVID's pairs: every turn of the training conversations (the caption and its two QA turns), as POVID's
+        come from instruction data with its QA turns; `rules` makes the wrong answer ("No." -> "Yes." for an
+        absent object, another colour or count)."""
         out = self.path("pairs", "rules.jsonl")
         self.stage("rules", out, [[
             "hallucinate.py", "rules", "--input", f"{self.world}/train.json", "--annotations",
             f"{self.world}/annotations.json", "--vocab", f"{self.world}/vocab.json", "--output", out,
-            "--seed", "0"]])
+            "--seed", "0", "--all-turns"]])
         return out
 
     def chosen_as_sft(self, pairs):
@@ -188,10 +243,12 @@ class Pipeline:
         return out
 
     def clip(self, negatives):
+        """The tiny CLIP, in the background: it needs only the world and the rules pairs (the captions' wrong
+        versions are its hard negatives), so it trains while the tower and the SFT run."""
         p, out = self.p, self.path("clip")
         self.stage("clip", os.path.join(out, "model.safetensors"), [[
             "train_clip.py", f"--data={self.world}/train.json", f"--clip_config={self.world}/clip_config",
-            f"--out_dir={out}", f"--negatives={negatives}", f"--steps={p['clip_steps']}"]])
+            f"--out_dir={out}", f"--negatives={negatives}", f"--steps={p['clip_steps']}"]], background=True)
         return out
 
     def dpo(self, name, init, data, mode="dpo", extra=(), steps=None):
@@ -203,6 +260,8 @@ class Pipeline:
         return os.path.join(out, "model")
 
     def clip_pairs(self, sft, clip):
+        """CLIP-DPO's ranked caption pairs, in the background (POVID's stage 1 trains meanwhile)."""
+        self.join()  # the CLIP, if it is still training
         p, out = self.p, self.path("pairs", "clip_rank.jsonl")
         self.stage("clip-rank", out, [[
             "hallucinate.py", "clip-rank", "--checkpoint", sft, "--clip", clip, "--input",
@@ -216,7 +275,27 @@ class Pipeline:
             "--min-score", "-100",
             # rejected answers at most 1.2x the chosen one's length in words (1.5 before): CLIP-DPO's length filter,
             # tightened because the longer rejected answers teach "say less" (chosen on validation, with the steps)
-            "--max-len-ratio", "1.2"]])
+            "--max-len-ratio", "1.2"]], background=True)
+        return out
+
+    def clip_dpo_data(self, ranked, rules):
+        """CLIP-DPO's two branches in one file: the CLIP-ranked caption pairs, and for each ranked image one question
+        with a correct and a wrong answer (the paper has a text-only LLM write them from the SFT data; here the
+        first QA turn of the image's `rules` pairs, an existence question). Unlike the paper's, the QA pairs are not
+        CLIP-filtered: the tiny CLIP scores captions, not yes/no statements."""
+        out = self.path("pairs", "clip_dpo.jsonl")
+        if os.path.exists(out):
+            return out
+        self.join()  # the ranking, if it is still running
+        from data import Skips, read_records
+        from train_state import write_atomic
+        rows = [r for _, r in read_records(ranked, Skips())]
+        images, qa = {r["image"] for r in rows}, {}
+        for _, r in read_records(rules, Skips()):  # both files sit in pairs/, so their image paths compare
+            if r["image"] in images and r["image"] not in qa and "<image>" not in r["prompt"]:
+                qa[r["image"]] = r  # the first QA turn (the caption turn is the one that carries <image>)
+        write_atomic(out, "".join(json.dumps(r) + "\n" for r in rows + list(qa.values())))
+        print(f"[clip-dpo data] {len(rows)} ranked caption pairs + {len(qa)} QA pairs -> {out}", flush=True)
         return out
 
     def questions(self):
@@ -237,6 +316,7 @@ class Pipeline:
         return qdir
 
     def evaluate(self, name, ckpt, qdir):
+        """CHAIR and POPE of one run, in the background (the next run trains meanwhile); join() before reading."""
         run_dir = self.path("runs" + self.suffix, name)
         cmds = [["eval.py", "generate", "--checkpoint", ckpt, "--questions", f"{qdir}/chair.jsonl",
                  "--output", f"{run_dir}/chair_answers.jsonl", "--batch-size", "64", "--max-new-tokens", "48",
@@ -249,7 +329,7 @@ class Pipeline:
                       "--max-new-tokens", "4", "--template", "llava_hf"],
                      ["eval.py", "pope", "--answers", f"{run_dir}/pope_{split}_answers.jsonl", "--questions",
                       f"{qdir}/pope_{split}.jsonl", "--out", f"{run_dir}/pope_{split}.json"]]
-        self.stage(f"eval{self.suffix} {name}", f"{run_dir}/pope_adversarial.json", cmds)
+        self.stage(f"eval{self.suffix} {name}", f"{run_dir}/pope_adversarial.json", cmds, background=True)
         return run_dir
 
 
@@ -271,30 +351,48 @@ def main():
     torch.set_num_threads(args.threads)
     t0 = time.time()
     pl = Pipeline(out, args.quick, args.eval_split, args.seed)
+    try:
+        run_dirs = run_all(pl)
+    except BaseException:
+        pl.stop()  # a failed stage: the background one is killed, not left running
+        raise
+    write_report(pl, run_dirs, time.time() - t0)
+
+
+def run_all(pl) -> dict:
+    """Every stage in order -> {run name: its evaluation directory}. Some run in a second process, one at a time: the
+    CLIP (during the tower and the SFT), the CLIP ranking (during POVID's stage 1) and each run's evaluation (while
+    the next run trains)."""
     pl.build_world()
     qdir = pl.questions()
-    sft = pl.sft(pl.vision())
     rules = pl.rules_pairs()
     clip = pl.clip(rules)
-    runs = {"baseline": sft}
+    sft = pl.sft(pl.vision())
+    run_dirs = {}
+
+    def evaluated(name, ckpt):
+        run_dirs[name] = pl.evaluate(name, ckpt, qdir)
+        return ckpt
+
+    ranked = pl.clip_pairs(sft, clip)
     stage1 = pl.dpo("povid_stage1", sft, rules, steps=pl.p["stage1_steps"])
-    runs["povid_stage1"] = stage1
-    runs["povid"] = pl.dpo("povid", stage1, rules, mode="povid", extra=["--noise_t=500", *POVID_WEIGHTS])
-    runs["noise_only"] = pl.dpo("noise_only", sft, rules, mode="povid",
-                                extra=["--noise_t=500", "--povid_weight_injected=0.0", "--povid_weight_noise=1.0"])
+    evaluated("baseline", sft)
+    evaluated("povid_stage1", stage1)
+    evaluated("povid", pl.dpo("povid", stage1, rules, mode="povid", extra=["--noise_t=500", *POVID_WEIGHTS]))
+    evaluated("noise_only", pl.dpo("noise_only", sft, rules, mode="povid", extra=[
+        "--noise_t=500", "--povid_weight_injected=0.0", "--povid_weight_noise=1.0"]))
     # the control for the NLL term: the same LoRA trained on POVID's chosen answers alone, as long as both stages (the
     # DPO flags in DPO_ARGS are unused by --mode=sft; its NLL is per token over the batch, the term's per answer)
-    runs["nll_only"] = pl.dpo("nll_only", sft, pl.chosen_as_sft(rules), mode="sft",
-                              steps=pl.p["stage1_steps"] + pl.p["dpo_steps"])
-    runs["clip_dpo"] = pl.dpo("clip_dpo", sft, pl.clip_pairs(sft, clip), mode="clip-dpo",
-                              steps=pl.p["clip_dpo_steps"])
+    evaluated("nll_only", pl.dpo("nll_only", sft, pl.chosen_as_sft(rules), mode="sft",
+                                 steps=pl.p["stage1_steps"] + pl.p["dpo_steps"]))
+    clip_data = pl.clip_dpo_data(ranked, rules)
+    evaluated("clip_dpo", pl.dpo("clip_dpo", sft, clip_data, mode="clip-dpo", steps=pl.p["clip_dpo_steps"]))
     for t in pl.p["sweep"]:
         if t != 500:
-            runs[f"povid_t{t}"] = pl.dpo(f"povid_t{t}", stage1, rules, mode="povid",
-                                         extra=[f"--noise_t={t}", *POVID_WEIGHTS])
-    run_dirs = {name: pl.evaluate(name, ckpt, qdir) for name, ckpt in runs.items()}
-    wall = time.time() - t0
-    write_report(pl, run_dirs, wall)
+            evaluated(f"povid_t{t}", pl.dpo(f"povid_t{t}", stage1, rules, mode="povid",
+                                            extra=[f"--noise_t={t}", *POVID_WEIGHTS]))
+    pl.join()
+    return run_dirs
 
 
 def summarise(run_dir) -> dict:

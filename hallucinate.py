@@ -144,7 +144,10 @@ def cmd_rules(a):
     items = read_items(a.input, s, all_turns=a.all_turns)
     ann = load_annotations(a.annotations, vocab) if a.annotations else None
     pres = [presence(it, vocab, ann) for it in items]
-    cooc = Cooccurrence(p[0] for p in pres)  # from the input's own images only (no test-set statistics)
+    per_image = {}  # one object set per image, so an image with several turns (--all-turns) counts once
+    for it, p in zip(items, pres):
+        per_image.setdefault(it["image"], set()).update(p[0])
+    cooc = Cooccurrence(per_image.values())  # from the input's own images only (no test-set statistics)
     mix = None
     if a.mix:
         try:

@@ -9,7 +9,9 @@ CLIP, so we train one with the symmetric InfoNCE loss of Radford et al. (2021), 
 In-batch negatives only teach "which scene is this"; a scorer for hallucination must also notice a single
 absent object. So each image may carry hard-negative captions (NegCLIP, Yuksekgonul et al. 2023): the
 `rejected` side of a preference file, e.g. `hallucinate.py rules` output, which inserts an absent object or
-swaps an attribute. They join the text side of the batch as extra columns that match no image.
+swaps an attribute. They join the text side of the batch as extra columns that match no image. Only pairs whose
+prompt contains `caption_prompt` give negatives (a QA turn's wrong answer, "Yes.", is not a caption); the others are
+counted and skipped.
 
     python train_clip.py --data world/train.json --clip_config world/clip_config --out_dir out/clip \
         [--negatives pairs.jsonl] [--steps 600 --batch_size 128 --lr 1e-3]
@@ -94,7 +96,7 @@ def load_pairs(cfg: Config):
             skipped += 1  # a QA item, not a caption
             continue
         pairs.append((os.path.join(root, it["image"]), conv[1]["value"]))
-    negs = {}
+    negs, skipped_negs = {}, 0
     if cfg.negatives:
         nroot = os.path.dirname(os.path.abspath(cfg.negatives))
         with open(cfg.negatives) as f:
@@ -104,9 +106,16 @@ def load_pairs(cfg: Config):
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{cfg.negatives}:{n}: malformed JSON ({e})") from None
+                    if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in
+                                                            ("image", "prompt", "rejected")):
+                        raise ValueError(f"{cfg.negatives}:{n}: a pair needs string 'image', 'prompt' and 'rejected'")
+                    if cfg.caption_prompt.lower() not in row["prompt"].lower():
+                        skipped_negs += 1  # a QA turn's wrong answer ("Yes."), not a caption
+                        continue
                     negs.setdefault(os.path.normpath(os.path.join(nroot, row["image"])), []).append(row["rejected"])
     print(f"clip data: {len(pairs)} caption pairs ({skipped} non-caption items skipped), "
-          f"{sum(map(len, negs.values()))} hard negatives for {len(negs)} images")
+          f"{sum(map(len, negs.values()))} hard negatives for {len(negs)} images ({skipped_negs} non-caption "
+          "pairs skipped)")
     return pairs, negs
 
 

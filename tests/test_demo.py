@@ -81,3 +81,33 @@ def test_recall_by_role_and_companion_mentions(tmp_path):
                                                       "hallucinations_absent_companion": 0.5}
     # absent companions: cup, bottle (table), traffic light, person (street); only cup named
     assert demo.companion_mentions(pl, str(tmp_path)) == {"absent": 0.25, "clear": 0.0, "faint": 1.0}
+
+
+def test_clip_dpo_data_adds_one_qa_pair_per_ranked_image(tmp_path):
+    """CLIP-DPO's training file: every ranked caption pair, then the first QA pair of each ranked image (none of an
+    image the ranking left out, none of its caption pair)."""
+    pl = demo.Pipeline(str(tmp_path), quick=True)
+    (tmp_path / "pairs").mkdir()
+    pair = lambda i, img, prompt, c, r: {"id": i, "image": img, "prompt": prompt, "chosen": c, "rejected": r}  # noqa
+    ranked = [pair("a:clip-rank", "../w/a.png", "<image>\nDescribe this image.", "a cup .", "a cup and a fork ."),
+              pair("b:clip-rank", "../w/b.png", "<image>\nDescribe this image.", "a car .", "a car and a dog .")]
+    rules = [pair("a:rules", "../w/a.png", "<image>\nDescribe this image.", "a cup .", "a cup and a fork ."),
+             pair("a#1:rules", "../w/a.png", "Is there a fork in the image?", "No.", "Yes."),
+             pair("a#2:rules", "../w/a.png", "What color is the cup?", "red.", "blue."),
+             pair("b#1:rules", "../w/b.png", "Is there a car in the image?", "Yes.", "No."),
+             pair("c#1:rules", "../w/c.png", "Is there a dog in the image?", "No.", "Yes.")]
+    for name, rows in (("ranked.jsonl", ranked), ("rules.jsonl", rules)):
+        (tmp_path / "pairs" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = pl.clip_dpo_data(str(tmp_path / "pairs/ranked.jsonl"), str(tmp_path / "pairs/rules.jsonl"))
+    got = [json.loads(x) for x in open(out)]
+    assert got == ranked + [rules[1], rules[3]]
+
+
+def test_a_failed_background_stage_stops_the_pipeline_naming_it(tmp_path):
+    pl = demo.Pipeline(str(tmp_path), quick=True)
+    pl.stage("bad stage", str(tmp_path / "never"), [["toyworld.py", "--no-such-flag"]], background=True)
+    assert pl.bg is not None  # running in its own process; this one goes on
+    with pytest.raises(SystemExit, match=r"stage bad stage failed \(exit 1\) in the background(.|\n)*"
+                                         r"logs/bad_stage.log(.|\n)*--no-such-flag"):
+        pl.join()
+    assert pl.bg is None and "--no-such-flag" in (tmp_path / "pipeline.log").read_text()

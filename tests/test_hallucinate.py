@@ -94,6 +94,10 @@ def test_rules_one_category_and_all_turns(world, tmp_path):
             assert r["rejected"] == "Yes." and r["category"] == "object"
         elif "#" not in r["id"]:
             assert r["category"] == "object" and r["edit"].split()[-1] not in present
+    # each image counts once in the co-occurrence statistics however many turns it has: the caption pairs are the
+    # ones a caption-only run makes
+    captions_only = run_rules(world, tmp_path / "c.jsonl", 0, "--mix", "object=1")
+    assert [r for r in rows if "#" not in r["id"]] == captions_only
 
 
 def test_rules_relation_only_swaps_every_stated_relation(world, tmp_path):
