@@ -12,7 +12,7 @@ the evaluations, which run in a second one while the next stage trains (2 cores,
                                              projector and decoder from scratch
     clip       python train_clip.py          a tiny CLIP, contrastive, with rule-injected hard negatives
     baseline   python eval.py generate/chair/pope on held-out scenes
-    povid      hallucinate.py rules --all-turns (the caption and the QA turns of every training conversation) ->
+    povid      hallucinate.py rules --all-turns (the caption and existence-question turns of the training data) ->
                train.py --mode=dpo (stage 1) -> train.py --mode=povid (stage 2, online noise-triggered answers,
                reference = merged stage 1, weights 0.7 / 0.3)
     noise_only train.py --mode=povid from the SFT model with only the noise term (the paper's ablation)
@@ -60,8 +60,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 #   caption_noise    the SFT captions' annotator names each absent companion with P = 0.5 x its co-occurrence
 #                    (toyworld.written_caption): the habit DPO has to remove
 #   vision_steps     pretrain_vision.py: 3,000 tagging steps (85 s; validation tagging AUC 0.98)
-#   stage1_steps     POVID stage 1: 150 DPO steps on the pairs of every turn, captions and QA (a third of them
-#                    captions, so it takes three times the steps the caption-only pairs took)
+#   stage1_steps     POVID stage 1: 150 DPO steps on the caption and existence-question pairs (43% of them captions,
+#                    so it takes about three times the steps the caption-only pairs took)
 #   dpo_steps        POVID stage 2, noise only and the noise-step sweep: 150 steps (stage 1 150 -> stage 2 200 cut 2
 #                    points more within the guards, but does not fit the budget)
 #   clip_dpo_steps   CLIP-DPO: 500 steps (300 cut 3 points less)
@@ -218,13 +218,31 @@ class Pipeline:
             "--log_every=100", f"--seed={self.seed}"]])
         return os.path.join(out, "model")
 
+    def rules_input(self):
+        """POVID's source data: the training conversations with their caption and existence questions ("Is there a
+        fork in the image?"), as POVID's come from instruction data with QA turns, not captions alone. The colour and
+        count questions are left out: their pairs cost recall (README, "How the settings were chosen")."""
+        out = self.path("pairs", "rules_input.json")
+        if not os.path.exists(out):
+            from train_state import write_atomic
+            with open(f"{self.world}/train.json") as f:
+                convs = json.load(f)
+            for c in convs:
+                t = c["conversations"]
+                c["conversations"] = [x for k in range(0, len(t), 2) if k == 0 or t[k]["value"].startswith("Is there")
+                                      for x in t[k:k + 2]]
+                c["image"] = os.path.relpath(os.path.join(self.world, c["image"]), os.path.dirname(out))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            write_atomic(out, json.dumps(convs))
+        return out
+
     def rules_pairs(self):
-        """POVID's pairs: every turn of the training conversations (the caption and its two QA turns), as POVID's
-        come from instruction data with its QA turns; `rules` makes the wrong answer ("No." -> "Yes." for an
-        absent object, another colour or count)."""
+        """POVID's pairs: every turn of rules_input() (the caption, its existence questions); `rules` makes the wrong
+        answer (an absent object inserted or swapped in, an attribute, relation or count changed; "No." -> "Yes."
+        for an absent object, "Yes." -> "No." for a drawn one)."""
         out = self.path("pairs", "rules.jsonl")
         self.stage("rules", out, [[
-            "hallucinate.py", "rules", "--input", f"{self.world}/train.json", "--annotations",
+            "hallucinate.py", "rules", "--input", self.rules_input(), "--annotations",
             f"{self.world}/annotations.json", "--vocab", f"{self.world}/vocab.json", "--output", out,
             "--seed", "0", "--all-turns"]])
         return out
