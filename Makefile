@@ -1,25 +1,32 @@
 # make test : create .venv (pinned), then run the test suite.
 # make demo : create .venv, then run the toy-world pipeline (see README).
 PY      := .venv/bin/python
+RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
 .PHONY: test demo demo-quick bench clean-venv
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+# the runtime packages alone: all the demo needs
+$(RUNTIME): requirements.txt constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and alone: the pin resolves to the local CPU wheel, nothing pulls CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	touch $(RUNTIME)
+
+# + the test-only ones (pytest, transformers as the parity reference, triton for the kernel's interpreter tests)
+$(STAMP): $(RUNTIME) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(PY) demo.py
 
-demo-quick: $(STAMP)
+demo-quick: $(RUNTIME)
 	$(PY) demo.py --quick
 
 # the CPU benchmarks of the README, each ours vs the obvious alternative in one run (about 5 minutes)

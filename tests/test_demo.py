@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import demo
+import demo_report
 
 
 def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
@@ -77,10 +78,10 @@ def test_recall_by_role_and_companion_mentions(tmp_path):
         "a": {"mentioned": ["plate", "fork", "cup"], "hallucinated": ["cup"]},
         "b": {"mentioned": ["car", "bench"], "hallucinated": ["bench"]}}}))
     pl = SimpleNamespace(world=str(tmp_path), split="test")
-    assert demo.recall_by_role(pl, str(tmp_path)) == {"anchor": 1.0, "companion": 0.5, "extra": 0.0,
+    assert demo_report.recall_by_role(pl, str(tmp_path)) == {"anchor": 1.0, "companion": 0.5, "extra": 0.0,
                                                       "hallucinations_absent_companion": 0.5}
     # absent companions: cup, bottle (table), traffic light, person (street); only cup named
-    assert demo.companion_mentions(pl, str(tmp_path)) == {"absent": 0.25, "clear": 0.0, "faint": 1.0}
+    assert demo_report.companion_mentions(pl, str(tmp_path)) == {"absent": 0.25, "clear": 0.0, "faint": 1.0}
 
 
 def test_clip_dpo_data_adds_one_qa_pair_per_ranked_image(tmp_path):
