@@ -1,8 +1,8 @@
 """The toy-world pipeline behind `make demo`: does preference tuning measurably cut hallucination?
 
 Every stage is the project's real command line (run through the script's own main(argv), which is what the shell
-command calls), exactly as a user would type it. Stages run in this process, except the CLIP, the CLIP ranking and
-the evaluations, which run in a second one while the next stage trains (2 cores, one torch thread each):
+command calls), exactly as a user would type it. Stages that do not wait on each other run two at a time, one in a
+second process (2 cores, one torch thread each; run_all() says which):
 
     world      python toyworld.py            procedurally drawn scenes, exact annotations, tokenizer, configs
                                              (SFT captions from a careless annotator: --caption-noise)
@@ -267,12 +267,12 @@ class Pipeline:
             f"--out_dir={out}", f"--negatives={negatives}", f"--steps={p['clip_steps']}"]], background=True)
         return out
 
-    def dpo(self, name, init, data, mode="dpo", extra=(), steps=None):
+    def dpo(self, name, init, data, mode="dpo", extra=(), steps=None, background=False):
         p, out = self.p, self.path(name)
         self.stage(name, os.path.join(out, "model", "model.safetensors"),
                    [["train.py", f"--mode={mode}", f"--data={data}", f"--init_from={init}", f"--out_dir={out}",
                      f"--max_steps={steps or p['dpo_steps']}", f"--batch_size={p['dpo_batch']}",
-                     f"--micro_batch_size={p['dpo_batch']}", *DPO_ARGS, *extra]])
+                     f"--micro_batch_size={p['dpo_batch']}", *DPO_ARGS, *extra]], background=background)
         return os.path.join(out, "model")
 
     def clip_pairs(self, sft, clip):
@@ -331,8 +331,8 @@ class Pipeline:
         self.stage("questions" + self.suffix, f"{qdir}/pope_adversarial.jsonl", cmds)
         return qdir
 
-    def evaluate(self, name, ckpt, qdir):
-        """CHAIR and POPE of one run, in the background (the next run trains meanwhile); join() before reading."""
+    def evaluate(self, name, ckpt, qdir, background=False):
+        """CHAIR and POPE of one run (in the background: join() before reading them)."""
         run_dir = self.path("runs" + self.suffix, name)
         cmds = [["eval.py", "generate", "--checkpoint", ckpt, "--questions", f"{qdir}/chair.jsonl",
                  "--output", f"{run_dir}/chair_answers.jsonl", "--batch-size", "64", "--max-new-tokens", "48",
@@ -345,7 +345,7 @@ class Pipeline:
                       "--max-new-tokens", "4", "--template", "llava_hf"],
                      ["eval.py", "pope", "--answers", f"{run_dir}/pope_{split}_answers.jsonl", "--questions",
                       f"{qdir}/pope_{split}.jsonl", "--out", f"{run_dir}/pope_{split}.json"]]
-        self.stage(f"eval{self.suffix} {name}", f"{run_dir}/pope_adversarial.json", cmds, background=True)
+        self.stage(f"eval{self.suffix} {name}", f"{run_dir}/pope_adversarial.json", cmds, background=background)
         return run_dir
 
 
@@ -377,37 +377,40 @@ def main():
 
 
 def run_all(pl) -> dict:
-    """Every stage in order -> {run name: its evaluation directory}. Some run in a second process, one at a time: the
-    CLIP (during the tower and the SFT), the CLIP ranking (during POVID's stage 1) and each run's evaluation (while
-    the next run trains)."""
+    """Every stage in order -> {run name: its evaluation directory}. Stages that do not wait on each other run two
+    at a time, one here and one in a second process: the CLIP beside the tower and the SFT; the CLIP ranking, then the
+    runs that start from the SFT model (noise only, NLL only, CLIP-DPO) beside POVID's chain (stage 1, stage 2, the
+    sweep); then the evaluations, two at a time. The order does not change a number: each stage is seeded and reads
+    only its inputs."""
     pl.build_world()
     qdir = pl.questions()
     rules = pl.rules_pairs()
     clip = pl.clip(rules)
     sft = pl.sft(pl.vision())
-    run_dirs = {}
-
-    def evaluated(name, ckpt):
-        run_dirs[name] = pl.evaluate(name, ckpt, qdir)
-        return ckpt
-
+    bg = dict(background=True)
     ranked = pl.clip_pairs(sft, clip)
-    stage1 = pl.dpo("povid_stage1", sft, rules, steps=pl.p["stage1_steps"])
-    evaluated("baseline", sft)
-    evaluated("povid_stage1", stage1)
-    evaluated("povid", pl.dpo("povid", stage1, rules, mode="povid", extra=["--noise_t=500", *POVID_WEIGHTS]))
-    evaluated("noise_only", pl.dpo("noise_only", sft, rules, mode="povid", extra=[
-        "--noise_t=500", "--povid_weight_injected=0.0", "--povid_weight_noise=1.0"]))
+    ckpt = {"baseline": sft, "povid_stage1": pl.dpo("povid_stage1", sft, rules, steps=pl.p["stage1_steps"])}
+    ckpt["noise_only"] = pl.dpo("noise_only", sft, rules, mode="povid", extra=[
+        "--noise_t=500", "--povid_weight_injected=0.0", "--povid_weight_noise=1.0"], **bg)
+    ckpt["povid"] = pl.dpo("povid", ckpt["povid_stage1"], rules, mode="povid",
+                           extra=["--noise_t=500", *POVID_WEIGHTS])
     # the control for the NLL term: the same LoRA trained on POVID's chosen answers alone, as long as both stages (the
     # DPO flags in DPO_ARGS are unused by --mode=sft; its NLL is per token over the batch, the term's per answer)
-    evaluated("nll_only", pl.dpo("nll_only", sft, pl.chosen_as_sft(rules), mode="sft",
-                                 steps=pl.p["stage1_steps"] + pl.p["dpo_steps"]))
-    clip_data = pl.clip_dpo_data(ranked, rules)
-    evaluated("clip_dpo", pl.dpo("clip_dpo", sft, clip_data, mode="clip-dpo", steps=pl.p["clip_dpo_steps"]))
-    for t in pl.p["sweep"]:
-        if t != 500:
-            evaluated(f"povid_t{t}", pl.dpo(f"povid_t{t}", stage1, rules, mode="povid",
-                                            extra=[f"--noise_t={t}", *POVID_WEIGHTS]))
+    ckpt["nll_only"] = pl.dpo("nll_only", sft, pl.chosen_as_sft(rules), mode="sft",
+                              steps=pl.p["stage1_steps"] + pl.p["dpo_steps"], **bg)
+    sweep = [t for t in pl.p["sweep"] if t != 500]
+    if sweep:
+        ckpt[f"povid_t{sweep[0]}"] = pl.dpo(f"povid_t{sweep[0]}", ckpt["povid_stage1"], rules, mode="povid",
+                                            extra=[f"--noise_t={sweep[0]}", *POVID_WEIGHTS])
+    ckpt["clip_dpo"] = pl.dpo("clip_dpo", sft, pl.clip_dpo_data(ranked, rules), mode="clip-dpo",
+                              steps=pl.p["clip_dpo_steps"], **bg)
+    for t in sweep[1:]:
+        ckpt[f"povid_t{t}"] = pl.dpo(f"povid_t{t}", ckpt["povid_stage1"], rules, mode="povid",
+                                     extra=[f"--noise_t={t}", *POVID_WEIGHTS])
+    pl.join()
+    names = ["baseline", "povid_stage1", "povid", "noise_only", "nll_only", "clip_dpo",
+             *[f"povid_t{t}" for t in sweep]]  # the report's row order
+    run_dirs = {name: pl.evaluate(name, ckpt[name], qdir, background=k % 2 == 0) for k, name in enumerate(names)}
     pl.join()
     return run_dirs
 
