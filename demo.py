@@ -111,7 +111,6 @@ def _run_commands(cmds, log_path, threads):
     """A background stage's process: its command lines in order, each as run() does it (a failure exits non-zero)."""
     import torch
     torch.set_num_threads(threads)
-    open(log_path, "a").close()
     for c in cmds:
         run([PY] + c, log_path)
 
@@ -140,9 +139,9 @@ class Pipeline:
         return os.path.join(self.out, *parts)
 
     def stage(self, name, done_marker, cmds, background=False):
-        """Run `cmds` unless `done_marker` exists (then the stage is reused). A `background` stage runs its command
-        lines as `python SCRIPT ARGS` in a second process while this one goes on (the machine has 2 cores and each
-        stage uses one thread): one at a time, so starting another, or `join()`, waits for it first."""
+        """Run `cmds` unless `done_marker` exists (then the stage is reused). A `background` stage runs them the same
+        way, through run(), in a second process while this one goes on (the machine has 2 cores and each stage uses
+        one thread): one at a time, so starting another, or `join()`, waits for it first."""
         if os.path.exists(done_marker):
             print(f"[{name}] reused ({done_marker})")
             self.reused.append(name)
@@ -157,8 +156,7 @@ class Pipeline:
         print(f"[{name}] started in the background", flush=True)
         os.makedirs(self.path("logs"), exist_ok=True)
         log = self.path("logs", name.replace(" ", "_") + ".log")
-        if os.path.exists(log):
-            os.remove(log)  # a failed earlier attempt's
+        open(log, "w").close()  # empty (not a failed earlier attempt's), and there for join() even if the child dies
         import multiprocessing
         import torch
         # spawn, not fork: a fresh interpreter (one torch import for all the stage's commands), no state shared
