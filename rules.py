@@ -14,6 +14,9 @@ does the same with statistics and word lists, deterministically:
              answer one object longer than its chosen one, and DPO then learns "list fewer objects", which costs
              recall; a swap keeps the length and teaches which object is there (toy world, 500 test scenes, POVID
              stage 1 with insertions only: recall 74.5 -> 69.3; see README).
+  omit       a present object is left out of the listing, with every other sentence that names it. POVID's GPT-4V
+             rewrites do this too (the paper's example drops the sentence about a horse); it is the one kind whose
+             rejected answer is shorter than its chosen one, so it pulls against the length bias the other way.
   attribute  a colour or size adjective of an object is swapped for another; or, when the annotations give the
              object's true colours, a wrong colour is put in front of an uncoloured mention.
   relation   a spatial relation is swapped for its opposite ("left of" -> "right of").
@@ -69,7 +72,7 @@ NUMBER_VALUES = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
 SIZE_CLASSES = ({"small", "tiny", "little"}, {"large", "big", "huge"})  # a size swap crosses classes
 # "object" adds an absent object, "swap" renames a present one; both are POVID's object hallucinations (the edit's
 # category is "object"), kept apart so a mix can avoid the length bias of insertions alone (see the docstring)
-DEFAULT_MIX = {"object": 0.25, "swap": 0.25, "attribute": 0.2, "relation": 0.15, "count": 0.15}
+DEFAULT_MIX = {"object": 0.25, "swap": 0.25, "omit": 0.1, "attribute": 0.2, "relation": 0.15, "count": 0.15}
 
 
 def plural(word: str, irregular: dict | None = None) -> str:
@@ -179,7 +182,7 @@ class Cooccurrence:
 @dataclass
 class Edit:
     text: str
-    category: str  # object | attribute | relation | count
+    category: str  # object | omission | attribute | relation | count
     detail: str  # human-readable: "inserted dog", "red -> blue", ...
 
 
@@ -283,6 +286,31 @@ class RuleInjector:
         for m in sorted((m for m in mentions if m.category == old), key=lambda m: -m.start):  # back to front:
             out = self._fix_article(out[:m.start] + _case_like(new, m.surface) + out[m.end:], m.start)  # offsets hold
         return Edit(out, "object", f"{old} -> {new}")
+
+    def _omit(self, text, present, rng, instances):
+        """One present object dropped from the listing, with every other sentence that names it ("with a plate , a
+        fork and a cup . the fork is left of the plate ." -> "with a plate and a cup ."): POVID's GPT-4V rewrites
+        also leave out what is there (the paper's example drops the sentence about the horse)."""
+        mentions = self.v.mentions(text)
+        listing = self._listing(text, mentions)
+        if listing is None or len(listing[2]) < 2:
+            return None
+        start, end, parts, spaced = listing
+        named = [self.v.mentions(p)[-1].category for p in parts]  # a listing part ends in its object's mention
+        options = [i for i, c in enumerate(named) if c in present and named.count(c) == 1]
+        if not options:
+            return None
+        i = rng.choice(options)
+        gone = named[i]
+        keep = parts[:i] + parts[i + 1:]
+        comma = " , " if spaced else ", "
+        joined = keep[0] if len(keep) == 1 else comma.join(keep[:-1]) + " and " + keep[-1]
+        head, tail = text[:start] + joined, text[end:]
+        # the listing's own sentence ends in `tail`'s first terminator; a later sentence naming the object goes
+        first = re.match(r"[^.!?]*[.!?]?", tail).group(0)
+        rest = [s for s in re.findall(r"\s*[^.!?]+(?:\s*[.!?])?", tail[len(first):])
+                if gone not in self.v.mentioned(s)]
+        return Edit(head + first + "".join(rest), "omission", f"omitted {gone}")
 
     def _listing(self, text, mentions):
         """(start, end, parts, spaced) of a "with <noun phrase>, ... and <noun phrase>" list whose every part ends

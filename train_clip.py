@@ -10,7 +10,8 @@ In-batch negatives only teach "which scene is this"; a scorer for hallucination 
 absent object. So each image may carry hard-negative captions (NegCLIP, Yuksekgonul et al. 2023): the
 `rejected` side of a preference file, e.g. `hallucinate.py rules` output, which inserts an absent object or
 swaps an attribute. They join the text side of the batch as extra columns that match no image. Only pairs whose
-prompt contains `caption_prompt` give negatives (a QA turn's wrong answer, "Yes.", is not a caption); the others are
+prompt contains `caption_prompt` give negatives (a QA turn's wrong answer, "Yes.", is not a caption), and not those
+whose category is "omission" (a caption that leaves an object out is still true of the image); the others are
 counted and skipped.
 
     python train_clip.py --data world/train.json --clip_config world/clip_config --out_dir out/clip \
@@ -96,7 +97,7 @@ def load_pairs(cfg: Config):
             skipped += 1  # a QA item, not a caption
             continue
         pairs.append((os.path.join(root, it["image"]), conv[1]["value"]))
-    negs, skipped_negs = {}, 0
+    negs, skipped_negs, skipped_omit = {}, 0, 0
     if cfg.negatives:
         nroot = os.path.dirname(os.path.abspath(cfg.negatives))
         with open(cfg.negatives) as f:
@@ -112,10 +113,13 @@ def load_pairs(cfg: Config):
                     if cfg.caption_prompt.lower() not in row["prompt"].lower():
                         skipped_negs += 1  # a QA turn's wrong answer ("Yes."), not a caption
                         continue
+                    if row.get("category") == "omission":
+                        skipped_omit += 1  # a caption that leaves an object out is still true of the image
+                        continue
                     negs.setdefault(os.path.normpath(os.path.join(nroot, row["image"])), []).append(row["rejected"])
     print(f"clip data: {len(pairs)} caption pairs ({skipped} non-caption items skipped), "
           f"{sum(map(len, negs.values()))} hard negatives for {len(negs)} images ({skipped_negs} non-caption "
-          "pairs skipped)")
+          f"pairs and {skipped_omit} omissions skipped)")
     return pairs, negs
 
 

@@ -187,6 +187,27 @@ def test_attribute_added_against_the_true_colour():
         assert colour in v.colors and colour != "brown" and e.category == "attribute"
 
 
+
+def test_omission_drops_one_present_object_and_its_sentences():
+    v = Vocab()
+    text = "a table scene with a red cup , a small white plate and two forks . the cup is left of the plate ."
+    seen = {}
+    for seed in range(12):
+        e = RuleInjector(v, Cooccurrence([]), seed, {"omit": 1}).inject(text, {"cup", "plate", "fork"}, "k")
+        assert e.category == "omission"
+        seen[e.detail] = e.text
+    assert seen == {  # each object once, its relation sentence gone with it; the others' sentences stay
+        "omitted cup": "a table scene with a small white plate and two forks .",
+        "omitted plate": "a table scene with a red cup and two forks .",
+        "omitted fork": "a table scene with a red cup and a small white plate . the cup is left of the plate ."}
+    free = RuleInjector(v, Cooccurrence([]), 1, {"omit": 1}).inject(
+        "A table with a cup, a plate and a fork. The fork is on the plate. Nice.", {"fork"}, "k")
+    assert free.text == "A table with a cup and a plate. Nice."  # only a present object is left out
+    lone = RuleInjector(v, Cooccurrence([]), 0, {"omit": 1})
+    assert lone.inject("a table scene with a plate .", {"plate"}, "k") is None  # nothing would be left to list
+    with pytest.raises(ValueError, match="mix must give"):
+        RuleInjector(v, Cooccurrence([]), 0, {"drop": 1})
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_bad_lines_and_missing_images_are_counted_not_fatal(world, tmp_path, capsys):
     items = json.loads((world / "train.json").read_text())[:3]

@@ -18,11 +18,14 @@ def test_train_clip_learns_and_reloads(tmp_path, capsys):
             # a QA turn's pair (hallucinate.py rules --all-turns): its wrong answer is no caption
             f.write(json.dumps({"image": "w/" + a["image"], "prompt": "Is there a dog in the image?",
                                 "rejected": "Yes."}) + "\n")
+            # an omission (an object left out) is still a true caption: no negative either
+            f.write(json.dumps({"image": "w/" + a["image"], "prompt": "<image>\nDescribe this image.",
+                                "rejected": "a table scene .", "category": "omission"}) + "\n")
     torch.manual_seed(0)
     losses = train_clip.main([f"--data={tmp_path}/w/train.json", f"--clip_config={tmp_path}/w/clip_config",
                               f"--out_dir={tmp_path}/clip", f"--negatives={tmp_path}/neg.jsonl", "--steps=30",
                               "--batch_size=16", "--warmup=5", "--log_every=100"])
-    assert "20 hard negatives for 20 images (20 non-caption pairs skipped)" in capsys.readouterr().out
+    assert "20 hard negatives for 20 images (20 non-caption pairs and 20 omissions skipped)" in capsys.readouterr().out
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3  # it learns
     clip = CLIPModel.from_pretrained(str(tmp_path / "clip"))
     assert (tmp_path / "clip/tokenizer.json").exists()
