@@ -237,23 +237,23 @@ class Pipeline:
         """POVID's pairs: every turn of rules_input() (the caption, its existence questions); `rules` makes the wrong
         answer (an absent object inserted or swapped in, a present one left out, an attribute, relation or count
         changed; "No." -> "Yes." for an absent object, "Yes." -> "No." for a drawn one)."""
-        out = self.path("pairs", "rules.jsonl")
-        self.stage("rules", out, [[
-            "hallucinate.py", "rules", "--input", self.rules_input(), "--annotations",
-            f"{self.world}/annotations.json", "--vocab", f"{self.world}/vocab.json", "--output", out,
-            "--seed", "0", "--all-turns"]])
-        return out
+        return self._rules("rules", self.rules_input(), "rules.jsonl", "--all-turns")
 
     def clip_negatives(self):
         """The CLIP's hard negatives: the training captions rewritten by `rules` with every kind but omissions. A
         caption that leaves an object out is still true of the image, so it is no negative for image-text matching
         (train_clip.py would skip those rows anyway); without them the other kinds fill their place."""
         from rules import DEFAULT_MIX
-        out = self.path("pairs", "clip_negatives.jsonl")
-        self.stage("clip-negatives", out, [[
-            "hallucinate.py", "rules", "--input", f"{self.world}/train.json", "--annotations",
-            f"{self.world}/annotations.json", "--vocab", f"{self.world}/vocab.json", "--output", out, "--seed", "0",
-            "--mix", ",".join(f"{k}={w}" for k, w in DEFAULT_MIX.items() if k != "omit")]])
+        return self._rules("clip-negatives", f"{self.world}/train.json", "clip_negatives.jsonl", "--mix",
+                           ",".join(f"{k}={w}" for k, w in DEFAULT_MIX.items() if k != "omit"))
+
+    def _rules(self, name, source, out_name, *extra):
+        """One `hallucinate.py rules` stage over `source`, against the world's annotations and vocabulary -> its
+        pairs/ file."""
+        out = self.path("pairs", out_name)
+        self.stage(name, out, [[
+            "hallucinate.py", "rules", "--input", source, "--annotations", f"{self.world}/annotations.json",
+            "--vocab", f"{self.world}/vocab.json", "--output", out, "--seed", "0", *extra]])
         return out
 
     def chosen_as_sft(self, pairs):
