@@ -24,10 +24,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(RUNTIME)
-	$(PY) demo.py
+	$(PY) -m toy.demo
 
 demo-quick: $(RUNTIME)
-	$(PY) demo.py --quick
+	$(PY) -m toy.demo --quick
 
 # the CPU benchmarks of the README, each ours vs the obvious alternative in one run (about 5 minutes)
 bench: $(STAMP)

@@ -1,4 +1,4 @@
-"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (chair.py), POPE (pope.py)
+"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (eval_chair.py), POPE (eval_pope.py)
 and MMHal-Bench (an LLM judge over the OpenAI-compatible chat API, chat_api.py), and tabulate runs.
 
     python eval.py generate  --checkpoint CKPT --questions Q.jsonl --output RUN/answers.jsonl [--batch-size 8]
@@ -16,7 +16,7 @@ File formats (image paths are relative to the file that holds them unless absolu
   categories or synonyms of the synonym table (CHAIR); extra keys are ignored.
 - Question JSONL: {"question_id", "image", "prompt", ...}. POPE questions add "image_id", "question", "label"
   ("yes"/"no"), "object", "split"; CHAIR questions add "image_id".
-- Synonym table (CHAIR): the COCO synonyms.txt format (see chair.py); default: synonyms.txt beside GT.json.
+- Synonym table (CHAIR): the COCO synonyms.txt format (see eval_chair.py); default: synonyms.txt beside GT.json.
 - Answer JSONL (written by `generate`): the question's fields plus "text" (the answer), "model" (checkpoint) and
   "gen" (template and decoding settings; copied into the metrics JSON as "protocol"). CHAIR matches an
   answer to its ground truth by "image_id" when present, else by "question_id"; POPE matches by "question_id".
@@ -37,9 +37,9 @@ import re
 import sys
 import time
 
-from chair import Synonyms, chair_scores
+from eval_chair import Synonyms, chair_scores
 from chat_api import ChatClient, ChatError, JsonlAppender, resume_jsonl, run_jsonl_jobs
-from pope import SPLITS, build_pope_questions, parse_yes_no, pope_metrics
+from eval_pope import SPLITS, build_pope_questions, parse_yes_no, pope_metrics
 
 __all__ = ["chair_scores", "parse_yes_no", "pope_metrics", "build_pope_questions", "mmhal_judge", "parse_rating",
            "load_annotations", "write_report"]
@@ -214,7 +214,7 @@ def cmd_chair(a) -> dict:
     scores = chair_scores(captions, {k: v["objects"] for k, v in ann.items()}, Synonyms.from_file(a.synonyms))
     per_caption = scores.pop("per_caption")
     write_json(a.out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations,
-                       "synonyms": a.synonyms, "scorer": "povid chair.py (own singulariser, see its docstring)",
+                       "synonyms": a.synonyms, "scorer": "povid eval_chair.py (own singulariser, see its docstring)",
                        "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
     print(f"CHAIR_s {100 * scores['chair_s']:.1f}  CHAIR_i {100 * scores['chair_i']:.1f}  recall "
           f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {a.out}")

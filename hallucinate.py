@@ -12,7 +12,7 @@
              validated; chat_api.py retries 429/5xx/timeouts/malformed replies with backoff and jitter, honours
              Retry-After, records a per-item failure instead of aborting, and appends one line per finished item,
              so a killed run resumes where it stopped (rerun the same command).
-  rules      the offline stand-in for the API (rules.py): co-occurrence statistics of the data decide which
+  rules      the offline stand-in for the API (hallucinate_rules.py): co-occurrence statistics of the data decide which
              absent object to insert; attribute, relation and count swaps from word lists. Deterministic.
   noise      POVID's second source (sec. 3.2) for a static pair file: the model's own free answer when the image
              is DDPM-noised (noise.py). In training, `noise_triggered_tokens` below makes it online.
@@ -42,7 +42,7 @@ from collections import Counter
 
 import torch
 
-from rules import Cooccurrence, RuleInjector, Vocab, load_annotations, load_json, presence
+from hallucinate_rules import Cooccurrence, RuleInjector, Vocab, load_annotations, load_json, presence
 
 
 # ------------------------------------------------------------------------------------------- input and output

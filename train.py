@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import data as D
+import train_data as D
 from dpo import LOSS_TYPES, chosen_nll, dpo_loss, povid_loss, sequence_sums
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora

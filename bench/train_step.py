@@ -46,8 +46,8 @@ VARIANTS = ["ours", "naive", "fused+copy", "logits+off"]
 
 
 def toy_config(vocab: int | None) -> LlavaConfig:
-    """The toy world's LLaVA config exactly as toyworld.py writes it (its tokenizer built from the grammar)."""
-    import toyworld
+    """The toy world's LLaVA config exactly as toy/world.py writes it (its tokenizer built from the grammar)."""
+    from toy import world as toyworld
     with tempfile.TemporaryDirectory() as d:
         tk = toyworld.build_tokenizer(toyworld.grammar_words(), os.path.join(d, "tokenizer.json"))
         toyworld.configs(d, tk)

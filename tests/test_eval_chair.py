@@ -5,7 +5,7 @@ import json
 import pytest
 
 import eval as ev
-from chair import Synonyms, chair_scores, singularize
+from eval_chair import Synonyms, chair_scores, singularize
 
 TABLE = """# toy table in the COCO synonyms.txt format
 person, man, woman, people, child, boy, girl, baby, adult, passenger

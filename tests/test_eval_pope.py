@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 import eval as ev
-from pope import build_pope_questions, parse_yes_no, pope_metrics, question_text
+from eval_pope import build_pope_questions, parse_yes_no, pope_metrics, question_text
 
 
 @pytest.mark.parametrize("text,yes", [

@@ -1,4 +1,4 @@
-"""hallucinate.py + rules.py: rule injection on the toy world and on free text, the noise-triggered tokens, noise
+"""hallucinate.py + hallucinate_rules.py: rule injection on the toy world and on free text, the noise-triggered tokens, noise
 and clip-rank on a tiny random LLaVA + CLIP built here, the API path against a failing stub server (retries,
 Retry-After, per-item failures, kill and resume, key never written), and bad input that is reported, not fatal."""
 import json
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import hallucinate as H
-import toyworld
-from rules import Cooccurrence, RuleInjector, Vocab
+from toy import world as toyworld
+from hallucinate_rules import Cooccurrence, RuleInjector, Vocab
 from stub_openai import StubServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import toyworld
+from toy import world as toyworld
 import train
 from model import Llava, LlavaConfig, TextConfig, Tokenizer, VisionConfig
 from model.clip import init_weights
@@ -100,7 +100,7 @@ def test_povid_runs_and_starts_at_ln2(setup, tmp_path):
 def test_rpo_adds_the_chosen_per_token_nll(setup, tmp_path):
     """Step 0, every pair in one batch: loss(alpha) = ln 2 + alpha x the mean over pairs of the chosen answer's
     per-token NLL, that NLL computed here from the checkpoint's full logits."""
-    import data as D
+    import train_data as D
     tok = Tokenizer.from_pretrained(str(setup / "ckpt"))
     m = Llava.from_pretrained(str(setup / "ckpt"))
     rows = D.load_pairs(str(setup / "pairs.jsonl"), tok, m.config.num_image_tokens, "llava_hf", 512, D.Skips())
@@ -178,7 +178,7 @@ def test_bad_input(setup, tmp_path):
         train.main(base)
     with pytest.raises(SystemExit, match="unknown config key"):
         train.main(base + ["--lerning_rate=1"])
-    import data as D
+    import train_data as D
     tok = Tokenizer.from_pretrained(str(setup / "ckpt"))
     skips = D.Skips("skip")
     kept = D.load_pairs(str(bad), tok, 16, "llava_hf", 512, skips)

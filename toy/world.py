@@ -9,7 +9,7 @@ co-occurrence, the first of POVID's three categories, measured exactly by CHAIR 
 extras are never faint, so the same model must still see to get recall.
 
 Captions written by a careless annotator (--caption-noise, 0.5 in the demo). With eyes that see (the demo pretrains
-its vision tower, pretrain_vision.py) exact captions leave the prior little to add: the model names an absent
+its vision tower, toy/pretrain_vision.py) exact captions leave the prior little to add: the model names an absent
 companion only when the pixels are ambiguous. Real instruction data is not exact: LLaVA's detailed descriptions were
 written by a text-only GPT-4 from boxes and short captions and name objects the image does not show, so the model
 learns to name what usually goes with the scene. sft.json's caption turns do the same: each absent companion is
@@ -52,7 +52,7 @@ QA turns after the caption (two per training scene): "Is there a {obj} in the im
 half the "No." objects are absent companions, the question the prior gets wrong), then "What color is the {obj}?"
 -> "{color}.", "How many {objs} are there?" -> "{number}." or a second existence question.
 
-Outputs of `python toyworld.py --out DIR --n-train 4000 --n-test 500 --n-val 500 --seed 0 [--n-pretrain 4000]
+Outputs of `python -m toy.world --out DIR --n-train 4000 --n-test 500 --n-val 500 --seed 0 [--n-pretrain 4000]
 [--caption-noise 0.5] [--size 64]` (`build_world(out, n_train, n_test, seed, size, n_val, n_pretrain,
 caption_noise)` from Python; about 1 ms a
 scene). Scenes 0..n_train-1 train, the next n_test test, the next n_val validation (held out like the test scenes,

@@ -1,10 +1,10 @@
-"""train_clip.py: contrastive training with hard negatives runs, learns, and saves a CLIP that reloads."""
+"""toy/train_clip.py: contrastive training with hard negatives runs, learns, and saves a CLIP that reloads."""
 import json
 
 import torch
 
-import toyworld
-import train_clip
+from toy import world as toyworld
+from toy import train_clip
 from model import CLIPModel
 
 

@@ -1,12 +1,12 @@
-"""pretrain_vision.py: the tower learns to tag, only the tower changes, the checkpoint reloads for SFT; bad input
+"""toy/pretrain_vision.py: the tower learns to tag, only the tower changes, the checkpoint reloads for SFT; bad input
 is named."""
 import json
 
 import pytest
 import torch
 
-import pretrain_vision
-import toyworld
+from toy import pretrain_vision
+from toy import world as toyworld
 from model import Llava, LlavaConfig
 
 

@@ -1,12 +1,12 @@
-"""data.py: both preference formats and SFT JSON load; every bad input names its file and line, item or path;
+"""train_data.py: both preference formats and SFT JSON load; every bad input names its file and line, item or path;
 skips are counted by reason; truncation cuts responses only; collation puts chosen rows before rejected rows."""
 import json
 
 import pytest
 import torch
 
-import data as D
-import toyworld
+import train_data as D
+from toy import world as toyworld
 from model import Tokenizer
 from model.tokenizer import IGNORE_INDEX
 from noise import NoiseSchedule

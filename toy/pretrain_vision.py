@@ -16,10 +16,10 @@ its patch tokens:
 The head is thrown away; the output is a llava-hf checkpoint whose tower holds the trained weights and whose
 projector and decoder are a seeded random init, for `train.py --mode=sft --init_from=DIR --train_vision=False`.
 
-    python pretrain_vision.py --annotations=world/annotations.json --splits=world/splits.json \
+    python -m toy.pretrain_vision --annotations=world/annotations.json --splits=world/splits.json \
         --model_config=world/llava_config --out_dir=out/vision [--steps=3000 --batch_size=32 --lr=1e-3]
 
-Annotations: {id: {"image": path relative to the annotations file, "objects": [category, ...]}} (toyworld.py's
+Annotations: {id: {"image": path relative to the annotations file, "objects": [category, ...]}} (toy/world.py's
 format); the training ids are `splits[train_split]`, and, when `eval_split` names a split, the trained tower's
 per-category AUC (present vs absent) on it is printed and written to metrics.json.
 """
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-import train_clip
+from toy import train_clip
 from model import Llava, LlavaConfig, load_image
 from train_state import write_atomic
 
@@ -141,7 +141,7 @@ def main(argv):
               f"{metrics['mean_auc']:.3f}")
     model.save_pretrained(cfg.out_dir)
     shutil.copy(os.path.join(cfg.model_config, "tokenizer.json"), os.path.join(cfg.out_dir, "tokenizer.json"))
-    # metrics.json last: it marks a finished run (demo.py reuses the stage by it)
+    # metrics.json last: it marks a finished run (toy/demo.py reuses the stage by it)
     for name, obj in (("train_config.json", asdict(cfg)), ("metrics.json", metrics)):
         write_atomic(os.path.join(cfg.out_dir, name), json.dumps(obj, indent=2))
     return losses

@@ -14,7 +14,7 @@ scene ids out of N, with per-scene counts from the two runs' metric files:
 and the interval is the 2.5th and 97.5th percentile of the n changes (percentile method). It measures the scenes'
 sampling noise only: a second training seed moves the numbers as much or more (README, "What was tried").
 
-    from bootstrap import paired_intervals
+    from toy.bootstrap import paired_intervals
     paired_intervals("out/toy/runs/baseline", "out/toy/runs/povid")   # {"chair_i_rel": (change, lo, hi), ...}
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from pope import SPLITS, parse_yes_no
+from eval_pope import SPLITS, parse_yes_no
 
 STATS = ("chair_i_rel", "chair_s", "recall", "pope_f1")
 

@@ -25,7 +25,7 @@ our singulariser is neither pattern.en's nor WordNet's; entries are whitespace-s
 " motor bike" and " cheesecake" do match here; phrases of 3+ words ("stove top oven") are matched; the length is
 counted in words (punctuation excluded).
 
-    from chair import Synonyms, chair_scores
+    from eval_chair import Synonyms, chair_scores
     scores = chair_scores({"1": "A man with two dogs."}, {"1": {"person"}}, Synonyms.from_file("synonyms.txt"))
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Paired bootstrap intervals (bootstrap.py): the unresampled statistics equal CHAIR's and POPE's own numbers, a run
+"""Paired bootstrap intervals (toy/bootstrap.py): the unresampled statistics equal CHAIR's and POPE's own numbers, a run
 compared with itself has zero-width intervals, a real change lies inside its interval, and mismatched or malformed
 run files are errors naming the file."""
 import json
@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-import bootstrap as bs
-from chair import Synonyms, chair_scores
-from pope import SPLITS, pope_metrics
+from toy import bootstrap as bs
+from eval_chair import Synonyms, chair_scores
+from eval_pope import SPLITS, pope_metrics
 
 SYN = Synonyms({"dog": ["puppy"], "cat": [], "fork": [], "cup": ["mug"]})
 OBJS = ["dog", "cat", "fork", "cup"]

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import demo
-import demo_report
+from toy import demo
+from toy import report as demo_report
 
 
 def test_quick_pipeline_end_to_end(tmp_path, monkeypatch):
@@ -106,7 +106,7 @@ def test_clip_dpo_data_adds_one_qa_pair_per_ranked_image(tmp_path):
 
 def test_a_failed_background_stage_stops_the_pipeline_naming_it(tmp_path):
     pl = demo.Pipeline(str(tmp_path), quick=True)
-    pl.stage("bad stage", str(tmp_path / "never"), [["toyworld.py", "--no-such-flag"]], background=True)
+    pl.stage("bad stage", str(tmp_path / "never"), [["toy/world.py", "--no-such-flag"]], background=True)
     assert pl.bg is not None  # running in its own process; this one goes on
     with pytest.raises(SystemExit, match=r"stage bad stage failed \(exit 1\) in the background(.|\n)*"
                                          r"logs/bad_stage.log(.|\n)*--no-such-flag"):

@@ -30,7 +30,7 @@ against the objects the ground-truth text mentions. Every edit is reported (cate
 so a pair's corruption is detectable. Randomness comes from random.Random(f"{seed}:{item_id}") per item: the
 output for an item does not depend on the order of, or the other items in, the input.
 
-    from rules import Vocab, Cooccurrence, RuleInjector
+    from hallucinate_rules import Vocab, Cooccurrence, RuleInjector
     vocab = Vocab(json.load(open("vocab.json")))       # or Vocab() for the built-in COCO-ish lists
     cooc = Cooccurrence([{"plate", "fork"}, {"plate", "cup"}, ...])
     edit = RuleInjector(vocab, cooc, seed=0).inject(answer, present={"plate"}, key="img1")

@@ -1,4 +1,4 @@
-"""toyworld.py: deterministic scenes, captions and QA that agree exactly with the annotations, the designed
+"""toy/world.py: deterministic scenes, captions and QA that agree exactly with the annotations, the designed
 co-occurrence and faintness rates, a tokenizer that covers every word, configs the model package loads."""
 import json
 import os
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-import toyworld
+from toy import world as toyworld
 from model import CLIPConfig, LlavaConfig, Tokenizer
 
 

@@ -4,13 +4,13 @@ Every stage is the project's real command line (run through the script's own mai
 command calls), exactly as a user would type it. Stages that do not wait on each other run two at a time, one in a
 second process (2 cores, one torch thread each; run_all() says which):
 
-    world      python toyworld.py            procedurally drawn scenes, exact annotations, tokenizer, configs
+    world      python -m toy.world            procedurally drawn scenes, exact annotations, tokenizer, configs
                                              (SFT captions from a careless annotator: --caption-noise)
-    vision     python pretrain_vision.py     the tiny LLaVA's vision tower taught to tag the training scenes' objects
+    vision     python -m toy.pretrain_vision   the tiny LLaVA's vision tower taught to tag the training scenes' objects
                                              (stands in for the pretrained CLIP ViT LLaVA-1.5 starts from)
     sft        python train.py --mode=sft    the tiny LLaVA trained on captions + QA, the tower frozen (as LLaVA-1.5's),
                                              projector and decoder from scratch
-    clip       python train_clip.py          a tiny CLIP, contrastive, with rule-injected hard negatives
+    clip       python -m toy.train_clip     a tiny CLIP, contrastive, with rule-injected hard negatives
     baseline   python eval.py generate/chair/pope on held-out scenes
     povid      hallucinate.py rules --all-turns (the caption and existence-question turns of the training data) ->
                train.py --mode=dpo (stage 1) -> train.py --mode=povid (stage 2, online noise-triggered answers,
@@ -24,18 +24,18 @@ second process (2 cores, one torch thread each; run_all() says which):
     (every DPO run: LoRA r16 / alpha 32, lr 1.5e-4, beta 0.1, + the chosen answer's NLL (RPO, alpha 1), 16 pairs a
     step; steps in FULL)
     report     out/toy/report.md, report.json (each change with a 95% paired-bootstrap interval over the scenes,
-               bootstrap.py; companions named when absent / drawn; recall by role: anchor, companion, extra),
+               toy/bootstrap.py; companions named when absent / drawn; recall by role: anchor, companion, extra),
                examples.png
 
 A stage whose output exists is reused, so a re-run only redoes what is missing (delete a stage's directory to
 redo it). `--quick` shrinks everything (scenes, steps, eval set) to a smoke test of the whole pipeline.
 
-The world has train, test and validation scenes (toyworld.py). Every run is evaluated on the test scenes by default
+The world has train, test and validation scenes (toy/world.py). Every run is evaluated on the test scenes by default
 (runs/, report.md, report.json, examples.png); `--eval-split val` evaluates the same trained models on the
 validation scenes instead, through the same code (runs_val/, report_val.md, report_val.json, examples_val.png).
 Settings are chosen on validation numbers; the test numbers are for reporting only.
 
-    python demo.py [--quick] [--out out/toy] [--eval-split test|val] [--seed 0]
+    python -m toy.demo [--quick] [--out out/toy] [--eval-split test|val] [--seed 0]
 """
 from __future__ import annotations
 
@@ -49,17 +49,16 @@ import sys
 import time
 
 PY = sys.executable
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # The DPO settings below were chosen on the validation scenes only (README, "How the settings were chosen"): for each
 # method, the largest validation CHAIR_i cut (mean over the seeds) among the settings that kept every guard (recall
-# at most 3 points down, POPE F1 at most 0.5 down, CHAIR_s down) on both SFT seeds tried (demo.py --seed 0 / 1)
+# at most 3 points down, POPE F1 at most 0.5 down, CHAIR_s down) on both SFT seeds tried (toy/demo.py --seed 0 / 1)
 # and that fit the 20-minute budget. For POVID the guards carry a margin since faa3043 (its recall was 0.4 points
 # worse on the test scenes than on validation, and missed the guard by 0.12): a 31% cut, recall at most 2.5 points
 # down and POPE F1 at most 0.3 down on each seed.
 #   caption_noise    the SFT captions' annotator names each absent companion with P = 0.5 x its co-occurrence
 #                    (toyworld.written_caption): the habit DPO has to remove
-#   vision_steps     pretrain_vision.py: 3,000 tagging steps (85 s; validation tagging AUC 0.98)
+#   vision_steps     toy/pretrain_vision.py: 3,000 tagging steps (85 s; validation tagging AUC 0.98)
 #   stage1_steps     POVID stage 1: 150 DPO steps on the caption and existence-question pairs (43% of them captions,
 #                    so it takes about three times the steps the caption-only pairs took)
 #   dpo_steps        POVID stage 2, noise only and the noise-step sweep: 200 steps (with 150 the cut was 2-3 points
@@ -86,9 +85,10 @@ def run(cmd, log_path):
     same code path as the shell, minus a torch import per stage); its output goes to the log file, and a failure
     shows the log's tail and stops the pipeline."""
     t0 = time.time()
-    printable = " ".join(cmd[1:])
+    name = os.path.splitext(cmd[1])[0].replace("/", ".")  # "toy/world.py" -> toy.world, run as python -m toy.world
+    printable = " ".join((["-m", name] if "." in name else [cmd[1]]) + cmd[2:])
     print(f"  $ python {printable}", flush=True)
-    module = importlib.import_module(os.path.splitext(cmd[1])[0])
+    module = importlib.import_module(name)
     with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"$ python {printable}", flush=True)
         try:
@@ -190,7 +190,7 @@ class Pipeline:
     def build_world(self):
         p = self.p
         self.stage("world", os.path.join(self.world, "splits.json"), [[
-            "toyworld.py", "--out", self.world, "--n-train", str(p["n_train"]), "--n-test", str(p["n_test"]),
+            "toy/world.py", "--out", self.world, "--n-train", str(p["n_train"]), "--n-test", str(p["n_test"]),
             "--n-val", str(p["n_val"]), "--seed", "0", "--caption-noise", str(p["caption_noise"])]])
         with open(os.path.join(self.world, "splits.json")) as f:
             if not json.load(f).get(self.split):
@@ -200,7 +200,7 @@ class Pipeline:
     def vision(self):
         p, out = self.p, self.path("vision")
         self.stage("vision", os.path.join(out, "metrics.json"), [[
-            "pretrain_vision.py", f"--annotations={self.world}/annotations.json", f"--splits={self.world}/splits.json",
+            "toy/pretrain_vision.py", f"--annotations={self.world}/annotations.json", f"--splits={self.world}/splits.json",
             "--eval_split=val", f"--model_config={self.world}/llava_config", f"--out_dir={out}",
             f"--steps={p['vision_steps']}", f"--seed={self.seed}"]])
         return out
@@ -243,7 +243,7 @@ class Pipeline:
         """The CLIP's hard negatives: the training captions rewritten by `rules` with every kind but omissions. A
         caption that leaves an object out is still true of the image, so it is no negative for image-text matching
         (train_clip.py would skip those rows anyway); without them the other kinds fill their place."""
-        from rules import DEFAULT_MIX
+        from hallucinate_rules import DEFAULT_MIX
         return self._rules("clip-negatives", f"{self.world}/train.json", "clip_negatives.jsonl", "--mix",
                            ",".join(f"{k}={w}" for k, w in DEFAULT_MIX.items() if k != "omit"))
 
@@ -261,7 +261,7 @@ class Pipeline:
         same images; the relative image paths stay valid, the file sits next to `pairs`)."""
         out = self.path("pairs", "chosen_sft.json")
         if not os.path.exists(out):
-            from data import Skips, read_records  # malformed lines are named, not silently dropped
+            from train_data import Skips, read_records  # malformed lines are named, not silently dropped
             from train_state import write_atomic
             conv = [{"id": r["id"], "image": r["image"], "conversations": [
                 {"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["chosen"]}]}
@@ -274,7 +274,7 @@ class Pipeline:
         versions are its hard negatives), so it trains while the tower and the SFT run."""
         p, out = self.p, self.path("clip")
         self.stage("clip", os.path.join(out, "model.safetensors"), [[
-            "train_clip.py", f"--data={self.world}/train.json", f"--clip_config={self.world}/clip_config",
+            "toy/train_clip.py", f"--data={self.world}/train.json", f"--clip_config={self.world}/clip_config",
             f"--out_dir={out}", f"--negatives={negatives}", f"--steps={p['clip_steps']}"]], background=True)
         return out
 
@@ -314,7 +314,7 @@ class Pipeline:
         if os.path.exists(out):
             return out
         self.join()  # the ranking, if it is still running
-        from data import Skips, read_records
+        from train_data import Skips, read_records
         from train_state import write_atomic
         rows = [r for _, r in read_records(ranked, Skips())]
         images, qa = {r["image"] for r in rows}, {}
@@ -383,7 +383,7 @@ def main():
     except BaseException:
         pl.stop()  # a failed stage: the background one is killed, not left running
         raise
-    from demo_report import write_report
+    from toy.report import write_report
     write_report(pl, run_dirs, time.time() - t0)
 
 

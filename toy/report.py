@@ -1,11 +1,11 @@
 """The toy-world demo's report: out/toy/report.md, report.json and examples.png from the evaluated runs.
 
 Each run's CHAIR and POPE numbers (eval.py's metrics files) against the baseline, with 95% paired-bootstrap
-intervals over the scenes (bootstrap.py), the issue's targets checked on them, and two tables of the mechanism: how
+intervals over the scenes (toy/bootstrap.py), the issue's targets checked on them, and two tables of the mechanism: how
 often each scene's companion objects are named when absent and when drawn, and recall by the object's role in its
-scene (anchor, companion, extra). demo.py calls write_report() at the end of the pipeline:
+scene (anchor, companion, extra). toy/demo.py calls write_report() at the end of the pipeline:
 
-    python demo.py [--quick] [--eval-split val]      (writes the report of that split's evaluations)
+    python -m toy.demo [--quick] [--eval-split val]      (writes the report of that split's evaluations)
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def _answers(run_dir):
 
 
 def write_report(pl, run_dirs, wall):
-    from bootstrap import paired_intervals
+    from toy.bootstrap import paired_intervals
     res = {name: summarise(rd) for name, rd in run_dirs.items()}
     n = pl.p["n_" + pl.split]
     report = {**res, "wall_s": round(wall, 1), "split": pl.split, f"n_{pl.split}_images": n,
@@ -165,9 +165,9 @@ def write_report(pl, run_dirs, wall):
     lines += ["", "Targets:", *[f"- {v}" for v in verdicts(res)]]
     with open(pl.path("vision", "metrics.json")) as f:  # the pretrained tower's own quality, before any SFT
         report["vision_tagging_auc"] = json.load(f)["mean_auc"]
-    lines += ["", f"The vision tower (pretrain_vision.py, frozen through SFT) tags the validation scenes' objects with "
+    lines += ["", f"The vision tower (toy/pretrain_vision.py, frozen through SFT) tags the validation scenes' objects with "
               f"AUC {report['vision_tagging_auc']:.3f} (present vs absent, mean over categories)."]
-    lines += ["", f"Changes against the baseline with 95% paired-bootstrap intervals over the {n} scenes (bootstrap.py: "
+    lines += ["", f"Changes against the baseline with 95% paired-bootstrap intervals over the {n} scenes (toy/bootstrap.py: "
               "the scenes' sampling noise only; another training seed moves the numbers more):", "",
               "| run | CHAIR_i vs base | CHAIR_s change | recall change | POPE F1 change |", "|---|---|---|---|---|"]
     for name, rd in run_dirs.items():

@@ -14,7 +14,7 @@ prompt contains `caption_prompt` give negatives (a QA turn's wrong answer, "Yes.
 whose category is "omission" (a caption that leaves an object out is still true of the image); the others are
 counted and skipped.
 
-    python train_clip.py --data world/train.json --clip_config world/clip_config --out_dir out/clip \
+    python -m toy.train_clip --data world/train.json --clip_config world/clip_config --out_dir out/clip \
         [--negatives pairs.jsonl] [--steps 600 --batch_size 128 --lr 1e-3]
 
 Data: LLaVA conversation JSON; the pair is (image, first answer) of every item whose first human turn contains
