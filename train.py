@@ -111,6 +111,7 @@ class Config:
     fsdp: bool = False  # FSDP2 fully_shard per decoder block (torchrun), for models that do not fit replicated
     log_every: int = 10
     save_every: int = 0  # 0 = only at the end
+    export_every: int = 0  # also export the merged model every N steps into out_dir/exports/step_NNNNNN/ (0 = never)
     resume: bool = False
     stop_after: int = 0  # exit after this many steps as if killed, keeping the checkpoint (tests, time limits)
     peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up
@@ -540,6 +541,8 @@ def train(cfg: Config, rank: int, world: int, local: int):
             print0(f"step {done}/{cfg.max_steps} ({100 * done / cfg.max_steps:.0f}%) loss {s[0]:.4f}{extra} "
                    f"|g| {norm:.3f} lr {lr:.2e} {rec['tokens/s']:.0f} tok/s{mfu} ETA {eta:.0f}s")
             t_log, acc_tokens, acc_flops = now, 0.0, 0.0
+        if cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps:  # the last one is model/
+            export_model(cfg, net, model, tok, rank, os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.stop_after:
             save_checkpoint(cfg, net, model, opt, done, rank)
         if done == cfg.stop_after:

@@ -109,8 +109,9 @@ def load_checkpoint(cfg, net, model, opt, rank) -> int:
         return json.load(f)["step"]
 
 
-def export_model(cfg, net, model, tok, rank):
-    """The final model, adapters merged, in the llava-hf layout + tokenizer.json (what transformers loads)."""
+def export_model(cfg, net, model, tok, rank, path=None):
+    """The model, adapters merged, in the llava-hf layout + tokenizer.json (what transformers loads), into `path`
+    (default out_dir/model, the final model)."""
     if cfg.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -125,7 +126,7 @@ def export_model(cfg, net, model, tok, rank):
     with torch.device("meta"):
         out = Llava(model.config)  # no memory, no init: the tensors are assigned below
     out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)  # strict: every key matches
-    path = os.path.join(cfg.out_dir, "model")
+    path = path or os.path.join(cfg.out_dir, "model")
     out.save_pretrained(path)
     tok.save_pretrained(path)
     return path

@@ -212,7 +212,7 @@ class Pipeline:
             f"--tokenizer={self.world}", f"--out_dir={out}", f"--max_steps={p['sft_steps']}",
             f"--batch_size={p['sft_batch']}", "--micro_batch_size=" + str(p["sft_batch"]), "--lr=2e-3",
             "--lora_rank=0", "--train_vision=False", f"--warmup_steps={min(50, p['sft_steps'] // 5)}",
-            "--log_every=100", f"--seed={self.seed}"]])
+            "--log_every=100", f"--seed={self.seed}", "--template=llava_hf"]])
         return os.path.join(out, "model")
 
     def rules_input(self):
@@ -283,7 +283,8 @@ class Pipeline:
         self.stage(name, os.path.join(out, "model", "model.safetensors"),
                    [["train.py", f"--mode={mode}", f"--data={data}", f"--init_from={init}", f"--out_dir={out}",
                      f"--max_steps={steps or p['dpo_steps']}", f"--batch_size={p['dpo_batch']}",
-                     f"--micro_batch_size={p['dpo_batch']}", *DPO_ARGS, *extra]], background=background)
+                     f"--micro_batch_size={p['dpo_batch']}", "--template=llava_hf", *DPO_ARGS, *extra]],
+                   background=background)
         return os.path.join(out, "model")
 
     def clip_pairs(self, sft, clip):
@@ -292,7 +293,7 @@ class Pipeline:
         p, out = self.p, self.path("pairs", "clip_rank.jsonl")
         self.stage("clip-rank", out, [[
             "hallucinate.py", "clip-rank", "--checkpoint", sft, "--clip", clip, "--input",
-            f"{self.world}/train.json", "--output", out, "--samples", str(p["clip_samples"]),
+            f"{self.world}/train.json", "--output", out, "--samples", str(p["clip_samples"]), "--template", "llava_hf",
             "--limit", str(p["clip_images"]),
             # score each object phrase and keep the worst: with sentence means the tiny CLIP ordered only 31% of
             # the pairs right by hallucinated objects (19% wrong); phrase minima: 37% right, 13% wrong
