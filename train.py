@@ -1,41 +1,44 @@
 """SFT and DPO (POVID two-stage, CLIP-DPO) for LLaVA in plain PyTorch, on one CPU or many GPUs (torchrun).
 
-    python train.py --mode=sft --data=world/train.json --model_config=world/llava_config --tokenizer=world \
-        --out_dir=out/sft --train_vision=True                         # a tiny LLaVA from scratch (full fine-tuning)
-    python train.py --mode=dpo --data=pairs.jsonl --init_from=out/sft/model --out_dir=out/stage1 --lora_rank=16
-    python train.py --mode=povid --data=pairs.jsonl --init_from=out/stage1/model --out_dir=out/povid --lora_rank=16
-    python train.py --mode=povid --povid_stage1_steps=500 ...        # both POVID stages in one command
-    python train.py --mode=clip-dpo --data=clip_pairs.jsonl --init_from=out/sft/model --out_dir=out/clip_dpo
-    torchrun --standalone --nproc_per_node=8 train.py --mode=dpo ... --lora_rank=128 [--fsdp=True]
-    python train.py my_config.json --lr=5e-6                         # a JSON config file, then overrides
+    torchrun --standalone --nproc_per_node=8 train.py recipes/povid_stage1.toml \
+        --init_from=ckpt/llava-1.5-7b-hf --data=povid.json --image_root=coco/train2014 --out_dir=out/stage1
+    torchrun --standalone --nproc_per_node=8 train.py recipes/povid_stage2.toml \
+        --init_from=out/stage1/model --data=povid.json --image_root=coco/train2014 --out_dir=out/povid
+    python train.py --mode=dpo --data=pairs.jsonl --init_from=out/sft/model --out_dir=out/dpo --lora_rank=16
+    python train.py --mode=sft --data=world/train.json --model_config=world/llava_config --tokenizer=world ...
+
+A recipe (TOML, or JSON) sets the defaults of a run, each value with a comment on its source; `--key=value` after it
+overrides (unknown keys are errors). The resolved config is saved as out_dir/config.json and in every checkpoint.
 
 Modes
   sft       token cross-entropy on every answer of LLaVA conversation JSON (normalised by the global count of
             answer tokens, so any split into ranks and micro-batches gives the same gradient).
-  dpo       DPO (Rafailov et al. 2023, eq. 7; dpo.py) on a static preference file, any mix of hallucinate.py
-            strategies. Chosen and rejected share one forward. The reference is the same network with its LoRA
-            adapters off (no second copy), or a frozen copy under full fine-tuning; --ref_cache=True computes its
-            log-probs once and stores them on disk.
+  dpo       DPO (Rafailov et al. 2023, eq. 7; dpo.py) on a static preference file (TRL-style JSONL or POVID's JSON).
+            Chosen and rejected share one forward. The reference is the same network with its LoRA adapters off (no
+            second copy), or a frozen copy under full fine-tuning; --ref_cache=True computes its log-probs once.
   povid     POVID (Zhou et al. 2024). Stage 1 is `dpo` on the injected hallucinations, then the adapters are merged
-            (--povid_stage1_steps=N runs it here, into out_dir/stage1/; 0 = --init_from already is that merged
-            model). Stage 2: w_inj * DPO(chosen, injected) + w_noise * DPO(chosen, noise-triggered), 0.5 / 0.5, with
-            the merged stage-1 model as the reference. The noise-triggered answer is made online every step: the image
-            is DDPM-noised at --noise_t on its [0, 1] pixels (fresh seeded noise per sample per step), the policy
-            reads the chosen answer teacher-forced under the noisy image with no grad, and its greedy token at every
-            answer position (hallucinate.noise_triggered_tokens) is the dispreferred answer, scored on the hidden
-            states of the chosen sequence's clean forward. The reference scores the same tokens
-            (--noise_tokens_from=each: it picks its own, as POVID's released code does).
-  clip-dpo  an alias of dpo with its defaults: CLIP-DPO (Ouali et al. 2024) is DPO on hallucinate.py clip-rank pairs.
+            on export. Stage 2 (this mode): w_inj * DPO(chosen, injected) + w_noise * DPO(chosen, noise-triggered),
+            with the merged stage-1 model as start and reference. The noise-triggered answer is made online every
+            step: the image is DDPM-noised at --noise_t on its [0, 1] pixels (fresh seeded noise per sample per
+            step), the policy reads the chosen answer teacher-forced under the noisy image with no grad, and its
+            greedy token at every answer position (hallucinate.noise_triggered_tokens) is the dispreferred answer,
+            scored on the hidden states of the chosen sequence's clean forward. --noise_tokens_from=each: the
+            reference picks its own tokens, as POVID's released code does. --povid_stage1_steps=N runs stage 1 first
+            in the same command (into out_dir/stage1/).
+  clip-dpo  an alias of dpo: CLIP-DPO (Ouali et al. 2024) is DPO on hallucinate.py clip-rank pairs.
   --rpo_alpha=A (dpo, povid, clip-dpo) adds A x the chosen answer's per-token NLL to every pair's loss (RPO; dpo.py).
 
-Outputs in out_dir: config.json (the resolved config), metrics.jsonl (one JSON object per logged step), ckpt/
-(trainable weights, optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues,
-bit-exactly on CPU), model/ (the final model, adapters merged, in the llava-hf layout + tokenizer.json); both are
-written by train_state.py.
+Length: --max_epochs (default 1) over the usable samples, or --max_steps=N (> 0 wins; what a rehearsal cuts).
+Warmup --warmup_ratio of the steps (or --warmup_steps), then cosine to lr * min_lr_ratio. --projector_lr: the
+projector's own learning rate when it trains (--train_projector=True, POVID's --mm_projector_lr).
+
+Outputs in out_dir: config.json, metrics.jsonl (one JSON object per logged step), ckpt/ (trainable weights,
+optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues, bit-exactly on CPU),
+model/ (the final model, adapters merged, llava-hf layout + tokenizer and processor files; what transformers and
+vLLM load), exports/step_N/ with --export_every; written by train_state.py.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -53,7 +56,8 @@ import train_data as D
 from dpo import LOSS_TYPES, chosen_nll, dpo_loss, povid_loss, sequence_sums
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora
-from train_state import export_model, load_checkpoint, save_checkpoint, write_atomic
+from model.tokenizer import DEFAULT_TEMPLATE, TEMPLATES
+from train_state import export_model, load_checkpoint, reference_cache, save_checkpoint, write_atomic
 
 
 # -------------------------------------------------------------------------------------------------------- config
@@ -61,24 +65,31 @@ from train_state import export_model, load_checkpoint, save_checkpoint, write_at
 class Config:
     mode: str = "sft"  # sft | dpo | povid | clip-dpo
     data: str = ""  # SFT conversation JSON, or preference JSONL / POVID JSON
-    init_from: str = ""  # llava-hf checkpoint dir; empty = random init from model_config (SFT from scratch)
+    image_root: str = ""  # relative image paths of the data are joined to this dir (default: the data file's dir)
+    init_from: str = ""  # llava-hf (or liuhaotian + --vision_tower) checkpoint dir; empty = random init
+    vision_tower: str = ""  # openai CLIP dir for a liuhaotian checkpoint (its weights hold no vision tower)
     model_config: str = ""  # dir with config.json, used when init_from is empty
     tokenizer: str = ""  # dir with tokenizer.json (default: init_from, else model_config)
     out_dir: str = "out/run"
-    template: str = "llava_hf"  # llava_hf | vicuna_v1 (model/tokenizer.py)
-    max_len: int = 512  # longer sequences lose the end of their response
+    template: str = DEFAULT_TEMPLATE  # vicuna_v1 (LLaVA-1.5 training and benchmarks) | llava_hf (model/tokenizer.py)
+    max_len: int = 0  # tokens per sequence, image tokens included; 0 = the checkpoint's max_position_embeddings
+    image_aspect_ratio: str = ""  # pad | square; "" = the checkpoint's config (pad for LLaVA-1.5)
     on_bad_sample: str = "error"  # error | skip (skips are counted by reason and reported)
-    cache_images: bool = True  # keep preprocessed images in memory (off for COCO-sized data)
+    image_cache_mb: float = 1024  # preprocessed images kept in memory, least recently used out first (0 = none)
     # optimisation
-    max_steps: int = 100
-    batch_size: int = 16  # global, over all ranks: samples (sft) or pairs (dpo/povid) per optimizer step
+    max_epochs: float = 1.0  # passes over the usable samples, when max_steps is 0
+    max_steps: int = 0  # > 0: exactly this many optimizer steps (overrides max_epochs)
+    batch_size: int = 16  # global, over all ranks: samples (sft) or pairs (dpo/povid) per step; 0 = micro x ranks
     micro_batch_size: int = 16  # per rank per forward; accumulation = batch_size / (micro_batch_size * world)
     lr: float = 1e-4
+    projector_lr: float = 0.0  # with --train_projector=True: the projector's lr (0 = lr)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10
+    warmup_ratio: float = 0.0  # > 0: warmup = ceil(ratio * steps), as transformers' Trainer (overrides warmup_steps)
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
     # what trains
     lora_rank: int = 0  # 0 = full fine-tuning
@@ -117,8 +128,13 @@ class Config:
     peak_tflops: float = 0.0  # for MFU; 0 = look the GPU up
 
 
+CHOICES = {"mode": ("sft", "dpo", "povid", "clip-dpo"), "on_bad_sample": ("error", "skip"), "loss_type": LOSS_TYPES,
+           "noise_tokens_from": ("policy", "each"), "dtype": ("auto", "float32", "bfloat16"),
+           "device": ("auto", "cpu", "cuda"), "template": tuple(TEMPLATES), "image_aspect_ratio": ("", "pad", "square")}
+
+
 def _typed(key, val, t, src):
-    """A command-line string or a JSON value -> the default's type, or a clear error."""
+    """A command-line string or a recipe value -> the default's type, or a clear error."""
     bad = SystemExit(f"{src}: {key}={val!r}: expected {t.__name__}")
     if isinstance(val, str) and t is not str:
         if t is bool:
@@ -136,6 +152,21 @@ def _typed(key, val, t, src):
     return val
 
 
+def _read_recipe(path):
+    """A TOML recipe (recipes/*.toml) or a JSON config file -> its (key, value) pairs."""
+    if path.endswith(".toml"):
+        from recipes import load
+        return list(load(path)[0].items())
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"config file {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise SystemExit(f"config file {path}: expected a JSON object")
+    return list(obj.items())
+
+
 def parse_config(argv) -> Config:
     cfg = Config()
     types = {f.name: type(f.default) for f in fields(Config)}
@@ -145,57 +176,96 @@ def parse_config(argv) -> Config:
             if not eq:
                 raise SystemExit(f"arguments are --key=value, got {arg!r}")
             pairs, src = [(key, val)], "command line"
-        else:  # a JSON config file
-            try:
-                with open(arg) as f:
-                    obj = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise SystemExit(f"config file {arg}: {e}") from None
-            if not isinstance(obj, dict):
-                raise SystemExit(f"config file {arg}: expected a JSON object")
-            pairs, src = list(obj.items()), arg
+        else:
+            pairs, src = _read_recipe(arg), arg
         for key, val in pairs:
             if key not in types:
                 raise SystemExit(f"{src}: unknown config key {key!r}")
             setattr(cfg, key, _typed(key, val, types[key], src))
-    for key, allowed in (("mode", ("sft", "dpo", "povid", "clip-dpo")), ("on_bad_sample", ("error", "skip")),
-                         ("loss_type", LOSS_TYPES), ("noise_tokens_from", ("policy", "each")),
-                         ("dtype", ("auto", "float32", "bfloat16")), ("device", ("auto", "cpu", "cuda"))):
+    for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise SystemExit(f"--{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
+            raise SystemExit(f"--{key} must be one of {', '.join(map(repr, allowed))}; got {getattr(cfg, key)!r}")
     if not cfg.data:
         raise SystemExit("--data is required")
     if not cfg.init_from and not cfg.model_config:
         raise SystemExit("give --init_from (a checkpoint dir) or --model_config (a config dir, random init)")
-    if min(cfg.batch_size, cfg.micro_batch_size, cfg.max_steps) < 1:
-        raise SystemExit("batch_size, micro_batch_size and max_steps must be >= 1")
+    if cfg.batch_size < 0 or cfg.micro_batch_size < 1 or cfg.max_steps < 0 or (cfg.max_steps == 0 and
+                                                                               cfg.max_epochs <= 0):
+        raise SystemExit("batch_size must be >= 0 (0 = micro_batch_size x ranks), micro_batch_size >= 1, and "
+                         "max_steps > 0 or max_epochs > 0")
     if cfg.ref_cache and cfg.mode == "povid":
         raise SystemExit("--ref_cache needs static pairs; povid's noise-triggered answers are made online")
     if cfg.rpo_alpha < 0:
         raise SystemExit(f"--rpo_alpha must be >= 0, got {cfg.rpo_alpha}")
     if not 0 <= cfg.noise_t < cfg.noise_steps:
         raise SystemExit(f"--noise_t must be in [0, noise_steps={cfg.noise_steps})")
+    if cfg.projector_lr and not cfg.train_projector:
+        raise SystemExit("--projector_lr is the projector's learning rate: it needs --train_projector=True")
     return cfg
 
 
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup, then cosine decay to min_lr_ratio * lr. A pure function of the step: it is the scheduler,
-    and the step in the checkpoint is its whole state."""
+def resolve_length(cfg: Config, n_rows: int) -> Config:
+    """Steps and warmup from epochs and ratios, now that the data's size is known; saved resolved in config.json."""
+    steps = cfg.max_steps or math.ceil(cfg.max_epochs * n_rows / cfg.batch_size)
+    warmup = math.ceil(cfg.warmup_ratio * steps) if cfg.warmup_ratio > 0 else cfg.warmup_steps
+    return replace(cfg, max_steps=steps, warmup_steps=warmup)
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio: the multiplier of every param group's base lr. A pure
+    function of the step: it is the scheduler, and the step in the checkpoint is its whole state."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # -------------------------------------------------------------------------------------------------------- model
 def build_model(cfg: Config, device, dtype) -> Llava:
     """The base network: a checkpoint, or a seeded random init from a config dir (the toy world's SFT)."""
     if cfg.init_from:
-        return Llava.from_pretrained(cfg.init_from, dtype=dtype, device=device)
+        return Llava.from_pretrained(cfg.init_from, dtype=dtype, device=device, vision_tower=cfg.vision_tower or None)
     torch.manual_seed(cfg.seed)  # every rank draws the same weights: FSDP does not broadcast them
     with torch.device(device):
         model = Llava(LlavaConfig.from_dir(cfg.model_config))
     return model.to(dtype)
+
+
+def make_trainable(cfg: Config, model: Llava):
+    """Freeze what does not train, wrap LoRA adapters, keep trained weights as fp32 masters. Returns a one-line
+    summary of what trains."""
+    if cfg.lora_rank > 0:
+        model.requires_grad_(False)
+        torch.manual_seed(cfg.seed + 1)  # adapter init (and dropout masks) the same on every rank and every run
+        apply_lora(model.language_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                   targets=tuple(cfg.lora_targets.split(",")))
+        model.projector.requires_grad_(cfg.train_projector)
+    model.vision_tower.requires_grad_(cfg.train_vision)
+    unused = list(model.vision_tower.layers[model.config.vision_layers_used:]) + [model.vision_tower.post_layernorm]
+    for m in unused:  # blocks past LLaVA's feature layer never run: no gradient (DDP would wait for one)
+        if m is not None:
+            m.requires_grad_(False)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # trained weights are fp32 masters; autocast runs their matmuls in bf16
+    model.train()
+    by_part = Counter()
+    for n, p in model.named_parameters():
+        by_part[n.split(".")[0]] += p.numel() if p.requires_grad else 0
+    return (f"{sum(by_part.values()):,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters "
+            f"({', '.join(f'{k} {v:,}' for k, v in by_part.items() if v)}); "
+            f"{'LoRA r%d' % cfg.lora_rank if cfg.lora_rank else 'full fine-tuning'}")
+
+
+def make_optimizer(cfg: Config, model: Llava):
+    """AdamW over the trained weights; the projector in its own group when it has its own lr. Each group keeps its
+    base lr as "base_lr"; the schedule scales it."""
+    proj = [p for p in model.projector.parameters() if p.requires_grad] if cfg.projector_lr else []
+    ids = {id(p) for p in proj}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": rest, "base_lr": cfg.lr}] + ([{"params": proj, "base_lr": cfg.projector_lr}] if proj else [])
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2))
 
 
 class Net(nn.Module):
@@ -218,6 +288,21 @@ class Net(nn.Module):
             return lp
         # the noise-triggered tokens on the first rows' (the chosen answers') clean hidden states: (B_pairs,)
         return lp, sequence_sums(h[: noise_targets.shape[0]], w, noise_targets)
+
+
+def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int):
+    """(net, ref_net): Net around the policy (DDP or FSDP2 over ranks) and around the frozen copy, if any."""
+    net, ref_net = Net(model), (Net(ref_model) if ref_model is not None else None)
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for m in ([net] if ref_net is None else [net, ref_net]):
+            for layer in m.llava.language_model.layers:
+                fully_shard(layer)  # one all-gather per block: only one block is ever whole at a time
+            fully_shard(m)
+    elif ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(net, device_ids=[local] if cuda else None)
+    return net, ref_net
 
 
 def pair_logps(net, b, noise_targets=None):
@@ -256,305 +341,284 @@ def peak_flops(cfg: Config, device: str):
     return None
 
 
-# -------------------------------------------------------------------------------------------------------- reference cache
-def reference_cache(cfg, rows, net, ref_net, model, collate, images, tok, device, autocast, rank, world, print0):
-    """Reference log-probs of every pair, (N, 2) = (chosen, rejected), computed once (the reference never changes
-    within a stage) and stored under a key of the data file's hash, the reference checkpoint and everything else
-    that changes the numbers. Ranks split the pairs and gather the result."""
-    key = hashlib.sha256()
-    with open(cfg.data, "rb") as f:
-        key.update(f.read())
-    for k in ("init_from", "model_config", "template", "max_len", "on_bad_sample"):
-        key.update(f"{k}={getattr(cfg, k)};".encode())
-    dtype = next(model.parameters()).dtype  # bf16 and fp32 references give different numbers
-    key.update(f"seed={'' if cfg.init_from else cfg.seed};{device.split(':')[0]};{dtype}".encode())
-    src = cfg.init_from or cfg.model_config
-    for name in sorted(os.listdir(src)):  # the checkpoint's identity without reading 14 GB: sizes, heads, tails
-        p = os.path.join(src, name)
-        if name.endswith((".json", ".safetensors", ".bin")) and os.path.isfile(p):
-            key.update(f"{name}:{os.path.getsize(p)}".encode())
-            with open(p, "rb") as f:
-                key.update(f.read(1 << 20))
-                f.seek(max(0, os.path.getsize(p) - (1 << 20)))
-                key.update(f.read())
-    path = os.path.join(cfg.ref_cache_dir or cfg.out_dir, f"refcache-{key.hexdigest()[:16]}.pt")
-    if os.path.isfile(path):
-        logps = torch.load(path, weights_only=True)
-        if logps.shape == (len(rows), 2):
-            print0(f"reference log-probs of {len(rows)} pairs from {path}")
-            return logps
-    # every rank runs the same number of forwards (FSDP's collectives need that): the last rank may repeat a row
-    mine = [min(i, len(rows) - 1) for i in range(rank, world * math.ceil(len(rows) / world), world)]
-    out = {}
-    for k in range(0, len(mine), cfg.micro_batch_size):
-        idx = mine[k:k + cfg.micro_batch_size]
-        b = _to(collate([rows[i] for i in idx], tok.pad_id, images), device)
-        with torch.no_grad(), autocast, adapters_disabled(model) if ref_net is None else nullcontext():
-            rc, rr, _ = pair_logps(net if ref_net is None else ref_net, b)
-        out.update({i: (c, r) for i, c, r in zip(idx, rc.tolist(), rr.tolist())})
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, out)
-        out = {i: v for part in parts for i, v in part.items()}
-    logps = torch.tensor([out[i] for i in range(len(rows))], dtype=torch.float32)  # (N, 2)
-    if rank == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(logps, path + ".tmp")
-        os.replace(path + ".tmp", path)
-        print0(f"reference log-probs of {len(rows)} pairs cached in {path}")
-    return logps
-
-
-def _to(b, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-
-
-# -------------------------------------------------------------------------------------------------------- training
-def train(cfg: Config, rank: int, world: int, local: int):
-    master = rank == 0
-    ddp = world > 1 or dist.is_initialized()
-
-    def print0(*a):
-        if master:
-            print(*a, flush=True)
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if device == "cuda":
-        device = f"cuda:{local}"
-        torch.cuda.set_device(device)
-    per_rank = cfg.batch_size // world
-    assert cfg.batch_size % world == 0 and per_rank % cfg.micro_batch_size == 0, \
-        f"batch_size {cfg.batch_size} must split into {world} rank(s) x micro_batch_size {cfg.micro_batch_size} x " \
-        "a whole number of accumulation steps"
-    accum = per_rank // cfg.micro_batch_size
-    objective = "dpo" if cfg.mode == "clip-dpo" else cfg.mode
-    cuda = device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    frozen_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        cfg.dtype, torch.bfloat16 if cuda and cfg.lora_rank > 0 else torch.float32)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-
-    # ---------------------------------------------------------------------------------------------- model
-    model = build_model(cfg, device, frozen_dtype)
-    mc = model.config
-    tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init_from or cfg.model_config)
-    model.language_model.gradient_checkpointing = cfg.grad_checkpointing
-    ref_model = None  # full fine-tuning DPO keeps a frozen copy, loaded afresh (never a copy of trained weights)
-    if objective != "sft" and cfg.lora_rank == 0:
-        ref_dtype = torch.bfloat16 if cuda and cfg.dtype != "float32" else frozen_dtype
-        ref_model = build_model(cfg, device, ref_dtype).eval().requires_grad_(False)
-    if cfg.lora_rank > 0:
-        model.requires_grad_(False)
-        torch.manual_seed(cfg.seed + 1)  # adapter init (and dropout masks) the same on every rank and every run
-        apply_lora(model.language_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
-                   targets=tuple(cfg.lora_targets.split(",")))
-        model.projector.requires_grad_(cfg.train_projector)
-    model.vision_tower.requires_grad_(cfg.train_vision)
-    unused = list(model.vision_tower.layers[mc.vision_layers_used:]) + [model.vision_tower.post_layernorm]
-    for m in unused:  # blocks past LLaVA's feature layer never run: no gradient (DDP would wait for one)
-        if m is not None:
-            m.requires_grad_(False)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # trained weights are fp32 masters; autocast runs their matmuls in bf16
-    model.train()
-    n_layer = sum(p.numel() for p in model.language_model.layers.parameters())
-    n_layer_trained = sum(p.numel() for p in model.language_model.layers.parameters() if p.requires_grad)
-    by_part = Counter()
-    for n, p in model.named_parameters():
-        by_part[n.split(".")[0]] += p.numel() if p.requires_grad else 0
-    print0(f"mode {cfg.mode}: {sum(by_part.values()):,} trainable of {sum(p.numel() for p in model.parameters()):,} "
-           f"parameters ({', '.join(f'{k} {v:,}' for k, v in by_part.items() if v)}); "
-           f"{'LoRA r%d' % cfg.lora_rank if cfg.lora_rank else 'full fine-tuning'}; world {world}, micro "
-           f"{cfg.micro_batch_size} x accum {accum}, device {device}, frozen weights {str(frozen_dtype)[6:]}")
-    net, ref_net = Net(model), (Net(ref_model) if ref_model is not None else None)
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for m in ([net] if ref_net is None else [net, ref_net]):
-            for layer in m.llava.language_model.layers:
-                fully_shard(layer)  # one all-gather per block: only one block is ever whole at a time
-            fully_shard(m)
-    elif ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[local] if cuda else None)
-
-    # ---------------------------------------------------------------------------------------------- data
+# -------------------------------------------------------------------------------------------------------- data
+def load_rows(cfg: Config, objective: str, tok, mc: LlavaConfig, print0):
+    """The usable samples (every bad one counted by reason, or an error), the image store and the collate fn."""
     skips = D.Skips(cfg.on_bad_sample)
-    images = D.ImageStore(mc.image_size, pad=mc.image_aspect_ratio == "pad", cache=cfg.cache_images)
+    pad = (cfg.image_aspect_ratio or mc.image_aspect_ratio) == "pad"
+    images = D.ImageStore(mc.image_size, pad=pad, cache_mb=cfg.image_cache_mb)
     load = D.load_sft if objective == "sft" else D.load_pairs
-    rows = D.check_images(load(cfg.data, tok, mc.num_image_tokens, cfg.template, cfg.max_len, skips), images, skips)
+    rows = load(cfg.data, tok, mc.num_image_tokens, cfg.template, cfg.max_len, skips, image_root=cfg.image_root)
+    rows = D.check_images(rows, images, skips)
     if len(rows) < cfg.batch_size:
         raise SystemExit(f"{cfg.data}: {len(rows)} usable samples, fewer than one batch ({cfg.batch_size})\n"
                          f"{skips.report()}")
     if objective == "povid" and any(r["image"] is None for r in rows):
         raise SystemExit(f"{cfg.data}: povid needs an image in every pair (its noise-triggered answers noise it)")
     kinds = Counter(r.get("strategy") or "-" for r in rows) if objective != "sft" else {}
-    print0(f"data: {len(rows)} samples from {cfg.data} {dict(kinds) if kinds else ''}\n{skips.report()}")
-    collate = D.collate_sft if objective == "sft" else D.collate_pairs
-    schedule = None
-    if objective == "povid":
-        from noise import NoiseSchedule
-        schedule = NoiseSchedule(cfg.noise_schedule, cfg.noise_steps, cfg.noise_beta_start, cfg.noise_beta_end)
+    print0(f"data: {len(rows)} samples from {cfg.data} {dict(kinds) if kinds else ''}; images "
+           f"{'padded to square' if pad else 'centre-cropped'}\n{skips.report()}")
+    return rows, images, skips, D.collate_sft if objective == "sft" else D.collate_pairs
 
-    def global_batch(step):
-        """Row indices of the global batch of `step`: each epoch is a seeded permutation, so the data position is
-        the step alone, and every rank computes the same batch and takes its own disjoint slice."""
-        out, pos = [], step * cfg.batch_size
-        while len(out) < cfg.batch_size:
-            epoch, off = divmod(pos, len(rows))
-            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-            take = min(cfg.batch_size - len(out), len(rows) - off)
-            out += perm[off:off + take].tolist()
-            pos += take
-        return out
 
-    ref_logps = None
-    if cfg.ref_cache and objective == "dpo":
-        ref_logps = reference_cache(cfg, rows, net, ref_net, model, collate, images, tok, device, autocast, rank,
-                                    world, print0)
-        ref_net = ref_model = None  # the copy (full fine-tuning) is no longer needed
+def global_batch(cfg: Config, step: int, n_rows: int):
+    """Row indices of the global batch of `step`: each epoch is a seeded permutation, so the data position is the
+    step alone, and every rank computes the same batch and takes its own disjoint slice."""
+    out, pos = [], step * cfg.batch_size
+    while len(out) < cfg.batch_size:
+        epoch, off = divmod(pos, n_rows)
+        perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        take = min(cfg.batch_size - len(out), n_rows - off)
+        out += perm[off:off + take].tolist()
+        pos += take
+    return out
 
-    # ---------------------------------------------------------------------------------------------- optimizer, resume
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    start = load_checkpoint(cfg, net, model, opt, rank) if cfg.resume else 0
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:
-        write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
-        kept = []
-        if start and os.path.isfile(metrics_path):  # drop what the killed run logged after its last checkpoint
-            with open(metrics_path) as f:
-                kept = [x for x in f if x.strip() and json.loads(x)["step"] <= start]
-        write_atomic(metrics_path, "".join(kept))
-        print0(f"resumed from {cfg.out_dir}/ckpt at step {start}" if start else f"writing to {cfg.out_dir}")
-    peak = peak_flops(cfg, device)
-    rnet = net if ref_net is None else ref_net  # the reference: the policy with adapters off, or the frozen copy
 
-    def ref_ctx():
-        return adapters_disabled(model) if ref_net is None else nullcontext()
+def _to(b, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
 
-    # ---------------------------------------------------------------------------------------------- loop
-    t_run, t_log, done = time.time(), time.time(), start
-    acc_tokens = acc_flops = 0.0
-    for step in range(start, cfg.max_steps):
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        mine = global_batch(step)[rank * per_rank:(rank + 1) * per_rank]  # this rank's disjoint shard
-        micro = [mine[k:k + cfg.micro_batch_size] for k in range(0, per_rank, cfg.micro_batch_size)]
-        batches = [collate([rows[i] for i in m], tok.pad_id, images) for m in micro]  # on the CPU
-        if objective == "sft":  # normalise by the global answer-token count: ranks and accumulation agree exactly
-            n_scored = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)), device=device)
-            if ddp:
+
+# -------------------------------------------------------------------------------------------------------- the run
+class Run:
+    """Everything one training run holds: built once by setup(), then step() per optimizer step."""
+
+    def __init__(self, cfg: Config, rank: int, world: int, local: int):
+        self.rank, self.world, self.master = rank, world, rank == 0
+        self.ddp = world > 1 or dist.is_initialized()
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        if device == "cuda":
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+        self.device, self.cuda, self.local = device, device.startswith("cuda"), local
+        if cfg.batch_size == 0:  # one micro-batch per rank, no accumulation (POVID: 1 pair per GPU)
+            cfg = replace(cfg, batch_size=cfg.micro_batch_size * world)
+        self.per_rank = cfg.batch_size // world
+        if cfg.batch_size % world or self.per_rank % cfg.micro_batch_size:
+            raise SystemExit(f"batch_size {cfg.batch_size} must split into {world} rank(s) x micro_batch_size "
+                             f"{cfg.micro_batch_size} x a whole number of accumulation steps")
+        self.objective = "dpo" if cfg.mode == "clip-dpo" else cfg.mode
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        self.cfg = cfg
+
+    def print0(self, *a):
+        if self.master:
+            print(*a, flush=True)
+
+    def setup(self):
+        cfg, obj = self.cfg, self.objective
+        frozen_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            cfg.dtype, torch.bfloat16 if self.cuda and cfg.lora_rank > 0 else torch.float32)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        self.model = model = build_model(cfg, self.device, frozen_dtype)
+        mc = self.mc = model.config
+        if cfg.max_len == 0:  # the checkpoint's context: image tokens + text
+            cfg = replace(cfg, max_len=mc.text.max_position_embeddings)
+        if cfg.max_len <= mc.num_image_tokens:
+            raise SystemExit(f"--max_len={cfg.max_len} leaves no room for text after the {mc.num_image_tokens} image "
+                             f"tokens of {cfg.init_from or cfg.model_config} (0 = the checkpoint's "
+                             f"{mc.text.max_position_embeddings})")
+        self.tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init_from or cfg.model_config)
+        model.language_model.gradient_checkpointing = cfg.grad_checkpointing
+        self.ref_model = None  # full fine-tuning DPO keeps a frozen copy, loaded afresh (never the trained weights)
+        if obj != "sft" and cfg.lora_rank == 0:
+            ref_dtype = torch.bfloat16 if self.cuda and cfg.dtype != "float32" else frozen_dtype
+            self.ref_model = build_model(cfg, self.device, ref_dtype).eval().requires_grad_(False)
+        trains = make_trainable(cfg, model)
+        self.n_layer = sum(p.numel() for p in model.language_model.layers.parameters())
+        self.n_layer_trained = sum(p.numel() for p in model.language_model.layers.parameters() if p.requires_grad)
+        self.net, self.ref_net = wrap(cfg, model, self.ref_model, self.ddp, self.cuda, self.local)
+        self.rows, self.images, self.skips, self.collate = load_rows(cfg, obj, self.tok, mc, self.print0)
+        self.cfg = cfg = resolve_length(cfg, len(self.rows))
+        self.print0(f"mode {cfg.mode}: {trains}; world {self.world}, micro {cfg.micro_batch_size} x accum "
+                    f"{self.per_rank // cfg.micro_batch_size}, {cfg.max_steps} steps (warmup {cfg.warmup_steps}), "
+                    f"device {self.device}, frozen weights {str(frozen_dtype)[6:]}, max_len {cfg.max_len}")
+        self.schedule = None
+        if obj == "povid":
+            from noise import NoiseSchedule
+            self.schedule = NoiseSchedule(cfg.noise_schedule, cfg.noise_steps, cfg.noise_beta_start,
+                                          cfg.noise_beta_end)
+        self.ref_logps = None
+        if cfg.ref_cache and obj == "dpo":
+            ref = self.ref_net or self.net
+            with self.ref_ctx():
+                self.ref_logps = reference_cache(cfg, self.rows, lambda b: pair_logps(ref, b)[:2], self.collate,
+                                                 self.images, self.tok, self.device, self.autocast, self.rank,
+                                                 self.world, next(model.parameters()).dtype, self.print0)
+            self.ref_net = self.ref_model = None  # the copy (full fine-tuning) is no longer needed
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(cfg, model)
+        self.start = load_checkpoint(cfg, self.net, model, self.opt, self.rank) if cfg.resume else 0
+        self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if self.master:
+            write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
+            kept = []
+            if self.start and os.path.isfile(self.metrics_path):  # drop what a killed run logged after its ckpt
+                with open(self.metrics_path) as f:
+                    kept = [x for x in f if x.strip() and json.loads(x)["step"] <= self.start]
+            write_atomic(self.metrics_path, "".join(kept))
+            self.print0(f"resumed from {cfg.out_dir}/ckpt at step {self.start}" if self.start
+                        else f"writing to {cfg.out_dir}")
+        self.peak = peak_flops(cfg, self.device)
+        return self
+
+    def ref_ctx(self):
+        """The reference: the policy with adapters off, or (full fine-tuning) the frozen copy as it is."""
+        return adapters_disabled(self.model) if self.ref_net is None else nullcontext()
+
+    def noise_targets(self, b, step, k):
+        """POVID: the noise-triggered answers of the micro-batch's pairs, made now by the current policy (and, with
+        --noise_tokens_from=each, by the reference too): (P, T) targets each, -100 = unscored."""
+        cfg, P = self.cfg, len(b["ids"])
+        noisy = torch.stack([self.images.noisy(path, cfg.noise_t, self.schedule, torch.Generator().manual_seed(
+            cfg.seed * 1_000_003 + step * 10_007 + self.rank * self.per_rank + k * cfg.micro_batch_size + j))
+            for j, path in enumerate(b["images"]) if path is not None]).to(self.device)  # (P_img, 3, S, S)
+        chosen = (b["input_ids"][:P], noisy, b["attention_mask"][:P], b["labels"][:P])
+        with torch.no_grad():
+            pol = ref = self.net(*chosen, pick_noise=True)
+            if cfg.noise_tokens_from == "each":
+                with self.ref_ctx():
+                    ref = (self.ref_net or self.net)(*chosen, pick_noise=True)
+        return pol, ref
+
+    def pair_loss(self, b, step, k, micro_ids):
+        """One micro-batch of pairs -> (per-pair losses (P,), chosen rewards, rejected rewards, extra FLOPs)."""
+        cfg, mc, flops = self.cfg, self.mc, 0.0
+        T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())
+        n_img = 0 if b["pixel_values"] is None else len(b["pixel_values"])
+        scored = int((b["labels"] != -100).sum())
+        noise_pol = noise_ref = None
+        if self.objective == "povid":
+            noise_pol, noise_ref = self.noise_targets(b, step, k)
+            passes = 2 if cfg.noise_tokens_from == "each" else 1
+            flops += passes * model_flops(mc, self.n_layer, 0, n_tok / 2, T, n_img / 2, scored / 2, False)
+        pc, pr, pn = pair_logps(self.net, b, noise_pol)  # (P,) each, with grad
+        if self.ref_logps is not None:
+            ref = self.ref_logps[torch.tensor(micro_ids)].to(self.device)  # (P, 2)
+            rc, rr, rn = ref[:, 0], ref[:, 1], None
+        else:
+            with torch.no_grad(), self.ref_ctx():
+                rc, rr, rn = pair_logps(self.ref_net or self.net, b, noise_ref)
+            flops += model_flops(mc, self.n_layer, 0, n_tok, T, n_img, scored, backward=False)
+        if self.objective == "povid":
+            losses, cr, rj = povid_loss(pc, pr, pn, rc, rr, rn, cfg.beta,
+                                        (cfg.povid_weight_injected, cfg.povid_weight_noise))
+        else:
+            losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        if cfg.rpo_alpha:
+            n_c = (b["labels"][:len(b["ids"]), 1:] != -100).sum(1)  # (P,) the chosen answers' scored tokens
+            losses = losses + cfg.rpo_alpha * chosen_nll(pc, n_c)
+        return losses, cr, rj, flops
+
+    # ------------------------------------------------------------------------------------ BEGIN training step
+    def step(self, step: int):
+        """One optimizer step over this rank's micro-batches. Returns the logged numbers (all ranks reduced)."""
+        cfg, dev = self.cfg, self.device
+        lr = lr_factor(step, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * lr
+        mine = global_batch(cfg, step, len(self.rows))[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        micro = [mine[k:k + cfg.micro_batch_size] for k in range(0, self.per_rank, cfg.micro_batch_size)]
+        batches = [self.collate([self.rows[i] for i in m], self.tok.pad_id, self.images) for m in micro]  # CPU
+        if self.objective == "sft":  # normalise by the global answer-token count: ranks and accumulation agree
+            n_scored = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)), device=dev)
+            if self.ddp:
                 dist.all_reduce(n_scored)
-            denom = n_scored / world  # DDP averages gradients over ranks
-        stats = torch.zeros(5, dtype=torch.float64, device=device)  # loss, chosen, rejected, accuracy, non-finite
+            denom = n_scored / self.world  # DDP averages gradients over ranks
+        stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss, chosen, rejected, accuracy, non-finite
         tokens = flops = 0.0
         finite_flags = []
-        # ------------------------------------------------------------------------------------ BEGIN training step
         for k, b in enumerate(batches):
-            if ddp and not cfg.fsdp:
-                net.require_backward_grad_sync = k == len(batches) - 1  # all-reduce gradients on the last only
-            T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())  # counted before the copy: no sync
+            if self.ddp and not cfg.fsdp:
+                self.net.require_backward_grad_sync = k == len(batches) - 1  # all-reduce gradients on the last only
+            T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())  # before the copy: no sync
             n_img = 0 if b["pixel_values"] is None else len(b["pixel_values"])
-            scored = int((b["labels"] != -100).sum())
             tokens += n_tok
-            flops += model_flops(mc, n_layer, n_layer_trained, n_tok, T, n_img, scored, backward=True)
-            b = _to(b, device)
-            with autocast:
-                if objective == "sft":
-                    loss = -net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"]).sum() / denom
-                    cr = rj = torch.zeros(1, device=device)
+            flops += model_flops(self.mc, self.n_layer, self.n_layer_trained, n_tok, T, n_img,
+                                 int((b["labels"] != -100).sum()), backward=True)
+            b = _to(b, dev)
+            with self.autocast:
+                if self.objective == "sft":
+                    loss = -self.net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"]).sum() / denom
+                    cr = rj = torch.zeros(1, device=dev)
                 else:
-                    noise_pol = noise_ref = None
-                    if objective == "povid":  # the noise-triggered answer, made now by the current policy
-                        P = len(b["ids"])
-                        noisy = torch.stack([images.noisy(path, cfg.noise_t, schedule, torch.Generator().manual_seed(
-                            cfg.seed * 1_000_003 + step * 10_007 + rank * per_rank + k * cfg.micro_batch_size + j))
-                            for j, path in enumerate(b["images"]) if path is not None]).to(device)  # (P_img, 3, S, S)
-                        chosen = (b["input_ids"][:P], noisy, b["attention_mask"][:P], b["labels"][:P])
-                        with torch.no_grad():
-                            noise_pol = noise_ref = net(*chosen, pick_noise=True)  # (P, T) targets, -100 = unscored
-                            if cfg.noise_tokens_from == "each":
-                                with ref_ctx():
-                                    noise_ref = rnet(*chosen, pick_noise=True)
-                        flops += model_flops(mc, n_layer, 0, n_tok / 2, T, n_img / 2, scored / 2, False) * (
-                            2 if cfg.noise_tokens_from == "each" else 1)
-                    pc, pr, pn = pair_logps(net, b, noise_pol)  # (P,) each, with grad
-                    if ref_logps is not None:
-                        ref = ref_logps[torch.tensor(micro[k])].to(device)  # (P, 2)
-                        rc, rr, rn = ref[:, 0], ref[:, 1], None
-                    else:
-                        with torch.no_grad(), ref_ctx():
-                            rc, rr, rn = pair_logps(rnet, b, noise_ref)
-                        flops += model_flops(mc, n_layer, 0, n_tok, T, n_img, scored, backward=False)
-                    if objective == "povid":
-                        losses, cr, rj = povid_loss(pc, pr, pn, rc, rr, rn, cfg.beta,
-                                                    (cfg.povid_weight_injected, cfg.povid_weight_noise))
-                    else:
-                        losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-                    if cfg.rpo_alpha:
-                        n_c = (b["labels"][:len(b["ids"]), 1:] != -100).sum(1)  # (P,) the chosen answers' tokens
-                        losses = losses + cfg.rpo_alpha * chosen_nll(pc, n_c)
-                    loss = losses.sum() / per_rank  # summed over micro-batches: the mean over this rank's share
+                    losses, cr, rj, extra = self.pair_loss(b, step, k, micro[k])
+                    flops += extra
+                    loss = losses.sum() / self.per_rank  # summed over micro-batches: the mean over this rank's share
             loss.backward()
             finite = torch.isfinite(loss.detach())
             finite_flags.append(finite)
-            stats += torch.stack([loss.detach(), cr.sum() / per_rank, rj.sum() / per_rank,
-                                  (cr > rj).sum() / per_rank, (~finite).float()]).double()
-        stats = torch.cat([stats[:4] / world, stats[4:], torch.tensor([tokens, flops], device=device).double()])
-        if ddp:
+            stats += torch.stack([loss.detach(), cr.sum() / self.per_rank, rj.sum() / self.per_rank,
+                                  (cr > rj).sum() / self.per_rank, (~finite).float()]).double()
+        stats = torch.cat([stats[:4] / self.world, stats[4:], torch.tensor([tokens, flops], device=dev).double()])
+        if self.ddp:
             dist.all_reduce(stats)  # one collective for every logged number
         if stats[4] > 0:  # a NaN/inf loss: stop before the optimizer touches the weights
             ids = [i for finite, b in zip(finite_flags, batches) if not finite for i in b["ids"]]
-            if ddp:
-                parts = [None] * world
+            if self.ddp:
+                parts = [None] * self.world
                 dist.all_gather_object(parts, ids)
                 ids = [i for p in parts for i in p]
             raise SystemExit(f"non-finite loss at step {step} (batch ids {ids}); stopped, the last good checkpoint "
                              f"in {cfg.out_dir}/ckpt is kept")
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if not math.isfinite(norm):
             raise SystemExit(f"non-finite gradient norm at step {step}; stopped, the last good checkpoint in "
                              f"{cfg.out_dir}/ckpt is kept")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        # ------------------------------------------------------------------------------------ END training step
-        done = step + 1
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
         s = stats.tolist()
-        acc_tokens, acc_flops = acc_tokens + s[5], acc_flops + s[6]
-        if master and (step % cfg.log_every == 0 or done == cfg.max_steps):
-            now = time.time()
-            rec = {"step": done, "loss": s[0], "lr": lr, "grad_norm": norm,
-                   "tokens/s": acc_tokens / max(now - t_log, 1e-9)}
-            if objective != "sft":
-                rec.update({"rewards/chosen": s[1], "rewards/rejected": s[2], "rewards/margin": s[1] - s[2],
-                            "rewards/accuracy": s[3]})
-            if peak:
-                rec["mfu"] = acc_flops / max(now - t_log, 1e-9) / (peak * world)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            eta = (now - t_run) / (done - start) * (cfg.max_steps - done)
-            extra = "" if objective == "sft" else f" margin {s[1] - s[2]:.3f} acc {s[3]:.2f}"
-            mfu = f" mfu {100 * rec['mfu']:.1f}%" if peak else ""
-            print0(f"step {done}/{cfg.max_steps} ({100 * done / cfg.max_steps:.0f}%) loss {s[0]:.4f}{extra} "
-                   f"|g| {norm:.3f} lr {lr:.2e} {rec['tokens/s']:.0f} tok/s{mfu} ETA {eta:.0f}s")
-            t_log, acc_tokens, acc_flops = now, 0.0, 0.0
-        if cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps:  # the last one is model/
-            export_model(cfg, net, model, tok, rank, os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
-        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.stop_after:
-            save_checkpoint(cfg, net, model, opt, done, rank)
-        if done == cfg.stop_after:
-            print0(f"stopping after step {done} (--stop_after); --resume=True continues")
-            return None
+        return {"loss": s[0], "chosen": s[1], "rejected": s[2], "accuracy": s[3], "tokens": s[5], "flops": s[6],
+                "lr": cfg.lr * lr, "grad_norm": norm}
+    # ------------------------------------------------------------------------------------ END training step
 
-    # ---------------------------------------------------------------------------------------------- export
-    if done > start or not os.path.isfile(os.path.join(cfg.out_dir, "ckpt", "state.json")):
-        save_checkpoint(cfg, net, model, opt, done, rank)
-    path = export_model(cfg, net, model, tok, rank)
-    print0(f"done: step {done}/{cfg.max_steps} in {time.time() - t_run:.0f}s; model -> {path}\n{skips.report()}")
-    return path
+    def log(self, done, s, since, tokens, flops, t_run):
+        """One line of metrics.jsonl (and stdout) for the steps since the last log."""
+        cfg, el = self.cfg, max(time.time() - since, 1e-9)
+        rec = {"step": done, "loss": s["loss"], "lr": s["lr"], "grad_norm": s["grad_norm"], "tokens/s": tokens / el}
+        if self.objective != "sft":
+            rec.update({"rewards/chosen": s["chosen"], "rewards/rejected": s["rejected"],
+                        "rewards/margin": s["chosen"] - s["rejected"], "rewards/accuracy": s["accuracy"]})
+        if self.peak:
+            rec["mfu"] = flops / el / (self.peak * self.world)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        eta = (time.time() - t_run) / (done - self.start) * (cfg.max_steps - done)
+        extra = "" if self.objective == "sft" else f" margin {rec['rewards/margin']:.3f} acc {s['accuracy']:.2f}"
+        mfu = f" mfu {100 * rec['mfu']:.1f}%" if self.peak else ""
+        self.print0(f"step {done}/{cfg.max_steps} ({100 * done / cfg.max_steps:.0f}%) loss {s['loss']:.4f}{extra} "
+                    f"|g| {s['grad_norm']:.3f} lr {s['lr']:.2e} {rec['tokens/s']:.0f} tok/s{mfu} ETA {eta:.0f}s")
+
+    def loop(self):
+        """Steps from the checkpoint's position to the end; logs, checkpoints and exports along the way. Returns
+        the final model's directory, or None when stopped early by --stop_after."""
+        cfg = self.cfg
+        t_run = t_log = time.time()
+        done, tokens, flops = self.start, 0.0, 0.0
+        for step in range(self.start, cfg.max_steps):
+            s = self.step(step)
+            done, tokens, flops = step + 1, tokens + s["tokens"], flops + s["flops"]
+            if self.master and (step % cfg.log_every == 0 or done == cfg.max_steps):
+                self.log(done, s, t_log, tokens, flops, t_run)
+                t_log, tokens, flops = time.time(), 0.0, 0.0
+            if cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps:  # the last is model/
+                export_model(cfg, self.net, self.model, self.tok, self.rank,
+                             os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.stop_after:
+                save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
+            if done == cfg.stop_after:
+                self.print0(f"stopping after step {done} (--stop_after); --resume=True continues")
+                return None
+        if done > self.start or not os.path.isfile(os.path.join(cfg.out_dir, "ckpt", "state.json")):
+            save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
+        path = export_model(cfg, self.net, self.model, self.tok, self.rank)
+        self.print0(f"done: step {done}/{cfg.max_steps} in {time.time() - t_run:.0f}s; model -> {path}\n"
+                    f"{self.skips.report()}")
+        return path
+
+
+def train(cfg: Config, rank: int, world: int, local: int):
+    return Run(cfg, rank, world, local).setup().loop()
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -579,7 +643,7 @@ def main(argv):
             merged = os.path.join(s1.out_dir, "model")
             if not os.path.isfile(os.path.join(merged, "config.json")):
                 train(s1, rank, world, local)
-            cfg = replace(cfg, init_from=merged, povid_stage1_steps=0)
+            cfg = replace(cfg, init_from=merged, vision_tower="", povid_stage1_steps=0)
         return train(cfg, rank, world, local)
     finally:
         if owns_group:

@@ -1,7 +1,7 @@
 """Datasets and collation for train.py: SFT conversations and DPO preference pairs, with strict input checks.
 
-Formats read (image paths are relative to the data file's directory unless absolute; a record without an image is
-a text-only sample, as in LLaVA's own instruction mix):
+Formats read (image paths are relative to `image_root`, by default the data file's directory, unless absolute; a
+record without an image is a text-only sample, as in LLaVA's own instruction mix):
   * SFT: LLaVA conversation JSON, a list of {"id", "image", "conversations": [{"from": "human"|"gpt", "value"}..]}
     (JSONL with one such object per line also loads). Every answer and its </s> is scored.
   * Preferences, TRL-style JSONL (what hallucinate.py writes), one object per line:
@@ -17,15 +17,16 @@ Bad input, by kind:
   * a sequence longer than max_len loses the end of its response, never image tokens or the prompt; truncations
     are counted. A prompt that alone exceeds max_len is a bad sample (it would score nothing).
 
-    skips = Skips("skip"); images = ImageStore(size=336, pad=True)
-    rows = check_images(load_pairs("pairs.jsonl", tok, 576, "vicuna_v1", 1024, skips), images, skips)
+    skips = Skips("skip"); images = ImageStore(size=336, pad=True, cache_mb=1024)
+    rows = check_images(load_pairs("pairs.jsonl", tok, 576, "vicuna_v1", 2048, skips, image_root="coco/train2014"),
+                        images, skips)
     batch = collate_pairs(rows[:4], tok.pad_id, images)   # chosen rows then rejected rows, (2B, T)
 """
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import torch
 
@@ -150,9 +151,11 @@ def _parse_sft(rec, root, tok, num_image_tokens: int, template: str):
     return image, conv, ids, labels
 
 
-def load_sft(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips):
-    """LLaVA conversation JSON -> [{"id", "image", "input_ids", "labels"}]."""
-    root, out = os.path.dirname(os.path.abspath(path)), []
+def load_sft(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips,
+             image_root: str = ""):
+    """LLaVA conversation JSON -> [{"id", "image", "input_ids", "labels"}]. Relative image paths are joined to
+    image_root (default: the data file's directory)."""
+    root, out = image_root or os.path.dirname(os.path.abspath(path)), []
     for where, rec in read_records(path, skips):
         parsed = _parse_or_skip(_parse_sft, skips, where, rec, root, tok, num_image_tokens, template)
         if parsed is None:
@@ -192,10 +195,12 @@ def _parse_preference(rec: dict, root: str, tok, num_image_tokens: int, template
     return image, chosen, rejected, ce, re
 
 
-def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips):
+def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: int, skips: Skips,
+               image_root: str = ""):
     """Preference JSONL or POVID JSON -> [{"id", "image", "strategy", "chosen_ids", "chosen_labels",
-    "rejected_ids", "rejected_labels"}]."""
-    root, out = os.path.dirname(os.path.abspath(path)), []
+    "rejected_ids", "rejected_labels"}]. Relative image paths are joined to image_root (default: the data file's
+    directory); POVID's released JSON names bare COCO files, so pass its train2014/ folder."""
+    root, out = image_root or os.path.dirname(os.path.abspath(path)), []
     for where, rec in read_records(path, skips):
         parsed = _parse_or_skip(_parse_preference, skips, where, rec, root, tok, num_image_tokens, template)
         if parsed is None:
@@ -219,39 +224,44 @@ def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: in
 
 
 class ImageStore:
-    """Pixel tensors by path. cache=True keeps every preprocessed image (and, for POVID's noise, the decoded [0, 1]
-    image) in memory, which makes small runs fast; a COCO-sized run sets cache=False and decodes per step."""
+    """Pixel tensors by path, with a bounded cache: the preprocessed (3, S, S) images and, for POVID's noise, the
+    decoded [0, 1] originals are kept up to `cache_mb` MiB, least recently used out first. A small data set (the
+    toy world) stays decoded; a COCO-sized one (17K images, ~1.4 MB each at 336 px, ~3.7 MB for a 640 x 480
+    original) decodes per step, bounded in memory whatever the data size. cache_mb=0: no cache."""
 
-    def __init__(self, size: int, pad: bool, cache: bool = True):
-        self.size, self.pad, self.cache = size, pad, cache
-        self._px, self._raw = {}, {}
+    def __init__(self, size: int, pad: bool, cache_mb: float = 1024):
+        self.size, self.pad, self.budget = size, pad, int(cache_mb * 2 ** 20)
+        self._cache, self._bytes = OrderedDict(), 0  # (kind, path) -> tensor, in use order
+
+    def _get(self, key, make):
+        x = self._cache.get(key)
+        if x is not None:
+            self._cache.move_to_end(key)
+            return x
+        x = make()
+        n = x.numel() * x.element_size()
+        if n <= self.budget:
+            self._cache[key], self._bytes = x, self._bytes + n
+            while self._bytes > self.budget:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= old.numel() * old.element_size()
+        return x
 
     def pixels(self, path: str):
         """(3, S, S) CLIP-normalised."""
-        px = self._px.get(path)
-        if px is None:
-            px = load_image(path, self.size, pad=self.pad)
-            if self.cache:
-                self._px[path] = px
-        return px
+        return self._get(("px", path), lambda: load_image(path, self.size, pad=self.pad))
 
     def noisy(self, path: str, t: int, schedule, generator):
         """POVID: DDPM noise q(x_t | x_0) on the [0, 1] RGB image at its own resolution, *before* padding and CLIP
         preprocessing (as POVID's training code), clamped to [0, 1] (noise.noise_image), then preprocessed."""
         from noise import noise_image
-        x01 = self._raw.get(path)
-        if x01 is None:
-            x01 = pil_to_tensor01(open_image(path).convert("RGB"))  # (3, H, W)
-            if self.cache:
-                self._raw[path] = x01
+        x01 = self._get(("raw", path), lambda: pil_to_tensor01(open_image(path).convert("RGB")))  # (3, H, W)
         return load_image(pil_from_tensor01(noise_image(x01, t, schedule, generator)), self.size, pad=self.pad)
 
     def check(self, path: str):
-        """Raise naming the path if the image is missing or unreadable (a cached store loads it now)."""
-        if self.cache:
-            self.pixels(path)
-        else:
-            open_image(path)  # full decode: a truncated file fails here, not mid-run
+        """Raise naming the path if the image is missing or unreadable: a full decode (and preprocessing, which
+        the cache keeps while it has room), so a truncated file fails here, not mid-run."""
+        self.pixels(path)
 
 
 def check_images(rows, images: ImageStore, skips: Skips):

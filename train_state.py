@@ -3,14 +3,17 @@
     ckpt/    trainable.safetensors (full tensors, also under FSDP) + optimizer.pt + rng_rank{r}.pt + state.json
              (step = data position) + config.json, written into ckpt.tmp/ and swapped in by renames, so a crash at any
              moment leaves the previous checkpoint whole;
-    model/   the final model, LoRA adapters merged, in the llava-hf layout + tokenizer.json (transformers loads it).
+    model/   the final model, LoRA adapters merged, in the llava-hf layout + tokenizer.json (transformers loads it);
+    refcache-KEY.pt  the reference log-probs of every pair (--ref_cache=True).
 
 On CPU a run killed after any checkpoint and resumed with --resume=True ends with weights identical to an
 uninterrupted run (tests/test_train.py): the RNG states and the data position are part of the checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -137,3 +140,54 @@ def write_atomic(path, text):
     with open(path + ".tmp", "w") as f:
         f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def reference_cache(cfg, rows, ref_pair_logps, collate, images, tok, device, autocast, rank, world, dtype, print0):
+    """Reference log-probs of every pair, (N, 2) = (chosen, rejected), computed once (the reference never changes
+    within a stage) and stored as out_dir/refcache-KEY.pt, KEY a hash of the data file, the reference checkpoint and
+    everything else that changes the numbers. Ranks split the pairs and gather the result. `ref_pair_logps(batch)`
+    -> (chosen (P,), rejected (P,)), called under no_grad in the reference's context by the caller."""
+    key = hashlib.sha256()
+    with open(cfg.data, "rb") as f:
+        key.update(f.read())
+    for k in ("init_from", "vision_tower", "model_config", "template", "max_len", "on_bad_sample", "image_root",
+              "image_aspect_ratio"):
+        key.update(f"{k}={getattr(cfg, k)};".encode())
+    # bf16 and fp32 references give different numbers
+    key.update(f"seed={'' if cfg.init_from else cfg.seed};{device.split(':')[0]};{dtype}".encode())
+    src = cfg.init_from or cfg.model_config
+    for name in sorted(os.listdir(src)):  # the checkpoint's identity without reading 14 GB: sizes, heads, tails
+        p = os.path.join(src, name)
+        if name.endswith((".json", ".safetensors", ".bin")) and os.path.isfile(p):
+            key.update(f"{name}:{os.path.getsize(p)}".encode())
+            with open(p, "rb") as f:
+                key.update(f.read(1 << 20))
+                f.seek(max(0, os.path.getsize(p) - (1 << 20)))
+                key.update(f.read())
+    path = os.path.join(cfg.ref_cache_dir or cfg.out_dir, f"refcache-{key.hexdigest()[:16]}.pt")
+    if os.path.isfile(path):
+        logps = torch.load(path, weights_only=True)
+        if logps.shape == (len(rows), 2):
+            print0(f"reference log-probs of {len(rows)} pairs from {path}")
+            return logps
+    # every rank runs the same number of forwards (FSDP's collectives need that): the last rank may repeat a row
+    mine = [min(i, len(rows) - 1) for i in range(rank, world * math.ceil(len(rows) / world), world)]
+    out = {}
+    for k in range(0, len(mine), cfg.micro_batch_size):
+        idx = mine[k:k + cfg.micro_batch_size]
+        b = collate([rows[i] for i in idx], tok.pad_id, images)
+        b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+        with torch.no_grad(), autocast:
+            rc, rr = ref_pair_logps(b)
+        out.update({i: (c, r) for i, c, r in zip(idx, rc.tolist(), rr.tolist())})
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, out)
+        out = {i: v for part in parts for i, v in part.items()}
+    logps = torch.tensor([out[i] for i in range(len(rows))], dtype=torch.float32)  # (N, 2)
+    if rank == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save(logps, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print0(f"reference log-probs of {len(rows)} pairs cached in {path}")
+    return logps

@@ -103,7 +103,8 @@ def test_rpo_adds_the_chosen_per_token_nll(setup, tmp_path):
     import train_data as D
     tok = Tokenizer.from_pretrained(str(setup / "ckpt"))
     m = Llava.from_pretrained(str(setup / "ckpt"))
-    rows = D.load_pairs(str(setup / "pairs.jsonl"), tok, m.config.num_image_tokens, "llava_hf", 512, D.Skips())
+    rows = D.load_pairs(str(setup / "pairs.jsonl"), tok, m.config.num_image_tokens, train.Config().template, 512,
+                         D.Skips())
     n = len(rows)
     images = D.ImageStore(m.config.image_size, pad=m.config.image_aspect_ratio == "pad")
     b = D.collate_pairs(rows, tok.pad_id, images)
@@ -129,7 +130,7 @@ def test_reference_cache_gives_the_same_run_and_is_reused(setup, tmp_path, capsy
     assert "reference log-probs of 24 pairs from" in capsys.readouterr().out  # read back, not recomputed
     for a, b, c in zip(live, cached, again):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and b["loss"] == c["loss"]
-    run(setup, tmp_path / "c3", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc", "--max_len=40")
+    run(setup, tmp_path / "c3", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc", "--max_len=90")
     assert len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 2  # other truncation: another key
 
 

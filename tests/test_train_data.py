@@ -122,7 +122,7 @@ def test_missing_and_unreadable_images_name_their_path(world):
     with pytest.raises(ValueError, match=r"gone: missing image: .*nope/missing.png"):
         D.check_images(rows, images, skips)
     skips = D.Skips("skip")
-    kept = D.check_images(rows, D.ImageStore(size=32, pad=True, cache=False), skips)
+    kept = D.check_images(rows, D.ImageStore(size=32, pad=True, cache_mb=0), skips)
     assert [r["id"] for r in kept] == ["p"]
     assert skips.counts == {"missing image": 1, "unreadable image": 1}
     assert "broken.png" in skips.report() and "missing.png" in skips.report()
