@@ -43,6 +43,7 @@ from collections import Counter
 import torch
 
 from hallucinate_rules import Cooccurrence, RuleInjector, Vocab, load_annotations, load_json, presence
+from model.tokenizer import DEFAULT_TEMPLATE, TEMPLATES
 
 
 # ------------------------------------------------------------------------------------------- input and output
@@ -65,27 +66,64 @@ class Summary:
         return "\n".join(s)
 
 
-def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns: bool = False):
-    """-> [{id, image (absolute), prompt, answer, objects}]. Bad records and missing images are counted in `summary`
-    and left out; a JSON list that does not parse is an error naming its line (nothing after it can be trusted)."""
+# CLIP-DPO asks the model for captions with 5 prompts (Ouali et al. 2024, sec. 3.1); the paper's wording is not
+# public, so these are ours. A COCO captions file gets one per image, in turn.
+CAPTION_PROMPTS = ("Describe this image.", "Describe this image in detail.", "What is in this photo?",
+                   "Write a caption for this image.", "Give a short description of what the image shows.")
+
+
+def coco_caption_records(path: str, data: dict, prompts):
+    """COCO's captions_*.json ({"images": [{"id", "file_name", ...}], "annotations": [{"image_id", "caption"}]}) ->
+    one record per image: its file, a caption prompt (round robin over `prompts`), its first human caption."""
+    caps = {}
+    for k, a in enumerate(data["annotations"]):
+        if not isinstance(a, dict) or "image_id" not in a or not isinstance(a.get("caption"), str):
+            raise ValueError(f"{path}: annotations[{k}]: needs 'image_id' and a 'caption' string")
+        caps.setdefault(a["image_id"], a["caption"].strip())
+    out = []
+    for k, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            raise ValueError(f"{path}: images[{k}]: needs 'id' and a 'file_name' string")
+        out.append((f"{path}: images[{k}]", {"id": str(im["id"]), "image": im["file_name"],
+                                             "prompt": prompts[k % len(prompts)], "answer": caps.get(im["id"])}))
+    return out
+
+
+def _records(path: str, text: str, summary: Summary, prompts):
+    """[(where, record)] of a JSON list, a COCO captions file or JSONL (a bad JSONL line is counted, not fatal)."""
+    head = text.lstrip()[:1]
+    if head in "[{":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if head == "[":  # one list: nothing after the error can be trusted
+                raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+            data = None  # JSONL: several objects
+        if isinstance(data, list):
+            return [(f"{path}: item {i}", r) for i, r in enumerate(data)]
+        if isinstance(data, dict) and "images" in data and "annotations" in data:
+            return coco_caption_records(path, data, prompts)
+    raw = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                raw.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                summary.skip(f"malformed JSON line ({e.msg})", f"{path}:{n}")
+    return raw
+
+
+def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns: bool = False,
+               image_root: str = "", prompts=CAPTION_PROMPTS):
+    """-> [{id, image (absolute), prompt, answer, objects}] from LLaVA conversation JSON (e.g. LLaVA-1.5's
+    instruction mix; records without an image are counted as such), COCO captions (the prompts above) or JSONL of
+    {id, image, prompt|question, answer?}. Relative image paths are joined to image_root (default: the input's
+    directory). Bad records and missing images are counted in `summary` and left out."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input file {path!r} does not exist")
-    root = os.path.dirname(os.path.abspath(path))
+    root = image_root or os.path.dirname(os.path.abspath(path))
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    raw = []
-    if text.lstrip().startswith("["):
-        try:
-            raw = [(f"{path}: item {i}", r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    raw.append((f"{path}:{n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    summary.skip(f"malformed JSON line ({e.msg})", f"{path}:{n}")
+        raw = _records(path, f.read(), summary, prompts)
     items, seen = [], set()
     for where, r in raw:
         try:
@@ -100,6 +138,9 @@ def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns:
                     raise KeyError("a human turn followed by a gpt turn")
             else:
                 pairs = [(r.get("prompt", r.get("question")), r.get("answer", r.get("chosen")))]
+            if "image" not in r:  # a text-only record (LLaVA's mix has 40K): nothing to hallucinate about
+                summary.skip("no image", where)
+                continue
             image = r["image"]
             if not isinstance(image, str):
                 raise TypeError("image is not a path")
@@ -141,7 +182,7 @@ def write_jsonl(path, rows):
 def cmd_rules(a):
     s = Summary()
     vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
-    items = read_items(a.input, s, all_turns=a.all_turns)
+    items = read_items(a.input, s, all_turns=a.all_turns, image_root=a.image_root)
     ann = load_annotations(a.annotations, vocab) if a.annotations else None
     pres = [presence(it, vocab, ann) for it in items]
     per_image = {}  # one object set per image, so an image with several turns (--all-turns) counts once
@@ -188,11 +229,23 @@ def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attenti
     return out
 
 
+def resolve_runtime(a, local_rank: int = 0):
+    """--device auto -> cuda (this process's GPU under torchrun) when there is one, else cpu; --dtype auto ->
+    bfloat16 on CUDA, float32 on the CPU. Sets a.device / a.dtype to the concrete choice."""
+    if a.device == "auto":
+        a.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if a.dtype == "auto":
+        a.dtype = "bfloat16" if a.device.startswith("cuda") else "float32"
+
+
 def load_llava(a):
+    """The checkpoint (llava-hf, or liuhaotian + --vision-tower) and its tokenizer; the preprocessing follows the
+    checkpoint's image_aspect_ratio unless --image-aspect-ratio says otherwise (a.pad)."""
     from model import Llava, Tokenizer
-    dtype = getattr(torch, a.dtype)
-    return Llava.from_pretrained(a.checkpoint, dtype=dtype, device=a.device).eval(), Tokenizer.from_pretrained(
-        a.checkpoint)
+    model = Llava.from_pretrained(a.checkpoint, dtype=getattr(torch, a.dtype), device=a.device,
+                                  vision_tower=a.vision_tower).eval()
+    a.pad = (a.image_aspect_ratio or model.config.image_aspect_ratio) == "pad"
+    return model, Tokenizer.from_pretrained(a.tokenizer or a.checkpoint)
 
 
 def generate_answers(model, tok, prompts, pixels, template, max_new_tokens, temperature=0.0, top_p=1.0,
@@ -229,14 +282,15 @@ def pixels_for(items, size, pad, s: Summary, transform=None):
 def cmd_noise(a):
     from noise import NoiseSchedule, noise_image
     s = Summary()
-    items = read_items(a.input, s)
+    items = read_items(a.input, s, image_root=a.image_root)
+    resolve_runtime(a)
     model, tok = load_llava(a)
     sched = NoiseSchedule(a.schedule, 1000, 1e-5, 5e-3)
     gen = torch.Generator().manual_seed(a.seed)  # noise on the CPU: the same pairs on any device
     cfg = model.config
     rows = []
     for k in range(0, len(items), a.batch_size):
-        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, cfg.image_aspect_ratio == "pad", s,
+        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, a.pad, s,
                                transform=lambda img: noise_image(img, a.t, sched, gen))
         if not chunk:
             continue
@@ -343,40 +397,94 @@ def rank_pairs(answers, scores, min_score, min_margin, max_len_ratio, counts: Co
     return None
 
 
+def _distributed():
+    """(rank, world, local_rank) under torchrun (a gloo group for the final barrier), else (0, 1, 0)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
 @torch.no_grad()
-def cmd_clip_rank(a):
+def rank_batch(a, model, tok, clip, ctok, chunk, px, generator):
+    """K sampled answers per image of one batch, CLIP-scored and filtered -> (rows, filter counts, skips)."""
     import torch.nn.functional as F
+    counts, rows, skips = Counter(), [], []
+    rep = torch.arange(len(chunk)).repeat_interleave(a.samples)  # K samples per image
+    answers = generate_answers(model, tok, [chunk[i]["prompt"] for i in rep], px[rep], a.template,
+                               a.max_new_tokens, a.temperature, a.top_p, generator)
+    # CLIP sees each image padded to square too: the whole image the answers describe, no edge cropped away
+    _, cpx = pixels_for(chunk, clip.config.vision.image_size, True, Summary())
+    img = F.normalize(clip.encode_image(cpx.to(a.device, clip.logit_scale.dtype)).float(), dim=-1)  # (n, P)
+    scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers, a.unit, a.pool)
+    for i, it in enumerate(chunk):
+        sl = slice(i * a.samples, (i + 1) * a.samples)
+        pair = rank_pairs(answers[sl], scores[sl].tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
+        if pair is None:
+            skips.append(("no pair passed the filters", it["id"]))
+            continue
+        rows.append(out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0],
+                            chosen_score=round(pair[2], 4), rejected_score=round(pair[3], 4)))
+    return rows, counts, skips
+
+
+def cmd_clip_rank(a):
+    """Batches of images, each sampled with its own seeded generator (seed, batch index), so the pairs do not depend
+    on how many processes share the work or on where a killed run stopped. Under torchrun each rank takes every
+    world-th batch. Finished batches are appended, one line each, to OUTPUT.parts/rank{r}.jsonl; a rerun skips the
+    batches any rank finished; at the end rank 0 writes OUTPUT in batch order (atomically)."""
+    from chat_api import JsonlAppender, resume_jsonl
     from model import CLIPModel, Tokenizer
     s = Summary()
-    items = read_items(a.input, s, need_answer=False)[: a.limit or None]
-    model, tok = load_llava(a)
-    clip = CLIPModel.from_pretrained(a.clip, dtype=getattr(torch, a.dtype), device=a.device).eval()
-    ctok = Tokenizer.from_pretrained(a.clip)
-    cfg = model.config
-    gen = torch.Generator(device=a.device).manual_seed(a.seed)
-    counts, rows, t0 = Counter(), [], time.time()
-    for k in range(0, len(items), a.batch_size):
-        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, cfg.image_aspect_ratio == "pad", s)
-        if not chunk:
-            continue
-        rep = torch.arange(len(chunk)).repeat_interleave(a.samples)  # K samples per image
-        answers = generate_answers(model, tok, [chunk[i]["prompt"] for i in rep], px[rep], a.template,
-                                   a.max_new_tokens, a.temperature, a.top_p, gen)
-        _, cpx = pixels_for(chunk, clip.config.vision.image_size, True, Summary())
-        img = F.normalize(clip.encode_image(cpx.to(a.device, clip.logit_scale.dtype)).float(), dim=-1)  # (n, P)
-        scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers, a.unit, a.pool)
-        for i, it in enumerate(chunk):
-            sl = slice(i * a.samples, (i + 1) * a.samples)
-            pair = rank_pairs(answers[sl], scores[sl].tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
-            if pair is None:
-                s.skip("no pair passed the filters", it["id"])
-                continue
-            rows.append(out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0],
-                                chosen_score=round(pair[2], 4), rejected_score=round(pair[3], 4)))
-            s.done += 1
-        print(f"clip-rank: {min(k + a.batch_size, len(items))}/{len(items)} images, {len(rows)} pairs "
-              f"({time.time() - t0:.0f}s)", flush=True)
-    write_jsonl(a.output, rows)
+    items = read_items(a.input, s, need_answer=False, image_root=a.image_root)[: a.limit or None]
+    rank, world, local = _distributed()
+    resolve_runtime(a, local)
+    parts = a.output + ".parts"
+    os.makedirs(parts, exist_ok=True)
+    done = {}  # batch index -> its record, from every rank's part file (the world size may have changed)
+    for name in sorted(os.listdir(parts)):
+        if name.endswith(".jsonl"):
+            done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, name), "batch")})
+    batches = list(range(0, len(items), a.batch_size))
+    todo = [b for b in range(len(batches)) if b % world == rank and b not in done]
+    if rank == 0:
+        print(f"clip-rank: {len(items)} images in {len(batches)} batches, {len(done)} done before, "
+              f"{sum(b not in done for b in range(len(batches)))} to go over {world} process(es)", flush=True)
+    if todo:
+        model, tok = load_llava(a)
+        clip = CLIPModel.from_pretrained(a.clip, dtype=getattr(torch, a.dtype), device=a.device).eval()
+        ctok = Tokenizer.from_pretrained(a.clip)
+        t0 = time.time()
+        with JsonlAppender(os.path.join(parts, f"rank{rank}.jsonl")) as out:
+            for n, b in enumerate(todo, 1):
+                bs = Summary()
+                chunk, px = pixels_for(items[batches[b]:batches[b] + a.batch_size], model.config.image_size,
+                                       a.pad, bs)
+                gen = torch.Generator(device=a.device).manual_seed(a.seed * 1_000_003 + b)
+                rows, counts, skips = rank_batch(a, model, tok, clip, ctok, chunk, px, gen) if chunk else ([], {}, [])
+                skips += [(r, w) for r, ws in bs.where.items() for w in ws]
+                out.write({"batch": b, "rows": rows, "filters": dict(counts), "skips": skips})  # one line: atomic
+                if rank == 0:
+                    print(f"clip-rank rank 0: {n}/{len(todo)} batches ({time.time() - t0:.0f}s)", flush=True)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        for name in sorted(os.listdir(parts)):
+            if name.endswith(".jsonl"):
+                done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, name), "batch")})
+    else:
+        done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, f"rank{rank}.jsonl"), "batch")})
+    if rank != 0:
+        return 0
+    counts = Counter()
+    for b in sorted(done):
+        counts.update(done[b]["filters"])
+        s.done += len(done[b]["rows"])
+        for reason, where in done[b]["skips"]:
+            s.skip(reason, where)
+    write_jsonl(a.output, [r for b in sorted(done) for r in done[b]["rows"]])
     removed = ", ".join(f"{r}: {n}" for r, n in sorted(counts.items())) or "nothing"
     print(f"clip-rank -> {a.output}\nfilters removed: {removed}\n{s}")
     return 0
@@ -457,7 +565,7 @@ def cmd_api(a):
     from chat_api import ChatClient, failed_path_for, run_jsonl_jobs
     s = Summary()
     vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
-    items = read_items(a.input, s, all_turns=a.all_turns)
+    items = read_items(a.input, s, all_turns=a.all_turns, image_root=a.image_root)
     ann = load_annotations(a.annotations, vocab) if a.annotations else None
     client = ChatClient(max_attempts=a.max_attempts, backoff_s=a.backoff)
     fmt = {"type": "json_object"} if a.json_mode else None
@@ -486,10 +594,14 @@ def cmd_api(a):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    subs = {}
     for name in ("api", "rules", "noise", "clip-rank"):
-        q = sub.add_parser(name)
+        q = subs[name] = sub.add_parser(name)
         q.add_argument("--input", required=True)
         q.add_argument("--output", required=True)
+        q.add_argument("--image-root", default="", help="relative image paths are joined to it (default: the "
+                       "input's directory)")
+        q.add_argument("--recipe", default=None, help="a recipes/*.toml file (or FILE:SECTION) setting defaults")
         q.add_argument("--seed", type=int, default=0)
         if name in ("api", "rules"):
             q.add_argument("--annotations", default=None, help="exact objects per image id (else: from the text)")
@@ -509,10 +621,15 @@ def main(argv=None) -> int:
             q.add_argument("--mix", default=None, help="category weights, e.g. object=0.5,attribute=0.2,...")
         if name in ("noise", "clip-rank"):
             q.add_argument("--checkpoint", required=True)
-            q.add_argument("--template", default="llava_hf")
+            q.add_argument("--vision-tower", default=None, help="openai CLIP dir, for a liuhaotian checkpoint")
+            q.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the checkpoint)")
+            q.add_argument("--template", default=DEFAULT_TEMPLATE, choices=sorted(TEMPLATES))
+            q.add_argument("--image-aspect-ratio", default="", choices=["", "pad", "square"],
+                           help="default: the checkpoint's config (pad for LLaVA-1.5)")
             q.add_argument("--max-new-tokens", type=int, default=128)
-            q.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-            q.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+            q.add_argument("--device", default="auto", help="auto = cuda when there is a GPU, else cpu")
+            q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                           help="auto = bfloat16 on CUDA, float32 on the CPU")
             q.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
         if name == "noise":
             q.add_argument("--t", type=int, default=500, help="noise step (POVID: 500 of 1000)")
@@ -529,6 +646,12 @@ def main(argv=None) -> int:
             q.add_argument("--unit", default="sentence", choices=["sentence", "phrase"],
                            help="what CLIP scores: each sentence (CSR) or each comma/'and' phrase")
             q.add_argument("--pool", default="mean", choices=["mean", "min"], help="how unit scores combine")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in subs and "--recipe" in " ".join(argv):  # the recipe's values become the defaults
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--recipe")
+        from recipes import apply_to_parser
+        apply_to_parser(subs[argv[0]], pre.parse_known_args(argv[1:])[0].recipe)
     a = p.parse_args(argv)
     return {"api": cmd_api, "rules": cmd_rules, "noise": cmd_noise, "clip-rank": cmd_clip_rank}[a.cmd](a)
 

@@ -369,6 +369,91 @@ def test_clip_rank_pairs_satisfy_filters(world, tiny, tmp_path, capsys):
         assert (r["strategy"], r["category"]) == ("clip-rank", "clip")
 
 
+CLIP_ARGS = ["--samples", "3", "--max-new-tokens", "5", "--min-margin", "0.1", "--max-len-ratio", "3",
+             "--batch-size", "4", "--limit", "12"]
+
+
+def clip_rank(tiny, inp, out, *extra):
+    return H.main(["clip-rank", "--checkpoint", str(tiny[0]), "--clip", str(tiny[1]), "--input", str(inp),
+                   "--output", str(out), *CLIP_ARGS, *extra])
+
+
+def test_clip_rank_resumes_a_killed_run_to_the_same_pairs(world, tiny, tmp_path, monkeypatch):
+    """Each batch samples with its own seeded generator and is appended once finished: a run killed after its
+    first batch, run again, writes the pairs an uninterrupted run writes."""
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "full.jsonl") == 0
+    real, calls = H.rank_batch, []
+
+    def dies_on_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill between batches
+        return real(*a, **k)
+    monkeypatch.setattr(H, "rank_batch", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        clip_rank(tiny, f"{world}/train.json", tmp_path / "part.jsonl")
+    assert not (tmp_path / "part.jsonl").exists()  # nothing half-written where the pairs go
+    monkeypatch.setattr(H, "rank_batch", real)
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "part.jsonl") == 0
+    full, part = read_rows(tmp_path / "full.jsonl"), read_rows(tmp_path / "part.jsonl")
+    assert full and [r["id"] for r in part] == [r["id"] for r in full]
+    assert [(r["chosen"], r["rejected"]) for r in part] == [(r["chosen"], r["rejected"]) for r in full]
+
+
+def test_clip_rank_under_torchrun_two_ranks_gives_the_one_process_pairs(world, tiny, tmp_path):
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "one.jsonl") == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "hallucinate.py",
+           "clip-rank", "--checkpoint", str(tiny[0]), "--clip", str(tiny[1]), "--input", f"{world}/train.json",
+           "--output", str(tmp_path / "two.jsonl"), "--device", "cpu", *CLIP_ARGS]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    one, two = read_rows(tmp_path / "one.jsonl"), read_rows(tmp_path / "two.jsonl")
+    assert one and [(x["id"], x["chosen"], x["rejected"]) for x in two] == \
+        [(x["id"], x["chosen"], x["rejected"]) for x in one]
+    assert sorted(os.listdir(tmp_path / "two.jsonl.parts")) == ["rank0.jsonl", "rank1.jsonl"]
+
+
+def test_clip_rank_reads_coco_captions_and_llava_mix_with_image_root(world, tiny, tmp_path, capsys):
+    """COCO's captions_train2014.json layout (images + annotations) and LLaVA's instruction mix (text-only records
+    counted as such) as prompt pools, bare file names resolved against --image-root."""
+    train = json.loads((world / "train.json").read_text())[:6]
+    names = [os.path.basename(t["image"]) for t in train]
+    coco = {"info": {}, "licenses": [], "images": [{"id": 10 + i, "file_name": n, "height": 32, "width": 32}
+                                                   for i, n in enumerate(names)],
+            "annotations": [{"id": 100 + i, "image_id": 10 + i, "caption": "A scene."} for i in range(6)]}
+    (tmp_path / "captions_train2014.json").write_text(json.dumps(coco))
+    img_dir = os.path.dirname(os.path.join(str(world), train[0]["image"]))
+    items = H.read_items(str(tmp_path / "captions_train2014.json"), H.Summary(), need_answer=False,
+                         image_root=img_dir)
+    assert [it["id"] for it in items] == [str(10 + i) for i in range(6)]
+    assert [it["prompt"] for it in items[:5]] == list(H.CAPTION_PROMPTS) and items[5]["prompt"] == H.CAPTION_PROMPTS[0]
+    mix = [{"id": "t", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
+    mix += [{"id": f"m{i}", "image": n, "conversations": t["conversations"]} for i, (n, t) in enumerate(zip(names,
+                                                                                                           train))]
+    (tmp_path / "mix.json").write_text(json.dumps(mix))
+    s = H.Summary()
+    assert len(H.read_items(str(tmp_path / "mix.json"), s, image_root=img_dir)) == 6 and s.skipped["no image"] == 1
+    assert clip_rank(tiny, tmp_path / "captions_train2014.json", tmp_path / "c.jsonl", "--image-root", img_dir) == 0
+    assert "done" in capsys.readouterr().out
+    bad = dict(coco, images=coco["images"] + [{"id": 99}])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"bad.json: images\[6\]: needs 'id' and a 'file_name'"):
+        H.read_items(str(tmp_path / "bad.json"), H.Summary(), need_answer=False)
+
+
+def test_recipe_sets_defaults_and_rejects_unknown_keys(world, tiny, tmp_path):
+    (tmp_path / "r.toml").write_text('samples = 2\nmax-new-tokens = 4\nmin_margin = 0.1\nbatch_size = 4\n'
+                                     'max_len_ratio = 3.0\nlimit = 4\n')
+    out = tmp_path / "p.jsonl"
+    assert H.main(["clip-rank", "--recipe", str(tmp_path / "r.toml"), "--checkpoint", str(tiny[0]), "--clip",
+                   str(tiny[1]), "--input", f"{world}/train.json", "--output", str(out)]) == 0
+    (tmp_path / "bad.toml").write_text("sample = 2\n")
+    with pytest.raises(SystemExit, match=r"bad.toml: unknown key 'sample'"):
+        H.main(["clip-rank", "--recipe", str(tmp_path / "bad.toml"), "--checkpoint", "x", "--clip", "y",
+                "--input", "z", "--output", "w"])
+
+
 # ------------------------------------------------------------------------------------------- api
 def api_reply(body):
     text = body["messages"][1]["content"][0]["text"]
