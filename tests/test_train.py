@@ -224,3 +224,91 @@ def test_two_ranks_match_one(setup, tmp_path, fsdp):
     wb = load_file(str(tmp_path / "r2/model/model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4  # Adam-amplified summation order, as above
+
+
+# ------------------------------------------------------------------------------------------- the real job's config
+def test_recipes_parse_and_hold_povids_values():
+    """Every recipe under recipes/ loads as train.py's config (paths from the command line), with the values its
+    comments cite; a recipe key train.py does not know is an error naming the file and the key."""
+    s1 = train.parse_config([f"{ROOT}/recipes/povid_stage1.toml", "--data=d", "--init_from=c"])
+    s2 = train.parse_config([f"{ROOT}/recipes/povid_stage2.toml", "--data=d", "--init_from=c", "--max_steps=2"])
+    cd = train.parse_config([f"{ROOT}/recipes/clip_dpo.toml", "--data=d", "--init_from=c"])
+    for c in (s1, s2, cd):
+        assert (c.lora_rank, c.lora_alpha, c.beta, c.batch_size, c.micro_batch_size) == (128, 256, 0.1, 0, 1)
+        assert (c.template, c.image_aspect_ratio, c.warmup_ratio, c.min_lr_ratio) == ("vicuna_v1", "pad", 0.03, 0)
+        assert (c.adam_beta2, c.train_projector) == (0.999, False)
+    assert (s1.mode, s1.lr, s1.max_epochs, s2.mode, s2.max_epochs, s2.max_steps) == ("dpo", 1e-7, 3, "povid", 1, 2)
+    assert (s2.noise_t, s2.noise_tokens_from, s2.povid_weight_injected, s2.povid_weight_noise) == \
+        (500, "each", 0.5, 0.5)
+
+
+def test_recipe_errors_name_the_file_and_key(tmp_path):
+    (tmp_path / "r.toml").write_text("lora_rank = 8\nlerning_rate = 1e-5\n")
+    with pytest.raises(SystemExit, match=r"r.toml: unknown config key 'lerning_rate'"):
+        train.parse_config([str(tmp_path / "r.toml"), "--data=d", "--init_from=c"])
+    (tmp_path / "t.toml").write_text('lora_rank = "eight"\n')
+    with pytest.raises(SystemExit, match=r"t.toml: lora_rank='eight': expected int"):
+        train.parse_config([str(tmp_path / "t.toml"), "--data=d", "--init_from=c"])
+    with pytest.raises(SystemExit, match="projector_lr"):
+        train.parse_config(["--data=d", "--init_from=c", "--projector_lr=2e-5"])
+
+
+def test_epochs_warmup_ratio_and_one_micro_batch_per_rank(setup, tmp_path):
+    """24 pairs, 2 epochs of batches of 4 -> 12 steps; warmup 10% -> ceil(1.2) = 2 steps; batch_size 0 -> one
+    micro-batch per rank. What ran is what config.json records."""
+    log = run(setup, tmp_path / "e", "--lora_rank=4", "--max_steps=0", "--max_epochs=2", "--batch_size=0",
+              "--warmup_ratio=0.1", "--log_every=1", "--lr=1e-3", "--min_lr_ratio=0")
+    saved = json.loads((tmp_path / "e" / "config.json").read_text())
+    assert (saved["max_steps"], saved["warmup_steps"], saved["batch_size"]) == (12, 2, 4)
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert log[0]["lr"] == pytest.approx(5e-4) and log[1]["lr"] == pytest.approx(1e-3)  # warmup, then cosine
+    assert log[-1]["lr"] < 1e-4
+
+
+def test_projector_gets_its_own_learning_rate(setup):
+    cfg = train.parse_config([f"--data={setup}/pairs.jsonl", f"--init_from={setup}/ckpt", "--lora_rank=4",
+                              "--train_projector=True", "--lr=1e-7", "--projector_lr=2e-5"])
+    m = Llava.from_pretrained(str(setup / "ckpt"))
+    train.make_trainable(cfg, m)
+    opt = train.make_optimizer(cfg, m)
+    (lora, proj), = [opt.param_groups]
+    assert (lora["base_lr"], proj["base_lr"]) == (1e-7, 2e-5)
+    assert {id(p) for p in proj["params"]} == {id(p) for p in m.projector.parameters()}
+    assert all("lora" in n for n, p in m.named_parameters() if id(p) in {id(q) for q in lora["params"]})
+
+
+def test_max_len_defaults_to_the_checkpoint_and_too_small_is_named(setup, tmp_path):
+    run(setup, tmp_path / "m", "--lora_rank=4", "--max_steps=1")
+    mc = LlavaConfig.from_dir(str(setup / "ckpt"))
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["max_len"] == mc.text.max_position_embeddings
+    with pytest.raises(SystemExit, match=rf"--max_len=10 leaves no room for text after the {mc.num_image_tokens} "):
+        run(setup, tmp_path / "n", "--lora_rank=4", "--max_len=10")
+
+
+def test_image_root_and_vision_tower_reach_the_loaders(setup, tmp_path, monkeypatch):
+    """POVID's released JSON names bare COCO files: --image_root resolves them. --vision_tower goes to the
+    checkpoint loader (a liuhaotian checkpoint's CLIP dir)."""
+    rows = [json.loads(x) for x in (setup / "pairs.jsonl").read_text().splitlines()]
+    img_dir = os.path.dirname(os.path.join(setup, rows[0]["image"]))
+    povid = [{"id": r["id"], "image": os.path.basename(r["image"]),
+              "conversations": [{"from": "human", "value": "<image>\n" + r["prompt"].replace("<image>", "").strip()},
+                                {"from": "gpt", "value": r["chosen"]}],
+              "rejected_conversations": [{"from": "human", "value": "<image>\n" +
+                                          r["prompt"].replace("<image>", "").strip()},
+                                         {"from": "gpt", "value": r["rejected"]}]} for r in rows]
+    (tmp_path / "povid.json").write_text(json.dumps(povid))
+    seen = {}
+    real = Llava.from_pretrained
+
+    def spy(path, **kw):
+        seen["vision_tower"] = kw.get("vision_tower")
+        return real(path, **{k: v for k, v in kw.items() if k != "vision_tower"})
+    monkeypatch.setattr(train.Llava, "from_pretrained", spy)
+    train.main([f"--mode=dpo", f"--data={tmp_path}/povid.json", f"--image_root={img_dir}", f"--init_from={setup}/ckpt",
+                f"--out_dir={tmp_path}/o", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
+                "--lora_rank=4", f"--vision_tower={tmp_path}/clip"])
+    assert seen["vision_tower"] == f"{tmp_path}/clip"
+    with pytest.raises(ValueError, match="missing image"):
+        train.main([f"--mode=dpo", f"--data={tmp_path}/povid.json", f"--init_from={setup}/ckpt",
+                    f"--out_dir={tmp_path}/p", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
+                    "--lora_rank=4"])

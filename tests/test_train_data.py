@@ -168,3 +168,22 @@ def test_collate_pairs_and_noisy_images(world):
     clean = images.pixels(rows[0]["image"])
     assert torch.equal(n1, n2) and n1.shape == clean.shape  # seeded: a resumed run redraws the same noise
     assert (n1 - clean).abs().mean() > 0.1
+
+
+def test_image_cache_is_bounded_least_recently_used_out(tmp_path):
+    """cache_mb bounds what the store keeps: each 32-px image is 12 KiB of fp32, so 30 KiB keeps the last two."""
+    from PIL import Image
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (40, 30), (i * 60, 10, 10)).save(p)
+        paths.append(str(p))
+    store = D.ImageStore(size=32, pad=True, cache_mb=30 / 1024)
+    first = store.pixels(paths[0])
+    for p in paths[1:]:
+        store.pixels(p)
+    assert [k[1] for k in store._cache] == paths[2:] and store._bytes <= 30 * 1024
+    assert torch.equal(store.pixels(paths[0]), first)  # decoded again, the same pixels
+    none = D.ImageStore(size=32, pad=True, cache_mb=0)
+    none.pixels(paths[0])
+    assert not none._cache
