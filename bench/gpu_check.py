@@ -1,0 +1,82 @@
+"""Every check that needs a GPU, in one call, with one JSON of results: run it whenever a GPU machine is lent.
+
+    python3 bench/gpu_check.py --out $OUT            # on the GPU machine, from the repo root (its python3 has torch)
+
+The machine has PyTorch, Triton, transformers and scikit-image but no network, so the rehearsal's tokenizer assets
+(.venv/assets/, built here by `make test`) travel with the working tree (the device tool's `carry`). In order,
+each with its own time limit so one slow part cannot starve the rest (the device budget is 15 minutes in all):
+
+  tests      the CUDA paths of the kernel, the fused loss and the model: compiled Triton kernels on GPU tensors
+  rehearsal  python -m rehearsal.run at real widths (1-2 layers): the README's real recipe in bf16 on CUDA,
+             torchrun with one process (DDP; FSDP2 pass too)
+  step       bench/train_step.py --device cuda: the 7B-shape LoRA DPO step (step time, peak memory, MFU)
+  logprob    bench/logprob.py --device cuda: sequence log-probs vs naive / torch.compile / the bare GEMMs
+  fused      bench/preference_loss.py --device cuda: the fused preference loss vs naive / torch.compile / GEMMs
+
+Writes OUT/gpu_check.json (rewritten after every part, so a killed call keeps what finished) and OUT/<part>.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+PARTS = [  # (name, command, seconds)
+    ("tests", [PY, "-m", "pytest", "-q", "-x", "tests/test_logprob.py", "tests/test_dpo.py", "tests/test_dpo_fused.py",
+               "tests/test_model_parity.py", "tests/test_model_generate.py"], 150),
+    ("rehearsal", [PY, "-m", "rehearsal.run", "--out", "/tmp/gpu_rehearsal", "--ngpu", "1"], 270),
+    ("step", [PY, "bench/train_step.py", "--device", "cuda"], 120),
+    ("logprob", [PY, "bench/logprob.py", "--device", "cuda"], 90),
+    ("fused", [PY, "bench/preference_loss.py", "--device", "cuda"], 90),
+]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "out/gpu_check"))
+    p.add_argument("--only", default="", help="comma-separated part names (default: all)")
+    a = p.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    import torch
+    res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "torch": torch.__version__, "parts": {}}
+    try:
+        import triton
+        res["triton"] = triton.__version__
+    except ImportError:
+        res["triton"] = None
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)  # the compiled kernels, not the interpreter
+    only = set(filter(None, a.only.split(",")))
+    for name, cmd, limit in PARTS:
+        if only and name not in only:
+            continue
+        log = os.path.join(a.out, f"{name}.log")
+        t0 = time.time()
+        with open(log, "w") as f:
+            try:
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        res["parts"][name] = {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(time.time() - t0, 1), "tail": tail}
+        if name == "rehearsal" and os.path.isfile("/tmp/gpu_rehearsal/rehearsal.json"):
+            with open("/tmp/gpu_rehearsal/rehearsal.json") as f:
+                res["parts"][name]["report"] = json.load(f)
+        tmp = os.path.join(a.out, "gpu_check.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(tmp, os.path.join(a.out, "gpu_check.json"))
+        print(f"{name}: rc {rc} in {res['parts'][name]['wall_s']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
