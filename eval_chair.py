@@ -41,8 +41,12 @@ counted in words (punctuation excluded).
 """
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
+
+from eval_data import write_json, write_jsonl, write_text
 
 # ---------------------------------------------------------------------------------------------- singulariser
 IRREGULAR = {
@@ -324,3 +328,24 @@ def coco_ground_truth(instances: dict[str, dict], captions: dict[str, dict], syn
                   "objects_only_from_captions": sum(len(set(v["from_captions"]) - set(v["from_instances"]))
                                                     for v in gt.values())})
     return gt, stats
+
+
+def write_chair_gt(out_dir: str, gt: dict[int, dict], images_dir: str, prompt: str, synonyms: str, info: dict) -> None:
+    """The files of `eval.py chair-gt` in out_dir: sample_ids.txt (the ids, one per line: the list to publish),
+    chair_gt.json (`eval.py chair --annotations`), chair_questions.jsonl (`eval.py generate --questions`),
+    synonyms.txt (a copy of the table, which `chair` finds beside the GT) and chair_gt_info.json (sources, sample
+    rule, counts). Every sampled image must be in images_dir; nothing is written otherwise."""
+    paths = {k: os.path.join(images_dir, v["file_name"]) for k, v in gt.items()}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(gt)} sampled images are not in {images_dir}, "
+                                f"e.g. {missing[:3]}")
+    rel = {k: os.path.relpath(p, os.path.abspath(out_dir)) for k, p in paths.items()}  # image paths: as GT files say
+    write_text(os.path.join(out_dir, "sample_ids.txt"), "".join(f"{k}\n" for k in gt))
+    write_json(os.path.join(out_dir, "chair_gt.json"), {str(k): {**v, "image": rel[k]} for k, v in gt.items()})
+    write_jsonl(os.path.join(out_dir, "chair_questions.jsonl"),
+                [{"question_id": k, "image_id": k, "image": rel[k], "prompt": prompt} for k in gt])
+    copy = os.path.join(out_dir, "synonyms.txt")
+    if os.path.abspath(synonyms) != os.path.abspath(copy):
+        shutil.copyfile(synonyms, copy)
+    write_json(os.path.join(out_dir, "chair_gt_info.json"), info)

@@ -27,11 +27,13 @@ Judge templates:
   official  --judge-template FILE: the template string read out of the user's own checkout of LLaVA-RLHF
             (MMHal-Bench-eval/eval_gpt4.py or Eval/eval_gpt_mmhal.py), i.e. the module-level string assigned to
             `template`, with its four "{}" fields filled in the official order. Use it for comparable numbers.
-The metrics JSON records the template (name, file, sha256 of its text) and the judge model. The judge log (JSONL,
-resumable) keeps every reply; a log written with another template or model is an error, never mixed in.
+The official text is the same in LLaVA-RLHF's MMHal-Bench-eval/eval_gpt4.py (commits 6a0df2d, 5fcdf4d) and in
+Eval/eval_gpt_mmhal.py (830a083, its place since): sha256 2c73d8c50f1740d0... (OFFICIAL_SHA256). The metrics JSON
+records the template (name, file, sha256 of its text) and the judge model. The judge log (JSONL, resumable) keeps
+every reply; a log written with another template or model is an error, never mixed in.
 
     python eval.py mmhal --questions response_template.json --answers RUN/mmhal_answers.jsonl \\
-        --judge-model gpt-4-0314 [--judge-template LLaVA-RLHF/MMHal-Bench-eval/eval_gpt4.py] --out RUN/mmhal.json
+        --judge-model gpt-4-0314 [--judge-template LLaVA-RLHF/Eval/eval_gpt_mmhal.py] --out RUN/mmhal.json
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ FIELDS = ("question_type", "question_topic", "image_id", "image_src", "image_con
           "model_answer")
 TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
 N_QUESTIONS = 96
+OFFICIAL_SHA256 = "2c73d8c50f1740d000fae62cfeed103c2f7a5bcfa904b27e6e09900e7ce600cc"  # see the module docstring
 JUDGE_MAX_TOKENS = 1024  # the official call sets no limit; an explanation plus a rating fits well within this
 
 
@@ -185,8 +188,12 @@ def read_official_template(path: str) -> str:
 def make_judge(template_file: str | None = None) -> dict:
     """{"name", "file", "text", "sha256"} of the povid prompt, or of the official one read from template_file."""
     text = JUDGE_PROMPT if template_file is None else read_official_template(template_file)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if template_file is not None and sha != OFFICIAL_SHA256:
+        log.warning("%s: this template's text differs from the published one (sha256 %s, not %s): scores may not "
+                    "compare with published MMHal numbers", template_file, sha[:12], OFFICIAL_SHA256[:12])
     return {"name": "povid" if template_file is None else "official", "file": template_file, "text": text,
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+            "sha256": sha}
 
 
 def judge_prompt(rec: dict, judge: dict) -> str:

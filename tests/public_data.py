@@ -19,7 +19,8 @@ Their object labels are ours, by hand, with real COCO category ids and names. Th
   coco/synonyms.txt                                 the reference CHAIR table's format (LisaAnne/Hallucination
                                                     data/synonyms.txt): its lines for the categories used, verbatim
                                                     (double space and trailing space included)
-  pope/coco/coco_pope_{random,popular,adversarial}.json   RUCAIBox/POPE output/coco lines (JSONL):
+  pope/output/coco/coco_pope_{random,popular,adversarial}.json
+                                                    RUCAIBox/POPE's files, where its repo keeps them (JSONL):
                                                     {question_id, image, text, label}, question ids from 1 per file
   pope/llava_pope_test.jsonl                        LLaVA-1.5's question file: {question_id, image, text (with the
                                                     short-answer suffix), category}; all three splits, ids our own
@@ -212,8 +213,8 @@ def make_public_data(root, image_size: int = 160) -> dict[str, str]:
     """Write the tree of the module docstring under `root`; returns {name: absolute path} for the names in PATHS."""
     root = os.path.abspath(os.fspath(root))
     p = {"root": root, "coco_val_images": os.path.join(root, "coco", "val2014"),
-         "coco_train_images": os.path.join(root, "coco", "train2014"), "pope_dir": os.path.join(root, "pope", "coco"),
-         "mmhal_images": os.path.join(root, "mmhal", "images"), "llava_image_folder": os.path.join(root, "llava")}
+         "coco_train_images": os.path.join(root, "coco", "train2014"),
+         "pope_dir": os.path.join(root, "pope", "output", "coco"), "mmhal_images": os.path.join(root, "mmhal", "images"), "llava_image_folder": os.path.join(root, "llava")}
     ann = os.path.join(root, "coco", "annotations")
     for split, rows, img_dir in (("val", VAL, p["coco_val_images"]), ("train", TRAIN, p["coco_train_images"])):
         inst, caps = _coco(rows, split, img_dir, image_size)
