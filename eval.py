@@ -20,7 +20,8 @@ fields, "prompt" (what the model was asked), "text" (the answer), "model" and "g
 aspect ratio, recipe): scoring copies the distinct "gen" values into the metrics JSON as "protocol", since numbers
 are only comparable under the same protocol. Defaults: the template of model.tokenizer.DEFAULT_TEMPLATE (else
 vicuna_v1, LLaVA-1.5's training and benchmark template), CUDA + bfloat16 when a GPU is present (else CPU + float32),
-pad-to-square when the checkpoint's config says image_aspect_ratio = "pad" (--image-aspect-ratio overrides).
+pad-to-square when the checkpoint's config says image_aspect_ratio = "pad" (--image-aspect-ratio overrides), 128 new
+tokens; on MMHal-Bench's template, LLaVA-RLHF's protocol: pad-to-square and up to 1024 new tokens.
 --recipe FILE:SECTION sets the defaults of whichever subcommand runs from that section (keys another eval.py
 subcommand takes are left to it; a key none takes is an error); the command line still wins.
 
@@ -66,8 +67,12 @@ def default_template() -> str:
 def cmd_generate(a) -> None:
     if first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
         qs = template_questions(a.questions, a.image_root, a.short_answer_suffix)
+        # LLaVA-RLHF's protocol unless told otherwise: long answers, pad-to-square (temperature 0, no suffix: as is)
+        a.max_new_tokens = 1024 if a.max_new_tokens is None else a.max_new_tokens
+        a.image_aspect_ratio = a.image_aspect_ratio or "pad"
     else:
         qs = question_records(a.questions, a.image_root, a.short_answer_suffix)
+    a.max_new_tokens = 128 if a.max_new_tokens is None else a.max_new_tokens  # LLaVA's model_vqa default
     if a.shard:  # every N-th question from the I-th: one process per GPU, answers concatenated afterwards
         i, n = (int(x) for x in a.shard.split("/"))
         if not 0 <= i < n:
@@ -411,7 +416,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     g.add_argument("--vision-tower", default=None, help="openai CLIP dir, for a liuhaotian LLaVA-1.5 checkpoint")
     g.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: the checkpoint)")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 for MMHal's template, else 128")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
@@ -420,7 +425,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--image-aspect-ratio", default=None, choices=["pad", "square"],
-                   help="pad = LLaVA-1.5's expand-to-square; default: the checkpoint config's image_aspect_ratio")
+                   help="pad = LLaVA-1.5's expand-to-square; default: pad for MMHal's template, else the "
+                        "checkpoint config's image_aspect_ratio")
     g.add_argument("--short-answer-suffix", default=None, action=argparse.BooleanOptionalAction,
                    help="append LLaVA's '\\nAnswer the question using a single word or phrase.' "
                         "(default: to POPE-style lines only)")

@@ -105,6 +105,13 @@ def test_generate_rejects_bad_question_files(tmp_path):
     q.write_text(json.dumps({"question_id": 1, "prompt": "x"}) + "\n")
     with pytest.raises(ValueError, match="q.jsonl:1: missing field 'image'"):
         ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
+    q.write_text(json.dumps({"question_id": 1, "image": "a.png", "prompt": "x"}) + "\n" +
+                 json.dumps({"question_id": 2, "image": "b.png", "question": "y"}) + "\n")
+    with pytest.raises(ValueError, match="q.jsonl:2: no question: needs field 'prompt' .* or 'text'"):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
+    q.write_text(json.dumps({"question_id": 1, "image": 7, "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="q.jsonl:1: field 'image' must be a file name, got 7"):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
 
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "eval.toml")
@@ -152,6 +159,11 @@ def test_public_question_files(world, tmp_path, capsys):
               "--filled-template", str(filled))
     template = json.loads(open(pub["mmhal_template"]).read())
     assert [a["question_id"] for a in mm] == list(range(8)) and mm[1]["prompt"] == template[1]["question"]
+    assert mm[0]["gen"]["image_aspect_ratio"] == "pad" and mm[0]["gen"]["suffix"] == ""  # LLaVA-RLHF's protocol
+    ev.main(["generate", "--checkpoint", ckpt, "--questions", pub["mmhal_template"], "--output",
+             str(tmp_path / "mmhal_default.jsonl"), "--image-root", pub["mmhal_images"], "--shard", "3/4"])
+    one = [json.loads(x) for x in open(tmp_path / "mmhal_default.jsonl")]
+    assert [a["question_id"] for a in one] == [3, 7] and one[0]["gen"]["max_new_tokens"] == 1024
     got = json.loads(filled.read_text())
     assert [r["model_answer"] for r in got] == [a["text"] for a in mm]
     assert [{k: v for k, v in r.items() if k != "model_answer"} for r in got] == \

@@ -223,6 +223,10 @@ def test_llava_question_file(pub, tmp_path, capsys):
         own = _answers(tmp_path / f"own_{split}.jsonl", _lines(pub[f"pope_{split}"]), TEXTS[split])
         ev.main(["pope", "--answers", own, "--questions", pub[f"pope_{split}"], "--out", str(tmp_path / "o.json")])
         assert got["metrics"] == json.loads((tmp_path / "o.json").read_text())["metrics"]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "image": "x.jpg", "text": "Is there a cat?"}) +
+                                      "\n")
+    with pytest.raises(ValueError, match="q.jsonl:1: no 'label' .* and no 'category'"):
+        ev.main(["pope", "--answers", ans, "--questions", str(tmp_path / "q.jsonl")])
     with pytest.raises(ValueError, match="need --label-dir"):
         ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"]])
     with pytest.raises(ValueError, match="3 splits: --out needs a '\\{split\\}'"):
@@ -239,6 +243,10 @@ def test_llava_question_file(pub, tmp_path, capsys):
         ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
     (bad / "coco_pope_popular.json").write_text("".join(json.dumps(x) + "\n" for x in lab[:5]))
     with pytest.raises(ValueError, match="category 'popular' has 6 questions but .*coco_pope_popular.json has 5"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
+    (bad / "coco_pope_popular.json").write_text("".join(json.dumps({k: v for k, v in x.items() if k != "label"} if
+                                                                   i == 3 else x) + "\n" for i, x in enumerate(lab)))
+    with pytest.raises(ValueError, match="coco_pope_popular.json:4: missing field 'label'"):
         ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
     os.remove(bad / "coco_pope_popular.json")
     with pytest.raises(FileNotFoundError, match="category 'popular' has no label file"):
