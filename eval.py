@@ -6,7 +6,7 @@ eval_data.py (ours, POPE's and LLaVA's question files) and the benchmark modules
                              [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
     python eval.py chair-gt  --instances instances_val2014.json --captions captions_val2014.json --images-dir val2014
                              --synonyms synonyms.txt --num-images 500 --seed 0 --output DIR [--sample-ids IDS.txt]
-    python eval.py chair     --answers A.jsonl --annotations DIR/chair_gt.json [--synonyms SYN.txt] [--out RUN/chair.json]
+    python eval.py chair     --answers A.jsonl --annotations DIR/chair_gt.json [--out RUN/chair.json]
     python eval.py pope      --answers A.jsonl --questions coco_pope_random.json [--parser official|povid]
                              [--label-dir POPE/coco (for LLaVA's llava_pope_test.jsonl)] [--out RUN/pope_{split}.json]
     python eval.py mmhal     --questions response_template.json --answers A.jsonl --judge-model gpt-4-0314
@@ -397,7 +397,7 @@ def cmd_report(a) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = p.add_subparsers(dest="cmd", required=True)
     subs = {}
 

@@ -26,13 +26,15 @@ the categories of its instance annotations (instances_{val,train}2014.json) plus
 above finds in its ~5 human captions (captions_*2014.json), so a captioner's "table" or "kid" counts as present.
 The reference loads train and val together; ids are unique across the two, so val alone gives the same sets for
 val images. Image ids are COCO's integers (file COCO_val2014_%012d.jpg, from images[].file_name).
-Sample (`sample_image_ids`): random.Random(seed).sample(ids sorted ascending, n), sorted again; the ids are written
-out so that a run can be repeated on the same images (POVID's authors did not keep theirs, POVID issue #5).
+Sample (`sample_image_ids`), from the images of the first instances file: random.Random(seed).sample(ids sorted
+ascending, n), sorted again; the ids are written out so that a run can be repeated on the same images (POVID's
+authors did not keep theirs, POVID issue #5), and --sample-ids reads such a list back.
 
 Known differences from the reference scorer (its numbers are not bit-identical to ours, nor to each other):
 our singulariser is neither pattern.en's nor WordNet's; entries are whitespace-stripped, so the COCO table's
 " motor bike" and " cheesecake" do match here; phrases of 3+ words ("stove top oven") are matched; the length is
-counted in words (punctuation excluded).
+counted in words (punctuation excluded). The ground truth's caption objects come from this routine too, so they
+share these differences (sets differ only where a caption word is tokenised or singularised differently).
 
     from eval_chair import Synonyms, chair_scores
     scores = chair_scores({"1": "A man with two dogs."}, {"1": {"person"}}, Synonyms.from_file("synonyms.txt"))

@@ -30,12 +30,12 @@ SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 # ---------------------------------------------------------------------------------------------- JSON helpers
 def read_jsonl(path: str, required: tuple[str, ...] = (), key: str | None = None) -> list[dict]:
-    """JSON objects of a JSONL file; a bad line, a missing required field or a repeated `key` names the line.
-    Each record gets no extra field; the line numbers are returned by `read_jsonl_lines` when needed."""
+    """JSON objects of a JSONL file; a bad line, a missing required field or a repeated `key` names the line."""
     return [rec for _, rec in read_jsonl_lines(path, required, key)]
 
 
 def read_jsonl_lines(path: str, required: tuple[str, ...] = (), key: str | None = None) -> list[tuple[int, dict]]:
+    """read_jsonl with each record's line number: [(lineno, record)], for messages that name the line later."""
     out, seen = [], set()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -16,13 +16,13 @@ Two answer parsers (PARSERS; the metrics JSON names the one used):
   official  `parse_yes_no_official`, the rule of RUCAIBox/POPE evaluate.py, copied unchanged into LLaVA's
             llava/eval/eval_pope.py: keep the text before the first ".", drop commas, split on single spaces; "no"
             when a token is exactly "No", "not" or "no", else "yes" (so "Not really.", "NO", "There isn't one." and
-            an empty answer are all yes). Published POPE numbers (LLaVA-1.5's 85.9, POVID's) come from this rule.
+            an empty answer are all yes). LLaVA-1.5's published POPE (85.9) comes from this rule.
   povid     `parse_yes_no`: the first sentence, "no" when it holds a negation word (no, not, none, never,
             nothing, ...) or an n't form, case-insensitive; an empty answer is "no" (the model did not say yes).
             It fixes the official rule's misreadings, which matter for small or chatty models.
-`eval.py pope` uses the official rule on the official question files (numbers comparable with the literature;
-with LLaVA's single-word suffix the two rules agree on nearly every answer) and ours on files of our own
-(pope-build, the toy world); --parser picks either. Empty answers are counted as `n_empty` either way.
+`eval.py pope` uses the official rule on the official question files, so that the numbers compare with published
+ones (with LLaVA's single-word suffix most answers are a bare "Yes" or "No", where the rules agree), and ours on
+files of our own (pope-build, the toy world); --parser picks either. Empty answers are counted as `n_empty`.
 
 Metrics (`pope_metrics`), "yes" being the positive class: accuracy, precision = TP/(TP+FP),
 recall = TP/(TP+FN), F1 = 2PR/(P+R), yes_ratio = predicted yes / N; all fractions; 0.0 where undefined.
@@ -34,6 +34,9 @@ category with the lines of coco/coco_pope_{category}.json by position. We pair t
 with the label lines by position and check that each pair names the same image and question, so a file of another
 POPE version (2910 vs 3000 questions in random) is an error rather than a wrong F1 (POPE issue #17); answers are
 then matched by question id.
+
+    python eval.py pope --answers RUN/pope_random_answers.jsonl --questions POPE/output/coco/coco_pope_random.json
+    python eval.py pope --answers RUN/answers.jsonl --questions llava_pope_test.jsonl --label-dir POPE/output/coco
 """
 from __future__ import annotations
 

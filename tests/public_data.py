@@ -24,7 +24,7 @@ Their object labels are ours, by hand, with real COCO category ids and names. Th
                                                     {question_id, image, text, label}, question ids from 1 per file
   pope/llava_pope_test.jsonl                        LLaVA-1.5's question file: {question_id, image, text (with the
                                                     short-answer suffix), category}; all three splits, ids our own
-                                                    (LLaVA's real numbering was not checked; eval.py does not rely on it)
+                                                    (LLaVA's real numbering was not checked; eval.py needs none)
   mmhal/response_template.json, mmhal/images/       MMHal-Bench: a list of {question_type, question_topic, image_id,
                                                     image_src, image_content, question, gt_answer, model_answer}, one
                                                     record per question type in the official order (index % 8);
@@ -52,16 +52,19 @@ VAL = [
                                "A cat staring at the viewer."]),
     (285, "coffee", ["cup", "spoon", "dining table"],
      ["A cup of espresso on a red saucer with a spoon.", "Coffee in a red cup on a wooden table.",
-      "An espresso cup and a small spoon.", "A red cup and saucer sit on a table.", "A cup of coffee seen from above."]),
+      "An espresso cup and a small spoon.", "A red cup and saucer sit on a table.",
+      "A cup of coffee seen from above."]),
     (632, "astronaut", ["person"], ["A woman astronaut in an orange suit poses for a photo.", "An astronaut smiling "
                                     "in front of a flag.", "A female astronaut with a helmet beside her.",
-                                    "A woman in a space suit next to a model rocket.", "Portrait of a smiling astronaut."]),
+                                    "A woman in a space suit next to a model rocket.",
+                                    "Portrait of a smiling astronaut."]),
     (724, "camera", ["person"], ["A man looking through a camera on a tripod.", "A photographer in a dark coat in a "
                                  "field.", "A man takes a picture with an old camera.", "A person standing behind a "
                                  "camera on a grassy field.", "A black and white photo of a cameraman."]),
     (776, "motorcycle_left", ["motorcycle"], ["A red motorcycle parked in a garage.", "A motorbike stands in a "
                                               "workshop full of boxes.", "A red and black motor bike indoors.",
-                                              "A parked motorcycle in a cluttered shop.", "A motorcycle next to shelves."]),
+                                              "A parked motorcycle in a cluttered shop.",
+                                              "A motorcycle next to shelves."]),
     (785, "horse", ["horse"], ["A black silhouette of a horse.", "The outline of a horse on a white background.",
                                "A horse shape in black.", "A drawing of a standing horse.", "A black horse figure."]),
     (802, "clock", ["clock"], ["A blurry photo of a clock.", "A clock in motion blur.", "A round clock on a gray "
@@ -117,12 +120,14 @@ POPE = {
                     (776, "motorcycle", "yes"), (776, "car", "no")],
 }
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
-# MMHal-Bench: one record per type, in the official order; (photo, topic, image_id, image_src, contents, q, gt)
+# MMHal-Bench, one record per type in the official order: (type, photo, topic, image_id, image_src, contents, q, gt)
 MMHAL = [
-    ("attribute", "chelsea", "animal/cat", "0a6d1f3c9b2e4d57", "https://c2.staticflickr.com/1/101/1201_a1b2c3d4e5_o.jpg",
-     ["Cat", "Whiskers"], "What color are the cat's eyes?", "The cat's eyes are green."),
-    ("adversarial", "coffee", "food/drink", "1b7e2a4dac3f5e68", "https://c4.staticflickr.com/2/202/2302_b2c3d4e5f6_o.jpg",
-     ["Coffee cup", "Saucer", "Spoon", "Table"], "What is the dog drinking from the cup?",
+    ("attribute", "chelsea", "animal/cat", "0a6d1f3c9b2e4d57",
+     "https://c2.staticflickr.com/1/101/1201_a1b2c3d4e5_o.jpg", ["Cat", "Whiskers"], "What color are the cat's eyes?",
+     "The cat's eyes are green."),
+    ("adversarial", "coffee", "food/drink", "1b7e2a4dac3f5e68",
+     "https://c4.staticflickr.com/2/202/2302_b2c3d4e5f6_o.jpg", ["Coffee cup", "Saucer", "Spoon", "Table"],
+     "What is the dog drinking from the cup?",
      "There is no dog in the image; it shows a cup of coffee on a saucer with a spoon."),
     ("comparison", "motorcycle_left", "vehicle/motorcycle", "2c8f3b5ebd406f79",
      "https://c1.staticflickr.com/3/303/3403_c3d4e5f6a7_o.jpg", ["Motorcycle", "Shelf", "Box"],
@@ -214,7 +219,8 @@ def make_public_data(root, image_size: int = 160) -> dict[str, str]:
     root = os.path.abspath(os.fspath(root))
     p = {"root": root, "coco_val_images": os.path.join(root, "coco", "val2014"),
          "coco_train_images": os.path.join(root, "coco", "train2014"),
-         "pope_dir": os.path.join(root, "pope", "output", "coco"), "mmhal_images": os.path.join(root, "mmhal", "images"), "llava_image_folder": os.path.join(root, "llava")}
+         "pope_dir": os.path.join(root, "pope", "output", "coco"),
+         "mmhal_images": os.path.join(root, "mmhal", "images"), "llava_image_folder": os.path.join(root, "llava")}
     ann = os.path.join(root, "coco", "annotations")
     for split, rows, img_dir in (("val", VAL, p["coco_val_images"]), ("train", TRAIN, p["coco_train_images"])):
         inst, caps = _coco(rows, split, img_dir, image_size)

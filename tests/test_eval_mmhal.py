@@ -139,7 +139,7 @@ def test_api_failures_leave_no_partial_score(pub, tmp_path):
         assert m["complete"] and m["score"] == 5 and len(srv.requests) == 8 + 2
 
 
-STAND_IN = '''"""A stand-in shaped like LLaVA-RLHF's eval_gpt4.py: a top-level `template` with four positional fields."""
+STAND_IN = '''"""A stand-in shaped like LLaVA-RLHF's eval_gpt4.py: a top-level `template`, four positional fields."""
 import json
 
 template = """Grade the response; end with "Rating: N" (0-6).
