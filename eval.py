@@ -1,30 +1,33 @@
-"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (eval_chair.py), POPE (eval_pope.py)
-and MMHal-Bench (an LLM judge over the OpenAI-compatible chat API, chat_api.py), and tabulate runs.
+"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (eval_chair.py), POPE
+(eval_pope.py) and MMHal-Bench (eval_mmhal.py, an LLM judge over the chat API), and tabulate runs. File formats are in
+eval_data.py (ours, POPE's and LLaVA's question files) and the benchmark modules; the protocols in recipes/eval.toml.
 
-    python eval.py generate  --checkpoint CKPT --questions Q.jsonl --output RUN/answers.jsonl [--batch-size 8]
-    python eval.py chair-questions --annotations GT.json --output Q.jsonl [--prompt "Describe this image."]
-    python eval.py chair     --answers A.jsonl --annotations GT.json [--synonyms SYN.txt] [--out RUN/chair.json]
-    python eval.py pope-build --annotations GT.json --split random|popular|adversarial --num-per-image 3
-                              --seed 0 --output Q.jsonl [--suffix "\\nAnswer the question using a single word..."]
-    python eval.py pope      --answers A.jsonl --questions Q.jsonl --out RUN/pope_random.json
-    python eval.py mmhal     --questions MMHAL.json [--answers A.jsonl] --judge-model gpt-4o --out RUN/mmhal.json
+    python eval.py generate  --checkpoint CKPT --questions Q --output RUN/answers.jsonl [--image-root DIR]
+                             [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
+    python eval.py chair-gt  --instances instances_val2014.json --captions captions_val2014.json --images-dir val2014
+                             --synonyms synonyms.txt --num-images 500 --seed 0 --output DIR [--sample-ids IDS.txt]
+    python eval.py chair     --answers A.jsonl --annotations DIR/chair_gt.json [--out RUN/chair.json]
+    python eval.py pope      --answers A.jsonl --questions coco_pope_random.json [--parser official|povid]
+                             [--label-dir POPE/coco (for LLaVA's llava_pope_test.jsonl)] [--out RUN/pope_{split}.json]
+    python eval.py mmhal     --questions response_template.json --answers A.jsonl --judge-model gpt-4-0314
+                             [--judge-template LLaVA-RLHF/MMHal-Bench-eval/eval_gpt4.py] --out RUN/mmhal.json
     python eval.py report    RUN_DIR... [--out DIR]     # DIR/report.md + DIR/report.json
+    python eval.py chair-questions --annotations GT.json --output Q.jsonl   # our own GT files (the toy world)
+    python eval.py pope-build --annotations GT.json --split random|popular|adversarial --output Q.jsonl
 
-File formats (image paths are relative to the file that holds them unless absolute; ids compared as strings):
-- Ground-truth annotations (GT.json), for CHAIR and POPE: either {image_id: {"objects": [name, ...], "image":
-  path?, ...}} or a list of {"id" or "image_id": ..., "objects": [...], "image": path?, ...}. Object names are
-  categories or synonyms of the synonym table (CHAIR); extra keys are ignored.
-- Question JSONL: {"question_id", "image", "prompt", ...}. POPE questions add "image_id", "question", "label"
-  ("yes"/"no"), "object", "split"; CHAIR questions add "image_id".
-- Synonym table (CHAIR): the COCO synonyms.txt format (see eval_chair.py); default: synonyms.txt beside GT.json.
-- Answer JSONL (written by `generate`): the question's fields plus "text" (the answer), "model" (checkpoint) and
-  "gen" (template and decoding settings; copied into the metrics JSON as "protocol"). CHAIR matches an
-  answer to its ground truth by "image_id" when present, else by "question_id"; POPE matches by "question_id".
-- MMHal questions: a JSON list (the official MMHal-Bench response template; question_id = list index) or JSONL,
-  with "question" or "prompt", "gt_answer", "image_content" (list of facts) or "facts", optional "question_type",
-  and "model_answer" unless --answers gives the answers (by question_id).
-- Metrics JSON (each scoring command, `--out`): {"kind": "chair"|"pope"|"mmhal", "metrics": {...}, inputs...}.
-  `report` reads every RUN_DIR/*.json with a "kind". Rates are fractions in JSON, percent in report.md.
+`generate` is resumable (answers already in --output are kept) and writes one JSON line per question: the question's
+fields, "prompt" (what the model was asked), "text" (the answer), "model" and "gen" (template, decoding, suffix, image
+aspect ratio, recipe): scoring copies the distinct "gen" values into the metrics JSON as "protocol", since numbers
+are only comparable under the same protocol. Defaults: the template of model.tokenizer.DEFAULT_TEMPLATE (else
+vicuna_v1, LLaVA-1.5's training and benchmark template), CUDA + bfloat16 when a GPU is present (else CPU + float32),
+pad-to-square when the checkpoint's config says image_aspect_ratio = "pad" (--image-aspect-ratio overrides), 128 new
+tokens; on MMHal-Bench's template, LLaVA-RLHF's protocol: pad-to-square and up to 1024 new tokens.
+--recipe FILE:SECTION sets the defaults of whichever subcommand runs from that section (keys another eval.py
+subcommand takes are left to it; a key none takes is an error); the command line still wins.
+
+Metrics JSON (each scoring command): {"kind": "chair"|"pope"|"mmhal", "metrics": {...}, inputs...}. `report` reads
+every RUN_DIR/*.json with a "kind"; its POPE F1 mean is the mean of the three splits' F1 (LLaVA's single "POPE"
+number), shown only when all three were scored. Rates are fractions in JSON, percent in report.md.
 """
 from __future__ import annotations
 
@@ -33,93 +36,21 @@ import glob
 import json
 import logging
 import os
-import re
 import sys
 import time
 
-from eval_chair import Synonyms, chair_scores
-from chat_api import ChatClient, ChatError, JsonlAppender, resume_jsonl, run_jsonl_jobs
-from eval_pope import SPLITS, build_pope_questions, parse_yes_no, pope_metrics
+import recipes
+from chat_api import JsonlAppender, resume_jsonl
+from eval_chair import Synonyms, chair_scores, coco_ground_truth, sample_image_ids, write_chair_gt
+from eval_data import (check_images, first_char, load_annotations, question_records, read_json, read_jsonl,
+                       read_jsonl_lines, write_json, write_jsonl, write_text)
+from eval_mmhal import fill_template, judged_records, make_judge, mmhal_judge, read_template, template_questions
+from eval_pope import PARSER_NOTES, PARSERS, SPLITS, build_pope_questions, labels_for_questions, parse_yes_no, \
+    pope_metrics
 
-__all__ = ["chair_scores", "parse_yes_no", "pope_metrics", "build_pope_questions", "mmhal_judge", "parse_rating",
-           "load_annotations", "write_report"]
+__all__ = ["chair_scores", "parse_yes_no", "pope_metrics", "build_pope_questions", "mmhal_judge", "load_annotations",
+           "collect_run", "write_report"]
 log = logging.getLogger("povid.eval")
-
-
-# ---------------------------------------------------------------------------------------------- file helpers
-def read_jsonl(path: str, required: tuple[str, ...] = (), key: str | None = None) -> list[dict]:
-    """JSON objects of a JSONL file; a bad line, a missing required field or a repeated `key` names the line."""
-    out, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            for k in required:
-                if k not in rec:
-                    raise ValueError(f"{path}:{lineno}: missing field {k!r}")
-            if key is not None:
-                if str(rec[key]) in seen:
-                    raise ValueError(f"{path}:{lineno}: {key} {rec[key]!r} appears twice")
-                seen.add(str(rec[key]))
-            out.append(rec)
-    return out
-
-
-def write_json(path: str, obj) -> None:
-    """Atomic: a killed run never leaves half a metrics file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def resolve(base_file: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(base_file)), path)
-
-
-def load_annotations(path: str) -> dict[str, dict]:
-    """{image_id (str): {"objects": [...], "image": absolute path?, ...}} from either accepted layout."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if isinstance(data, dict):
-        pairs = [(k, v, f"key {k!r}") for k, v in data.items()]
-    elif isinstance(data, list):
-        pairs = []
-        for i, v in enumerate(data):
-            if not isinstance(v, dict) or ("id" not in v and "image_id" not in v):
-                raise ValueError(f"{path}: item {i} has no 'id' or 'image_id'")
-            pairs.append((v["image_id"] if "image_id" in v else v["id"], v, f"item {i}"))
-    else:
-        raise ValueError(f"{path}: expected a JSON object or list, got {type(data).__name__}")
-    out: dict[str, dict] = {}
-    for k, v, where in pairs:
-        if not isinstance(v, dict) or not isinstance(v.get("objects"), list) or \
-                not all(isinstance(o, str) for o in v["objects"]):
-            raise ValueError(f"{path}: {where}: needs an 'objects' list of strings")
-        if str(k) in out:
-            raise ValueError(f"{path}: {where}: image id {k!r} appears twice")
-        rec = dict(v)
-        if "image" in rec:
-            rec["image"] = resolve(path, rec["image"])
-        out[str(k)] = rec
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -128,44 +59,81 @@ def _fmt_s(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def cmd_generate(a) -> None:
-    import torch
-    from model import Llava, Tokenizer, load_image
-    from model.tokenizer import pad_sequences
+def default_template() -> str:
+    import model.tokenizer as mt  # the project's one default, once model.tokenizer names it
+    return getattr(mt, "DEFAULT_TEMPLATE", "vicuna_v1")
 
-    qs = read_jsonl(a.questions, required=("question_id", "image", "prompt"), key="question_id")
+
+def cmd_generate(a) -> None:
+    if first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
+        qs = template_questions(a.questions, a.image_root, a.short_answer_suffix)
+        # LLaVA-RLHF's protocol unless told otherwise: long answers, pad-to-square (temperature 0, no suffix: as is)
+        a.max_new_tokens = 1024 if a.max_new_tokens is None else a.max_new_tokens
+        a.image_aspect_ratio = a.image_aspect_ratio or "pad"
+    else:
+        qs = question_records(a.questions, a.image_root, a.short_answer_suffix)
+    a.max_new_tokens = 128 if a.max_new_tokens is None else a.max_new_tokens  # LLaVA's model_vqa default
+    if a.shard:  # every N-th question from the I-th: one process per GPU, answers concatenated afterwards
+        i, n = (int(x) for x in a.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError(f"--shard {a.shard}: expected I/N with 0 <= I < N")
+        qs = qs[i::n]
     done = {str(r["question_id"]) for r in resume_jsonl(a.output, "question_id")}
     todo = [q for q in qs if str(q["question_id"]) not in done]
     print(f"generate: {len(qs)} questions, {len(qs) - len(todo)} already answered in {a.output}, "
           f"{len(todo)} to go", file=sys.stderr)
-    if not todo:
-        return
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
-    model = Llava.from_pretrained(a.checkpoint, dtype=dtype, device=a.device).eval()
-    tok = Tokenizer.from_pretrained(a.checkpoint)
+    if todo:
+        check_images(todo, "" if a.image_root else "; pass --image-root, the folder the file names are in")
+        _generate(a, todo)
+    if a.filled_template:
+        answers = {str(r["question_id"]): r["text"] for r in resume_jsonl(a.output, "question_id")}
+        write_json(a.filled_template, fill_template(read_template(a.questions), answers))
+        print(f"generate: the template with model_answer filled in -> {a.filled_template}", file=sys.stderr)
+
+
+def _generate(a, todo: list[dict]) -> None:
+    import torch
+    from model import Llava, Tokenizer, load_image
+    from model.tokenizer import pad_sequences
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    model = Llava.from_pretrained(a.checkpoint, dtype=dtype, device=device, vision_tower=a.vision_tower).eval()
     cfg = model.config
+    # a liuhaotian tokenizer has no "<image>" token: its model takes the id from the config (vocab size)
+    tok = Tokenizer.from_pretrained(a.tokenizer or a.checkpoint,
+                                    image_token_id=cfg.image_token_id if a.vision_tower else None)
     pad = tok.pad_id if tok.pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
                                                      else tok.eos_id)
-    gen = torch.Generator(device=a.device).manual_seed(a.seed)
-    # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol
-    gen_settings = {"template": a.template, "temperature": a.temperature, "top_p": a.top_p,
-                    "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": a.dtype}
+    aspect = a.image_aspect_ratio or ("pad" if cfg.image_aspect_ratio == "pad" else "square")
+    template = a.template or default_template()
+    gen = torch.Generator(device=device).manual_seed(a.seed)
+    # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol (the batch size
+    # too when sampling: it decides which random numbers each answer gets)
+    settings = {"template": template, "temperature": a.temperature, "top_p": a.top_p,
+                "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": dtype_name, "image_aspect_ratio": aspect,
+                "batch_size": a.batch_size}
+    if a.recipe:
+        settings["recipe"] = a.recipe
+    print(f"generate: {a.checkpoint} on {device} ({dtype_name}), template {template}, images {aspect}",
+          file=sys.stderr)
     start, last, n = time.time(), 0.0, 0
     with JsonlAppender(a.output) as out:
         for b in range(0, len(todo), a.batch_size):
             batch = todo[b:b + a.batch_size]
-            prompts = [tok.encode_prompt(q["prompt"], cfg.num_image_tokens, template=a.template) for q in batch]
+            prompts = [tok.encode_prompt(q["prompt"], cfg.num_image_tokens, template=template) for q in batch]
             input_ids, mask = pad_sequences(prompts, pad, side="left")  # (B, T) each, left-padded
-            px = torch.stack([load_image(resolve(a.questions, q["image"]), cfg.image_size,  # (B, 3, S, S)
-                                         pad=cfg.image_aspect_ratio == "pad") for q in batch])
-            new = model.generate(input_ids.to(a.device), px.to(a.device, dtype), mask.to(a.device),
+            px = torch.stack([load_image(q["image_file"], cfg.image_size, pad=aspect == "pad")  # (B, 3, S, S)
+                              for q in batch])
+            new = model.generate(input_ids.to(device), px.to(device, dtype), mask.to(device),
                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                                  eos_token_id=tok.eos_id, pad_token_id=pad, generator=gen)  # (B, N)
             for q, row in zip(batch, new.tolist()):
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]
-                out.write({**q, "text": tok.decode(row, skip_special_tokens=True).strip(), "model": a.checkpoint,
-                           "gen": gen_settings})
+                out.write({**q["answer_base"], "text": tok.decode(row, skip_special_tokens=True).strip(),
+                           "model": a.checkpoint, "gen": {**settings, "suffix": q["suffix"]}})
             n += len(batch)
             if time.time() - last > 10 or n == len(todo):
                 last, el = time.time(), time.time() - start
@@ -186,6 +154,52 @@ def protocol(answers: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- CHAIR
+def _read_ids(path: str) -> list[int]:
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                try:
+                    ids.append(int(line))
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: not a COCO image id: {line!r}") from None
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: an image id appears twice")
+    return ids
+
+
+def cmd_chair_gt(a) -> None:
+    for name, paths in (("--instances", a.instances), ("--captions", a.captions)):
+        if len(set(map(os.path.abspath, paths))) != len(paths):
+            raise ValueError(f"{name}: a file is given twice ({', '.join(paths)})")
+    syn = Synonyms.from_file(a.synonyms)
+    instances = {p: read_json(p) for p in a.instances}
+    captions = {p: read_json(p) for p in a.captions}
+
+    def choose(images):
+        if a.sample_ids is None:
+            return sample_image_ids(images, a.num_images, a.seed)
+        ids = _read_ids(a.sample_ids)
+        unknown = [i for i in ids if i not in images]
+        if unknown:
+            raise ValueError(f"{a.sample_ids}: {len(unknown)} ids are not in {a.instances[0]}, e.g. {unknown[:5]}")
+        return sorted(ids)
+
+    gt, stats = coco_ground_truth(instances, captions, syn, choose)
+    sampled = "ids from " + a.sample_ids if a.sample_ids else \
+        f"random.Random({a.seed}).sample(sorted ids, {a.num_images}), sorted"
+    write_chair_gt(a.output, gt, a.images_dir, a.prompt, a.synonyms,
+                   {"instances": a.instances, "captions": a.captions, "synonyms": a.synonyms,
+                    "images_dir": a.images_dir, "sample": sampled, "prompt": a.prompt, "stats": stats})
+    print(f"chair-gt: {stats['images']} images ({sampled}), {stats['objects_per_image']:.2f} objects per image "
+          f"({stats['objects_only_from_captions']} only from captions); skipped: "
+          f"{stats['skipped_instance_annotations_unknown_image']} instance annotations and "
+          f"{stats['skipped_captions_unknown_image']} captions of unlisted images; "
+          f"{stats['images_without_captions']} images without captions -> {a.output}/{{sample_ids.txt, "
+          f"chair_gt.json, chair_questions.jsonl, synonyms.txt, chair_gt_info.json}}", file=sys.stderr)
+
+
 def cmd_chair_questions(a) -> None:
     ann = load_annotations(a.annotations)
     qs = []
@@ -213,11 +227,12 @@ def cmd_chair(a) -> dict:
             raise FileNotFoundError(f"no --synonyms given and no {a.synonyms} next to the annotations")
     scores = chair_scores(captions, {k: v["objects"] for k, v in ann.items()}, Synonyms.from_file(a.synonyms))
     per_caption = scores.pop("per_caption")
-    write_json(a.out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations,
-                       "synonyms": a.synonyms, "scorer": "povid eval_chair.py (own singulariser, see its docstring)",
-                       "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
+    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "chair.json")
+    write_json(out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations, "synonyms": a.synonyms,
+                     "scorer": "povid eval_chair.py (own singulariser, see its docstring)",
+                     "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
     print(f"CHAIR_s {100 * scores['chair_s']:.1f}  CHAIR_i {100 * scores['chair_i']:.1f}  recall "
-          f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {a.out}")
+          f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {out}")
     return scores
 
 
@@ -235,159 +250,74 @@ def cmd_pope_build(a) -> None:
 
 
 def cmd_pope(a) -> dict:
-    qs = read_jsonl(a.questions, required=("question_id", "label"), key="question_id")
+    lines = read_jsonl_lines(a.questions, required=("question_id",), key="question_id")
+    labels = labels_for_questions([(f"{a.questions}:{n}", q) for n, q in lines], a.questions, a.label_dir, a.split)
+    # official question files (no "prompt" of ours): the official parser, so numbers compare with published ones
+    parser = a.parser or ("povid" if all("prompt" in q for _, q in lines) else "official")
     answers = read_jsonl(a.answers, required=("question_id", "text"))
-    splits = {q.get("split") for q in qs}
-    split = a.split or (splits.pop() if len(splits) == 1 else None)
-    m = pope_metrics([(r["question_id"], r["text"]) for r in answers], [(q["question_id"], q["label"]) for q in qs])
-    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), f"pope_{split or 'all'}.json")
-    write_json(out, {"kind": "pope", "split": split, "answers": a.answers, "questions": a.questions,
-                     "protocol": protocol(answers), "metrics": m})
-    print(f"POPE {split}: acc {100 * m['accuracy']:.1f}  P {100 * m['precision']:.1f}  R {100 * m['recall']:.1f}  "
-          f"F1 {100 * m['f1']:.1f}  yes {100 * m['yes_ratio']:.1f}  ({m['n']} questions) -> {out}")
-    return m
+    seen, known = set(), {k for lab in labels.values() for k in lab}
+    for i, r in enumerate(answers, 1):
+        k = str(r["question_id"])
+        if k in seen:
+            raise ValueError(f"{a.answers}: answer {i}: question_id {r['question_id']!r} appears twice")
+        if k not in known:
+            raise ValueError(f"{a.answers}: answer {i}: question_id {r['question_id']!r} is not in {a.questions}")
+        seen.add(k)
+    out_tpl = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "pope_{split}.json")
+    if len(labels) > 1 and "{split}" not in out_tpl:
+        raise ValueError(f"{a.questions} holds {len(labels)} splits: --out needs a '{{split}}' in its name")
+    results = {}
+    for split, lab in labels.items():
+        mine = [r for r in answers if str(r["question_id"]) in lab]
+        m = pope_metrics([(r["question_id"], r["text"]) for r in mine], lab, parser=parser)
+        out = out_tpl.format(split=split)
+        write_json(out, {"kind": "pope", "split": split, "parser": PARSER_NOTES[parser], "answers": a.answers,
+                         "questions": a.questions, "label_dir": a.label_dir, "protocol": protocol(mine),
+                         "metrics": m})
+        print(f"POPE {split} ({parser} parser): acc {100 * m['accuracy']:.1f}  P {100 * m['precision']:.1f}  "
+              f"R {100 * m['recall']:.1f}  F1 {100 * m['f1']:.1f}  yes {100 * m['yes_ratio']:.1f}  "
+              f"({m['n']} questions) -> {out}")
+        results[split] = m
+    if all(s in results for s in SPLITS):
+        print(f"POPE F1 mean of the 3 splits (LLaVA's POPE number): "
+              f"{100 * sum(results[s]['f1'] for s in SPLITS) / 3:.1f}")
+    return results[next(iter(results))] if len(results) == 1 else results
 
 
 # ---------------------------------------------------------------------------------------------- MMHal-Bench
-JUDGE_PROMPT = """You are grading an AI assistant's answer to a question about an image. You cannot see the image. \
-Instead you get facts about the image that are known to be true, and a reference answer written by a person.
-
-A hallucination is any claim about the image that the facts and the reference answer contradict or do not \
-support: objects, attributes, counts, positions, relations, text. Opinions and hedges are not hallucinations. \
-Saying that the question cannot be answered is not a hallucination, but it is not informative.
-
-Rate the answer with one integer:
-6: very informative, with good analysis or reasoning, no hallucination
-5: very informative, no hallucination
-4: somewhat informative, no hallucination
-3: not informative, no hallucination
-2: very informative, with hallucination
-1: somewhat informative, with hallucination
-0: not informative, with hallucination
-
-Image facts: {facts}
-Question: {question}
-Reference answer: {gt_answer}
-Answer to grade: {answer}
-
-Explain your judgement in two or three sentences, then write the rating alone on the last line as "Rating: N"."""
-
-_RATING = re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(\d+)")
-
-
-def parse_rating(text: str) -> int | None:
-    """The 0-6 rating of a judge reply, or None. Several "Rating: N" that disagree: the last line decides when it
-    holds a single value, else None (the reference scorer would silently give 0)."""
-    found = [int(x) for x in _RATING.findall(text.lower())]
-    if not found:
-        return None
-    if len(set(found)) > 1:
-        found = [int(x) for x in _RATING.findall(text.strip().lower().splitlines()[-1])]
-        if len(set(found)) != 1:
-            return None
-    return found[0] if 0 <= found[0] <= 6 else None
-
-
-def judge_prompt(rec: dict) -> str:
-    facts = rec.get("image_content", rec.get("facts", []))
-    facts = ", ".join(facts) if isinstance(facts, list) else str(facts)
-    return JUDGE_PROMPT.format(facts=facts or "(none given)", question=rec["question"],
-                               gt_answer=rec.get("gt_answer") or "(none given)", answer=rec["answer"])
-
-
-def mmhal_judge(records: list[dict], model: str, output_path: str, workers: int = 4,
-                client: ChatClient | None = None, timeout: float = 120.0) -> dict:
-    """Judge each record {question_id, question, answer, gt_answer?, image_content|facts, question_type?}; the
-    judge replies go to `output_path` (JSONL, resumable). A reply with no parseable rating is retried by the
-    client, then kept with rating None and counted in `n_unparsed`; items whose API calls failed are counted in
-    `n_failed` and retried by the next run."""
-    client = client or ChatClient()
-
-    def validate(text):
-        return None if parse_rating(text) is not None else "no single 'Rating: N' (0-6) in the judge reply"
-
-    def work(rec):
-        out = {"question_id": rec["question_id"], "question_type": rec.get("question_type")}
-        try:
-            reply = client.chat([{"role": "user", "content": judge_prompt(rec)}], model=model, temperature=0.0,
-                                max_tokens=512, timeout=timeout, validate=validate)
-            return {**out, "rating": parse_rating(reply), "judge_reply": reply}
-        except ChatError as e:
-            if e.last_kind != "validation":
-                raise  # an API failure: recorded by the runner, retried next run
-            return {**out, "rating": None, "judge_reply": e.last_text, "error": str(e)}
-
-    summary = run_jsonl_jobs(records, lambda r: r["question_id"], work, output_path, workers,
-                             key_field="question_id")
-    wanted = {str(r["question_id"]) for r in records}
-    judged = [r for r in resume_jsonl(output_path, "question_id") if str(r["question_id"]) in wanted]
-    rated = [r for r in judged if r["rating"] is not None]
-    by_type: dict[str, list[int]] = {}
-    for r in rated:
-        if r.get("question_type"):
-            by_type.setdefault(r["question_type"], []).append(r["rating"])
-    return {"score": sum(r["rating"] for r in rated) / len(rated) if rated else None,
-            "hallucination_rate": sum(r["rating"] < 3 for r in rated) / len(rated) if rated else None,
-            "n": len(records), "n_rated": len(rated), "n_unparsed": len(judged) - len(rated),
-            "n_failed": len(summary.failed), "failed": summary.failed,
-            "per_type_score": {t: sum(v) / len(v) for t, v in sorted(by_type.items())}}
-
-
-def load_mmhal(questions: str, answers: str | None) -> list[dict]:
-    if questions.endswith(".json"):
-        with open(questions, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, list):
-            raise ValueError(f"{questions}: expected a JSON list (the MMHal-Bench template)")
-        qs = [{"question_id": i, **r} for i, r in enumerate(data)]
-    else:
-        qs = read_jsonl(questions, required=("question_id",), key="question_id")
-    ans = {str(r["question_id"]): r["text"] for r in read_jsonl(answers, ("question_id", "text"), "question_id")} \
-        if answers else {}
-    out = []
-    for i, q in enumerate(qs):
-        where = f"{questions}: question {q['question_id']!r}"
-        text = ans.get(str(q["question_id"]), q.get("model_answer"))
-        if text is None:
-            raise ValueError(f"{where}: no answer (not in --answers and no 'model_answer')")
-        question = q.get("question", q.get("prompt"))
-        if question is None:
-            raise ValueError(f"{where}: no 'question' or 'prompt'")
-        out.append({**q, "question": question.replace("<image>", "").strip(), "answer": text})
-    extra = set(ans) - {str(q["question_id"]) for q in qs}
-    if extra:
-        raise ValueError(f"{answers}: {len(extra)} answers to unknown questions, e.g. {sorted(extra)[:5]}")
-    return out
-
-
 def cmd_mmhal(a) -> dict:
-    records = load_mmhal(a.questions, a.answers)
+    answer_recs = read_jsonl(a.answers, ("question_id", "text"), "question_id") if a.answers else []
+    records = judged_records(a.questions, {str(r["question_id"]): r["text"] for r in answer_recs}
+                             if a.answers else None)
+    judge = make_judge(a.judge_template)
     judge_log = a.judge_log or os.path.splitext(a.out)[0] + "_judge.jsonl"
-    m = mmhal_judge(records, a.judge_model, judge_log, workers=a.workers)
-    write_json(a.out, {"kind": "mmhal", "judge_model": a.judge_model, "questions": a.questions,
-                       "answers": a.answers, "judge_log": judge_log, "metrics": m})
+    m = mmhal_judge(records, a.judge_model, judge_log, judge, workers=a.workers)
+    write_json(a.out, {"kind": "mmhal", "judge_model": a.judge_model,
+                       "judge_template": {k: judge[k] for k in ("name", "file", "sha256")},
+                       "questions": a.questions, "answers": a.answers, "judge_log": judge_log,
+                       "protocol": protocol(answer_recs), "metrics": m})
     if m["n_failed"]:
         log.warning("mmhal: %d of %d questions not judged (API failures); run again to finish them",
                     m["n_failed"], m["n"])
+    if not m["full_benchmark"]:
+        log.warning("mmhal: %d questions, not MMHal-Bench's %d: not comparable with published scores", m["n"], 96)
     score = "n/a" if m["score"] is None else f"{m['score']:.2f}"
-    rate = "n/a" if m["hallucination_rate"] is None else f"{100 * m['hallucination_rate']:.1f}"
-    print(f"MMHal ({a.judge_model}): score {score}  hallucination rate {rate}  rated {m['n_rated']}/{m['n']}, "
-          f"unparsed {m['n_unparsed']}, failed {m['n_failed']} -> {a.out}")
+    rate = "n/a" if m["hallucination_rate"] is None else f"{m['hallucination_rate']:.2f}"
+    types = ",".join("n/a" if v is None else f"{v:.2f}" for v in m["per_type_score"].values())
+    print(f"MMHal ({a.judge_model}, {judge['name']} judge template): score {score}  hallucination rate {rate}  "
+          f"per type ({','.join(m['per_type_score'])}) {types}; judged {m['n_judged']}/{m['n']}, no rating "
+          f"{m['n_no_rating']}, several ratings {m['n_several_ratings']}, failed {m['n_failed']} -> {a.out}")
     return m
 
 
 # ---------------------------------------------------------------------------------------------- report
 def collect_run(run_dir: str) -> dict:
-    run: dict = {"run": run_dir, "chair": None, "pope": {}, "mmhal": None}
+    run: dict = {"run": run_dir, "chair": None, "pope": {}, "mmhal": None, "pope_parser": {}, "mmhal_judge": None}
     origin: dict[str, str] = {}
     for path in sorted(glob.glob(os.path.join(run_dir, "*.json"))):
         if os.path.basename(path).startswith("report."):
             continue
-        with open(path, encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except ValueError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        d = read_json(path)
         kind = d.get("kind") if isinstance(d, dict) else None
         if kind not in ("chair", "pope", "mmhal"):
             continue  # not a metrics file (e.g. a config)
@@ -397,8 +327,12 @@ def collect_run(run_dir: str) -> dict:
         origin[slot] = path
         if kind == "pope":
             run["pope"][d.get("split") or "all"] = d["metrics"]
+            if d.get("parser"):
+                run["pope_parser"][d.get("split") or "all"] = d["parser"]
         else:
             run[kind] = d["metrics"]
+            if kind == "mmhal":
+                run["mmhal_judge"] = {"model": d.get("judge_model"), "template": d.get("judge_template")}
     if not origin:
         raise ValueError(f"{run_dir}: no metrics JSON (chair/pope/mmhal) found")
     return run
@@ -414,33 +348,41 @@ def write_report(run_dirs: list[str], out_dir: str) -> str:
     head = ["run", "CHAIR_s", "CHAIR_i", "recall", "len"]
     for s in splits:
         head += [f"POPE-{s} acc", "F1", "yes"]
-    if len(splits) > 1:
+    mean = all(s in splits for s in SPLITS)
+    if mean:
         head.append("POPE F1 mean")
     head += ["MMHal score", "MMHal hall."]
-    rows = []
+    rows, notes = [], []
     for r in runs:
         c, m = r["chair"] or {}, r["mmhal"] or {}
-        row = [os.path.basename(os.path.normpath(r["run"])) or r["run"], pct(c.get("chair_s")),
-               pct(c.get("chair_i")), pct(c.get("recall")), "–" if not c else f"{c['length']:.1f}"]
+        name = os.path.basename(os.path.normpath(r["run"])) or r["run"]
+        row = [name, pct(c.get("chair_s")), pct(c.get("chair_i")), pct(c.get("recall")),
+               "–" if not c else f"{c['length']:.1f}"]
         for s in splits:
             p = r["pope"].get(s, {})
             row += [pct(p.get("accuracy")), pct(p.get("f1")), pct(p.get("yes_ratio"))]
-        if len(splits) > 1:
-            f1s = [r["pope"][s]["f1"] for s in splits if s in r["pope"]]
-            row.append(pct(sum(f1s) / len(f1s)) if f1s else "–")
+        if mean:  # LLaVA's convention: the mean F1 of the three splits, or nothing
+            row.append(pct(sum(r["pope"][s]["f1"] for s in SPLITS) / 3) if all(s in r["pope"] for s in SPLITS)
+                       else "–")
         row += ["–" if m.get("score") is None else f"{m['score']:.2f}", pct(m.get("hallucination_rate"))]
         rows.append(row)
+        parsers = sorted(set(r["pope_parser"].values()))
+        if parsers:
+            notes.append(f"- {name}: POPE answers read with the {' / '.join(parsers)}")
+        if r["mmhal_judge"]:
+            t = r["mmhal_judge"]["template"] or {}
+            notes.append(f"- {name}: MMHal judged by {r['mmhal_judge']['model']} with the {t.get('name')} template")
     md = ["# Hallucination evaluation", "",
           "CHAIR_s, CHAIR_i, recall, POPE accuracy/F1/yes-ratio and the MMHal hallucination rate are percentages; "
-          "len is words per caption; the MMHal score is the judge's mean 0-6 rating. – = not measured.", "",
+          "len is words per caption; the POPE F1 mean is the mean of the three splits' F1 (LLaVA's POPE number); "
+          "the MMHal score is the judge's mean 0-6 rating. – = not measured.", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(row) + " |" for row in rows]
+    if notes:
+        md += [""] + notes
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "report.md")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(md) + "\n")
     write_json(os.path.join(out_dir, "report.json"), {"runs": runs})
     return path
 
@@ -454,35 +396,65 @@ def cmd_report(a) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="answer a question file (resumable)")
+    subs = {}
+
+    def add(name, fn, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--recipe", default=None, help="FILE[:SECTION] of defaults, e.g. recipes/eval.toml:pope")
+        s.set_defaults(fn=fn)
+        subs[name] = s
+        return s
+
+    g = add("generate", cmd_generate, "answer a question file (resumable)")
     g.add_argument("--checkpoint", required=True)
-    g.add_argument("--questions", required=True)
+    g.add_argument("--questions", required=True, help="our JSONL, POPE's / LLaVA's JSONL, or MMHal's template")
     g.add_argument("--output", required=True)
+    g.add_argument("--image-root", default=None, help="folder of the images (default: the question file's)")
+    g.add_argument("--vision-tower", default=None, help="openai CLIP dir, for a liuhaotian LLaVA-1.5 checkpoint")
+    g.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: the checkpoint)")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 for MMHal's template, else 128")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--template", default="vicuna_v1")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.set_defaults(fn=cmd_generate)
-    q = sub.add_parser("chair-questions", help="one captioning question per annotated image")
+    g.add_argument("--template", default=None, help="vicuna_v1 | llava_hf (default: the project's default)")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--image-aspect-ratio", default=None, choices=["pad", "square"],
+                   help="pad = LLaVA-1.5's expand-to-square; default: pad for MMHal's template, else the "
+                        "checkpoint config's image_aspect_ratio")
+    g.add_argument("--short-answer-suffix", default=None, action=argparse.BooleanOptionalAction,
+                   help="append LLaVA's '\\nAnswer the question using a single word or phrase.' "
+                        "(default: to POPE-style lines only)")
+    g.add_argument("--shard", default=None, help="I/N: answer questions I, I+N, I+2N, ... (one process per GPU)")
+    g.add_argument("--filled-template", default=None,
+                   help="MMHal: write the template with model_answer filled in here, once all are answered")
+    t = add("chair-gt", cmd_chair_gt, "CHAIR ground truth + a seeded image sample + questions, from COCO")
+    t.add_argument("--instances", action="append", required=True,
+                   help="instances_val2014.json (repeatable; the sample comes from the first)")
+    t.add_argument("--captions", action="append", required=True, help="captions_val2014.json (repeatable)")
+    t.add_argument("--images-dir", required=True, help="the folder of the images (val2014/)")
+    t.add_argument("--synonyms", required=True, help="LisaAnne/Hallucination data/synonyms.txt")
+    t.add_argument("--num-images", type=int, default=500)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--sample-ids", default=None, help="use these ids (one per line) instead of drawing a sample")
+    t.add_argument("--prompt", default="Describe this image.")
+    t.add_argument("--output", required=True, help="output folder")
+    q = add("chair-questions", cmd_chair_questions, "one captioning question per annotated image")
     q.add_argument("--annotations", required=True)
     q.add_argument("--output", required=True)
     q.add_argument("--prompt", default="Describe this image.")
-    q.set_defaults(fn=cmd_chair_questions)
-    c = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall of captions")
+    c = add("chair", cmd_chair, "CHAIR_s / CHAIR_i / recall of captions")
     c.add_argument("--answers", required=True)
     c.add_argument("--annotations", required=True)
     c.add_argument("--synonyms", default=None,
                    help="synonym table, COCO synonyms.txt format (default: synonyms.txt next to the annotations)")
     c.add_argument("--out", default=None, help="metrics JSON (default: chair.json next to the answers)")
-    c.set_defaults(fn=cmd_chair)
-    b = sub.add_parser("pope-build", help="POPE questions for one split")
+    b = add("pope-build", cmd_pope_build, "POPE questions for one split, from our GT files")
     b.add_argument("--annotations", required=True)
     b.add_argument("--split", required=True, choices=SPLITS)
     b.add_argument("--num-per-image", type=int, default=3, help="yes questions per image (as many no)")
@@ -490,28 +462,52 @@ def main(argv=None) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--suffix", default="", help="appended to every prompt")
     b.add_argument("--output", required=True)
-    b.set_defaults(fn=cmd_pope_build)
-    e = sub.add_parser("pope", help="POPE metrics")
+    e = add("pope", cmd_pope, "POPE metrics, per split")
     e.add_argument("--answers", required=True)
-    e.add_argument("--questions", required=True)
-    e.add_argument("--split", default=None, help="default: the questions' split field")
-    e.add_argument("--out", default=None, help="metrics JSON (default: pope_<split>.json next to the answers)")
-    e.set_defaults(fn=cmd_pope)
-    h = sub.add_parser("mmhal", help="MMHal-Bench judged through the chat API (OPENAI_BASE_URL, OPENAI_API_KEY)")
-    h.add_argument("--questions", required=True)
-    h.add_argument("--answers", default=None)
+    e.add_argument("--questions", required=True, help="the file given to generate (it holds or names the labels)")
+    e.add_argument("--label-dir", default=None, help="POPE's coco/ folder, for LLaVA's llava_pope_test.jsonl")
+    e.add_argument("--split", default=None, help="default: the split field, the file name, or LLaVA's category")
+    e.add_argument("--parser", default=None, choices=sorted(PARSERS),
+                   help="default: official for POPE's / LLaVA's files, povid for ours")
+    e.add_argument("--out", default=None, help="metrics JSON; '{split}' is replaced (default: "
+                                               "pope_{split}.json next to the answers)")
+    h = add("mmhal", cmd_mmhal, "MMHal-Bench judged through the chat API (OPENAI_BASE_URL, OPENAI_API_KEY)")
+    h.add_argument("--questions", required=True, help="response_template.json (or a filled copy)")
+    h.add_argument("--answers", default=None, help="generate's answers (default: the template's model_answer)")
     h.add_argument("--judge-model", required=True)
+    h.add_argument("--judge-template", default=None,
+                   help="LLaVA-RLHF's MMHal-Bench-eval/eval_gpt4.py, for the official judge template")
     h.add_argument("--judge-log", default=None, help="judge replies JSONL (default: <out>_judge.jsonl)")
     h.add_argument("--workers", type=int, default=4)
     h.add_argument("--out", required=True)
-    h.set_defaults(fn=cmd_mmhal)
-    r = sub.add_parser("report", help="report.md + report.json over run dirs")
+    r = add("report", cmd_report, "report.md + report.json over run dirs")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", default=None, help="output dir (default: the run dirs' common parent)")
-    r.set_defaults(fn=cmd_report)
+    return p, subs
+
+
+def apply_recipe(argv: list[str], subs: dict[str, argparse.ArgumentParser]) -> None:
+    """First pass: find --recipe and the subcommand, set that subcommand's defaults from the recipe's keys it takes.
+    A key that no eval.py subcommand takes is an error (a typo must not leave a default in place)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    spec = pre.parse_known_args(argv)[0].recipe
+    cmd = next((x for x in argv if x in subs), None)
+    if spec is None or cmd is None:
+        return
+    values, where = recipes.load(spec)
+    dests = {name: {act.dest for act in s._actions} for name, s in subs.items()}
+    unknown = sorted(set(values) - set().union(*dests.values()))
+    if unknown:
+        raise SystemExit(f"recipe {where}: unknown key(s) {', '.join(unknown)}: no eval.py subcommand takes them")
+    recipes.apply_values(subs[cmd], {k: v for k, v in values.items() if k in dests[cmd]}, where)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p, subs = build_parser()
+    apply_recipe(argv, subs)
     a = p.parse_args(argv)
-    if a.cmd == "chair" and a.out is None:
-        a.out = os.path.join(os.path.dirname(os.path.abspath(a.answers)), "chair.json")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     a.fn(a)
 

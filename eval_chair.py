@@ -17,20 +17,38 @@ found the way the reference scorer does (LisaAnne/Hallucination `chair.py`, and 
 The same normalisation (singularised words) is applied to the table's entries, so "people" and "persons" meet.
 
 Synonym file (the standard COCO `synonyms.txt` format): one line per category, the category first, then its
-synonyms, comma-separated; blank lines and lines starting with "#" are skipped. Pass the COCO file to score COCO;
-the toy world ships its own table.
+synonyms, comma-separated; blank lines and lines starting with "#" are skipped. To score COCO, pass the reference
+scorer's own table, `data/synonyms.txt` of LisaAnne/Hallucination (80 lines, one per COCO category, the first item
+spelled as in instances_*2014.json); the toy world ships its own table.
+
+Ground truth from COCO (`coco_ground_truth`, `eval.py chair-gt`), the reference scorer's rule: an image's objects are
+the categories of its instance annotations (instances_{val,train}2014.json) plus every object the caption routine
+above finds in its ~5 human captions (captions_*2014.json), so a captioner's "table" or "kid" counts as present.
+The reference loads train and val together; ids are unique across the two, so val alone gives the same sets for
+val images. Image ids are COCO's integers (file COCO_val2014_%012d.jpg, from images[].file_name).
+Sample (`sample_image_ids`), from the images of the first instances file: random.Random(seed).sample(ids sorted
+ascending, n), sorted again; the ids are written out so that a run can be repeated on the same images (POVID's
+authors did not keep theirs, POVID issue #5), and --sample-ids reads such a list back.
 
 Known differences from the reference scorer (its numbers are not bit-identical to ours, nor to each other):
 our singulariser is neither pattern.en's nor WordNet's; entries are whitespace-stripped, so the COCO table's
 " motor bike" and " cheesecake" do match here; phrases of 3+ words ("stove top oven") are matched; the length is
-counted in words (punctuation excluded).
+counted in words (punctuation excluded). The ground truth's caption objects come from this routine too, so they
+share these differences (sets differ only where a caption word is tokenised or singularised differently).
 
     from eval_chair import Synonyms, chair_scores
     scores = chair_scores({"1": "A man with two dogs."}, {"1": {"person"}}, Synonyms.from_file("synonyms.txt"))
+    python eval.py chair-gt --instances instances_val2014.json --captions captions_val2014.json --images-dir val2014 \
+        --synonyms synonyms.txt --num-images 500 --seed 0 --output chair500/    # then eval.py generate / chair
 """
 from __future__ import annotations
 
+import os
+import random
 import re
+import shutil
+
+from eval_data import write_json, write_jsonl, write_text
 
 # ---------------------------------------------------------------------------------------------- singulariser
 IRREGULAR = {
@@ -198,3 +216,138 @@ def chair_scores(captions: dict, gt_objects: dict, synonyms: Synonyms | str) -> 
             "recall": n_gt_found / n_gt if n_gt else 0.0, "length": total_len / n, "n_captions": n,
             "n_mentions": n_mentions, "n_hallucinated": n_hall, "n_hallucinated_captions": n_hall_caps,
             "n_gt_objects": n_gt, "per_caption": per_caption}
+
+
+# ---------------------------------------------------------------------------------------------- COCO ground truth
+def _records(path: str, data, key: str, fields: dict) -> list[dict]:
+    """data[key] as a list of objects holding `fields` ({name: type}); anything else names file, record, field."""
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise ValueError(f"{path}: expected a COCO annotation file (a JSON object with a {key!r} list)")
+    for i, rec in enumerate(data[key]):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: {key}[{i}]: expected a JSON object")
+        for name, typ in fields.items():
+            if name not in rec:
+                raise ValueError(f"{path}: {key}[{i}]: missing field {name!r}")
+            if not isinstance(rec[name], typ) or isinstance(rec[name], bool):
+                raise ValueError(f"{path}: {key}[{i}]: field {name!r} must be {typ.__name__}, got {rec[name]!r}")
+    return data[key]
+
+
+def read_coco_images(path: str, data) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for i, im in enumerate(_records(path, data, "images", {"id": int, "file_name": str})):
+        if im["id"] in out:
+            raise ValueError(f"{path}: images[{i}]: image id {im['id']} appears twice")
+        out[im["id"]] = im["file_name"]
+    return out
+
+
+def coco_instance_objects(path: str, data, syn: Synonyms, images: dict[int, str]) -> tuple[dict[int, set], int]:
+    """{image_id: categories of its instance annotations} (canonical names) and the number of annotations skipped
+    because their image is in no images[] list (counted, never silently dropped)."""
+    names = {}
+    for i, c in enumerate(_records(path, data, "categories", {"id": int, "name": str})):
+        canon = syn.canonical(c["name"])
+        if canon is None:
+            raise ValueError(f"{path}: categories[{i}]: name {c['name']!r} is not in the synonym table {syn.source}")
+        names[c["id"]] = canon
+    objects: dict[int, set] = {}
+    orphans = 0
+    for i, a in enumerate(_records(path, data, "annotations", {"image_id": int, "category_id": int})):
+        if a["category_id"] not in names:
+            raise ValueError(f"{path}: annotations[{i}]: category_id {a['category_id']} is not in categories")
+        if a["image_id"] not in images:
+            orphans += 1
+            continue
+        objects.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    return objects, orphans
+
+
+def coco_caption_texts(path: str, data, wanted: set[int], images: dict[int, str]) -> tuple[dict[int, list], int]:
+    """{image_id: [captions]} for the wanted images, and the number of captions skipped because their image is in no
+    instances file's images[] list."""
+    caps: dict[int, list] = {}
+    orphans = 0
+    for a in _records(path, data, "annotations", {"image_id": int, "caption": str}):
+        if a["image_id"] not in images:
+            orphans += 1
+        elif a["image_id"] in wanted:
+            caps.setdefault(a["image_id"], []).append(a["caption"])
+    return caps, orphans
+
+
+def sample_image_ids(ids, n: int, seed: int) -> list[int]:
+    """n ids drawn without replacement by random.Random(seed) from the ids sorted ascending; returned sorted."""
+    pool = sorted(ids)
+    if n > len(pool):
+        raise ValueError(f"asked for {n} images, only {len(pool)} are annotated")
+    return sorted(random.Random(seed).sample(pool, n))
+
+
+def coco_ground_truth(instances: dict[str, dict], captions: dict[str, dict], syn: Synonyms,
+                      choose) -> tuple[dict[int, dict], dict]:
+    """CHAIR ground truth of the chosen COCO images (module docstring). instances / captions: {path: parsed JSON};
+    choose(images {id: file_name} of the *first* instances file, the one evaluated on, e.g. val2014) -> the image ids
+    to keep; further instances files (train2014, as the reference loads) only add ground truth. Returns
+    ({image_id: {"objects", "from_instances", "from_captions", "file_name", "n_captions"}}, stats with every
+    skipped count)."""
+    images: dict[int, str] = {}
+    population: dict[int, str] = {}
+    for n, (path, data) in enumerate(instances.items()):
+        for k, v in read_coco_images(path, data).items():
+            if k in images:
+                raise ValueError(f"{path}: image id {k} is also listed by another instances file")
+            images[k] = v
+            if n == 0:
+                population[k] = v
+    inst: dict[int, set] = {}
+    stats = {"images_annotated": len(images), "images_to_sample_from": len(population),
+             "skipped_instance_annotations_unknown_image": 0,
+             "skipped_captions_unknown_image": 0}
+    for path, data in instances.items():
+        objs, orphans = coco_instance_objects(path, data, syn, images)
+        stats["skipped_instance_annotations_unknown_image"] += orphans
+        for k, v in objs.items():
+            inst.setdefault(k, set()).update(v)
+    chosen = list(choose(population))
+    wanted = set(chosen)
+    caps: dict[int, list] = {}
+    for path, data in captions.items():
+        c, orphans = coco_caption_texts(path, data, wanted, images)
+        stats["skipped_captions_unknown_image"] += orphans
+        for k, v in c.items():
+            caps.setdefault(k, []).extend(v)
+    gt = {}
+    for k in chosen:
+        from_caps = {cat for text in caps.get(k, []) for cat, _ in syn.extract(text)[0]}
+        from_inst = inst.get(k, set())
+        gt[k] = {"objects": sorted(from_inst | from_caps), "from_instances": sorted(from_inst),
+                 "from_captions": sorted(from_caps), "file_name": images[k], "n_captions": len(caps.get(k, []))}
+    stats.update({"images": len(gt), "images_without_captions": sum(not v["n_captions"] for v in gt.values()),
+                  "images_without_objects": sum(not v["objects"] for v in gt.values()),
+                  "objects_per_image": sum(len(v["objects"]) for v in gt.values()) / max(1, len(gt)),
+                  "objects_only_from_captions": sum(len(set(v["from_captions"]) - set(v["from_instances"]))
+                                                    for v in gt.values())})
+    return gt, stats
+
+
+def write_chair_gt(out_dir: str, gt: dict[int, dict], images_dir: str, prompt: str, synonyms: str, info: dict) -> None:
+    """The files of `eval.py chair-gt` in out_dir: sample_ids.txt (the ids, one per line: the list to publish),
+    chair_gt.json (`eval.py chair --annotations`), chair_questions.jsonl (`eval.py generate --questions`),
+    synonyms.txt (a copy of the table, which `chair` finds beside the GT) and chair_gt_info.json (sources, sample
+    rule, counts). Every sampled image must be in images_dir; nothing is written otherwise."""
+    paths = {k: os.path.join(images_dir, v["file_name"]) for k, v in gt.items()}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(gt)} sampled images are not in {images_dir}, "
+                                f"e.g. {missing[:3]}")
+    rel = {k: os.path.relpath(p, os.path.abspath(out_dir)) for k, p in paths.items()}  # image paths: as GT files say
+    write_text(os.path.join(out_dir, "sample_ids.txt"), "".join(f"{k}\n" for k in gt))
+    write_json(os.path.join(out_dir, "chair_gt.json"), {str(k): {**v, "image": rel[k]} for k, v in gt.items()})
+    write_jsonl(os.path.join(out_dir, "chair_questions.jsonl"),
+                [{"question_id": k, "image_id": k, "image": rel[k], "prompt": prompt} for k in gt])
+    copy = os.path.join(out_dir, "synonyms.txt")
+    if os.path.abspath(synonyms) != os.path.abspath(copy):
+        shutil.copyfile(synonyms, copy)
+    write_json(os.path.join(out_dir, "chair_gt_info.json"), info)

@@ -12,17 +12,36 @@ Ties break by frequency, then by name, so splits are reproducible for a given se
 each positive with the object co-occurring most with *it*; summing over the image is the same idea, and it
 does not run dry when one positive object has no absent companion.)
 
-Answers are read by `parse_yes_no`: the first sentence, "no" when it holds a negation word (no, not, none,
-never, nothing, ...) or an n't form ("isn't", "doesn't"). This fixes the official parser, which only looks for the
-exact tokens "No"/"no"/"not" and so reads "Not really." and "There isn't one." as yes. An empty answer is "no"
-(the model did not say yes) and is counted separately as `n_empty`.
+Two answer parsers (PARSERS; the metrics JSON names the one used):
+  official  `parse_yes_no_official`, the rule of RUCAIBox/POPE evaluate.py, copied unchanged into LLaVA's
+            llava/eval/eval_pope.py: keep the text before the first ".", drop commas, split on single spaces; "no"
+            when a token is exactly "No", "not" or "no", else "yes" (so "Not really.", "NO", "There isn't one." and
+            an empty answer are all yes). LLaVA-1.5's published POPE (85.9) comes from this rule.
+  povid     `parse_yes_no`: the first sentence, "no" when it holds a negation word (no, not, none, never,
+            nothing, ...) or an n't form, case-insensitive; an empty answer is "no" (the model did not say yes).
+            It fixes the official rule's misreadings, which matter for small or chatty models.
+`eval.py pope` uses the official rule on the official question files, so that the numbers compare with published
+ones (with LLaVA's single-word suffix most answers are a bare "Yes" or "No", where the rules agree), and ours on
+files of our own (pope-build, the toy world); --parser picks either. Empty answers are counted as `n_empty`.
 
 Metrics (`pope_metrics`), "yes" being the positive class: accuracy, precision = TP/(TP+FP),
 recall = TP/(TP+FN), F1 = 2PR/(P+R), yes_ratio = predicted yes / N; all fractions; 0.0 where undefined.
 Answers are matched to labels by question id, never by position; a missing or repeated id is an error.
+
+Official files (`labels_for_questions`): POPE's coco_pope_{split}.json lines carry their own "label". LLaVA-1.5's
+llava_pope_test.jsonl lines carry a "category" (the split) instead; LLaVA's eval_pope.py pairs the answers of a
+category with the lines of coco/coco_pope_{category}.json by position. We pair the *question* lines of a category
+with the label lines by position and check that each pair names the same image and question, so a file of another
+POPE version (2910 vs 3000 questions in random) is an error rather than a wrong F1 (POPE issue #17); answers are
+then matched by question id.
+
+    python eval.py pope --answers RUN/pope_random_answers.jsonl --questions POPE/output/coco/coco_pope_random.json
+    python eval.py pope --answers RUN/answers.jsonl --questions llava_pope_test.jsonl --label-dir POPE/output/coco
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 from collections import Counter
@@ -47,6 +66,19 @@ def parse_yes_no(text: str) -> bool:
     if not words:
         return False
     return not any(w in NEGATIONS or w.endswith("n't") for w in words)
+
+
+def parse_yes_no_official(text: str) -> bool:
+    """True for yes; the official POPE rule (module docstring), kept bug for bug."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return not ("No" in words or "not" in words or "no" in words)
+
+
+PARSERS = {"official": parse_yes_no_official, "povid": parse_yes_no}
+PARSER_NOTES = {"official": "official: RUCAIBox/POPE evaluate.py = LLaVA llava/eval/eval_pope.py rule",
+                "povid": "povid: eval_pope.parse_yes_no (negation words and n't forms, empty = no)"}
 
 
 def _object_stats(annotations: dict[str, list[str]]):
@@ -126,17 +158,20 @@ def _as_pairs(x, what: str) -> dict[str, object]:
     return out
 
 
-def _as_bool(v, what: str, qid: str) -> bool:
+def _as_bool(v, what: str, qid: str, parse) -> bool:
     if isinstance(v, bool):
         return v
     if isinstance(v, str):
-        return parse_yes_no(v)
+        return parse(v)
     raise TypeError(f"{what} {qid!r}: expected a bool or text, got {type(v).__name__}")
 
 
-def pope_metrics(predictions, labels) -> dict:
+def pope_metrics(predictions, labels, parser: str = "povid") -> dict:
     """predictions and labels: {question_id: value} or iterables of (question_id, value) pairs. A prediction is a
-    bool or the model's text (parsed by parse_yes_no); a label is a bool or "yes"/"no"."""
+    bool or the model's text (parsed by PARSERS[parser]); a label is a bool or "yes"/"no"."""
+    if parser not in PARSERS:
+        raise ValueError(f"unknown POPE parser {parser!r}; choose from {', '.join(PARSERS)}")
+    parse = PARSERS[parser]
     preds = _as_pairs(predictions, "predictions")
     gold = _as_pairs(labels, "labels")
     missing = [k for k in gold if k not in preds]
@@ -149,7 +184,7 @@ def pope_metrics(predictions, labels) -> dict:
         if isinstance(g, str) and g.strip().lower() not in ("yes", "no"):
             raise ValueError(f"label of question {k!r} is {g!r}, not 'yes' or 'no'")
         y = g if isinstance(g, bool) else g.strip().lower() == "yes"
-        p = _as_bool(preds[k], "prediction of question", k)
+        p = _as_bool(preds[k], "prediction of question", k, parse)
         n_empty += isinstance(preds[k], str) and not preds[k].strip()
         tp += p and y
         fp += p and not y
@@ -163,3 +198,57 @@ def pope_metrics(predictions, labels) -> dict:
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
             "yes_ratio": (tp + fp) / n, "n": n, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n_empty": n_empty}
+
+
+def _split_of_file(path: str) -> str | None:
+    m = re.search(r"pope_(random|popular|adversarial)\b", os.path.basename(path))
+    return m.group(1) if m else None
+
+
+def labels_for_questions(questions: list[tuple[str, dict]], path: str, label_dir: str | None,
+                         split: str | None = None) -> dict[str, dict[str, str]]:
+    """{split: {question_id: "yes"|"no"}} for a question file (module docstring), given as [(where, record)].
+    Lines with "label" label themselves (split: `split`, else the lines' "split" field, else the file name
+    coco_pope_<split>.json); LLaVA lines with "category" take theirs from label_dir/coco_pope_<category>.json."""
+    out: dict[str, dict[str, str]] = {}
+    by_cat: dict[str, list[tuple[str, dict]]] = {}
+    for where, q in questions:
+        if "label" in q:
+            s = split or q.get("split") or _split_of_file(path) or "all"
+            out.setdefault(s, {})[str(q["question_id"])] = q["label"]
+        elif "category" in q:
+            by_cat.setdefault(str(q["category"]), []).append((where, q))
+        else:
+            raise ValueError(f"{where}: no 'label' (POPE line) and no 'category' (LLaVA line): cannot be scored")
+    if split and len(by_cat) > 1:
+        raise ValueError(f"{path}: holds {len(by_cat)} categories ({', '.join(sorted(by_cat))}); --split would "
+                         f"merge them, leave it out")
+    if by_cat and label_dir is None:
+        raise ValueError(f"{path}: LLaVA-style lines (with 'category') need --label-dir, the folder of POPE's "
+                         f"coco_pope_<category>.json label files")
+    for cat, qs in by_cat.items():
+        lpath = os.path.join(label_dir, f"coco_pope_{cat}.json")
+        if not os.path.isfile(lpath):
+            raise FileNotFoundError(f"{qs[0][0]}: category {cat!r} has no label file {lpath}")
+        lines = []
+        with open(lpath, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        lab = json.loads(line)
+                    except ValueError as e:
+                        raise ValueError(f"{lpath}:{lineno}: not valid JSON ({e})") from None
+                    for k in ("image", "text", "label"):
+                        if not isinstance(lab, dict) or k not in lab:
+                            raise ValueError(f"{lpath}:{lineno}: missing field {k!r}")
+                    lines.append((lineno, lab))
+        if len(lines) != len(qs):
+            raise ValueError(f"{path}: category {cat!r} has {len(qs)} questions but {lpath} has {len(lines)} "
+                             f"labels (another POPE version?)")
+        for (where, q), (lineno, lab) in zip(qs, lines):
+            text = q.get("text", "")
+            if q["image"] != lab["image"] or not text.startswith(lab["text"]):
+                raise ValueError(f"{where} and {lpath}:{lineno} do not describe the same question "
+                                 f"({q['image']!r} {text!r} vs {lab['image']!r} {lab['text']!r})")
+            out.setdefault(split or cat, {})[str(q["question_id"])] = lab["label"]
+    return out

@@ -39,7 +39,11 @@ def load(spec: str) -> tuple[dict, str]:
 def apply_to_parser(parser: argparse.ArgumentParser, spec: str) -> None:
     """Make the recipe's values the parser's defaults (before parse_args). Unknown keys and values of the wrong type
     for the option are errors naming the recipe and the key."""
-    values, where = load(spec)
+    apply_values(parser, *load(spec))
+
+
+def apply_values(parser: argparse.ArgumentParser, values: dict, where: str) -> None:
+    """apply_to_parser on values already loaded (e.g. the subset of a recipe section one subcommand takes)."""
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)}
     for key, val in values.items():
         act = actions.get(key)

@@ -1,11 +1,15 @@
 """CHAIR on hand-computed cases: repeats, synonyms, two-word phrases, plurals, the baby/adult and passenger rules,
-the toilet-seat rule, a caption with no object word; the singulariser; synonym-file parsing; errors; the CLI."""
+the toilet-seat rule, a caption with no object word; the singulariser; synonym-file parsing; errors; the CLI; and
+chair-gt on COCO's own files (instances + captions, the seeded sample, reuse of published ids, strict readers)."""
 import json
+import os
+import random
 
 import pytest
 
 import eval as ev
-from eval_chair import Synonyms, chair_scores, singularize
+from eval_chair import Synonyms, chair_scores, sample_image_ids, singularize
+from public_data import VAL, VAL_GT, make_public_data
 
 TABLE = """# toy table in the COCO synonyms.txt format
 person, man, woman, people, child, boy, girl, baby, adult, passenger
@@ -152,3 +156,132 @@ def test_cli_both_annotation_layouts(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"1": {"objects": "dog"}}))
     with pytest.raises(ValueError, match="bad.json: key '1': needs an 'objects' list"):
         ev.load_annotations(str(tmp_path / "bad.json"))
+
+
+@pytest.fixture(scope="module")
+def pub(tmp_path_factory):
+    return make_public_data(tmp_path_factory.mktemp("public"), image_size=32)
+
+
+def _chair_gt(pub, out, *extra, instances=None, captions=None):
+    args = ["chair-gt", "--instances", instances or pub["coco_instances_val"], "--captions",
+            captions or pub["coco_captions_val"], "--images-dir", pub["coco_val_images"], "--synonyms",
+            pub["synonyms"], "--output", str(out)]
+    ev.main(args + list(extra))
+
+
+def test_chair_gt_from_coco(pub, tmp_path, capsys):
+    out = tmp_path / "gt"
+    _chair_gt(pub, out, "--num-images", "7", "--seed", "0")
+    gt = json.loads((out / "chair_gt.json").read_text())
+    assert {int(k): v["objects"] for k, v in gt.items()} == VAL_GT  # instances + the objects the captions name
+    assert gt["139"]["from_instances"] == ["cat"] and gt["139"]["from_captions"] == ["cat", "couch"]
+    assert gt["285"]["n_captions"] == 5 and gt["139"]["file_name"] == "COCO_val2014_000000000139.jpg"
+    assert (out / "sample_ids.txt").read_text() == "".join(f"{i}\n" for i, *_ in VAL)
+    qs = [json.loads(x) for x in open(out / "chair_questions.jsonl")]
+    assert qs[0] == {"question_id": 139, "image_id": 139, "image": os.path.relpath(
+        os.path.join(pub["coco_val_images"], "COCO_val2014_000000000139.jpg"), out), "prompt": "Describe this image."}
+    assert (out / "synonyms.txt").read_text() == open(pub["synonyms"]).read()
+    info = json.loads((out / "chair_gt_info.json").read_text())
+    assert info["stats"]["objects_only_from_captions"] == 1 and info["stats"]["skipped_captions_unknown_image"] == 0
+    assert "chair-gt: 7 images" in capsys.readouterr().err
+    # the generate -> chair round trip on the written files: captions keyed by the integer COCO ids
+    answers = tmp_path / "run" / "chair_answers.jsonl"
+    answers.parent.mkdir()
+    caps = {139: "A tabby cat on a sofa next to a dog.", 285: "A cup and a spoon on a table.", 632: "A woman.",
+            724: "A man with a camera.", 776: "A red motorbike.", 785: "A horse and two riders.", 802: "A clock."}
+    answers.write_text("".join(json.dumps({**q, "text": caps[q["image_id"]]}) + "\n" for q in qs))
+    ev.main(["chair", "--answers", str(answers), "--annotations", str(out / "chair_gt.json")])  # synonyms beside it
+    m = json.loads((tmp_path / "run" / "chair.json").read_text())["metrics"]
+    # mentions: tabby cat sofa dog | cup spoon table | woman | man | motorbike | horse riders | clock = 13 (every
+    # synonym counts, "tabby" and "cat" too); hallucinated: dog, riders
+    assert (m["n_mentions"], m["n_hallucinated"], m["n_hallucinated_captions"]) == (13, 2, 2)
+
+
+def test_chair_gt_sample(pub, tmp_path):
+    ids = [i for i, *_ in VAL]
+    for seed in (0, 1, 2):
+        _chair_gt(pub, tmp_path / str(seed), "--num-images", "3", "--seed", str(seed))
+        got = [int(x) for x in (tmp_path / str(seed) / "sample_ids.txt").read_text().split()]
+        assert got == sorted(random.Random(seed).sample(sorted(ids), 3)) == sample_image_ids(ids, 3, seed)
+    samples = {(tmp_path / str(s) / "sample_ids.txt").read_text() for s in (0, 1, 2)}
+    assert len(samples) > 1  # the seed matters
+    _chair_gt(pub, tmp_path / "again", "--num-images", "3", "--seed", "1")
+    assert (tmp_path / "again" / "chair_gt.json").read_text() == (tmp_path / "1" / "chair_gt.json").read_text()
+    # a published id list is reused as it is
+    (tmp_path / "ids.txt").write_text("802\n139\n")
+    _chair_gt(pub, tmp_path / "reuse", "--sample-ids", str(tmp_path / "ids.txt"))
+    assert list(json.loads((tmp_path / "reuse" / "chair_gt.json").read_text())) == ["139", "802"]
+    (tmp_path / "ids.txt").write_text("139\n4242\n")
+    with pytest.raises(ValueError, match="ids.txt: 1 ids are not in .*instances_val2014.json, e.g. \\[4242\\]"):
+        _chair_gt(pub, tmp_path / "reuse", "--sample-ids", str(tmp_path / "ids.txt"))
+    (tmp_path / "ids.txt").write_text("139\nCOCO_val2014_000000000802.jpg\n")
+    with pytest.raises(ValueError, match="ids.txt:2: not a COCO image id"):
+        _chair_gt(pub, tmp_path / "reuse", "--sample-ids", str(tmp_path / "ids.txt"))
+    with pytest.raises(ValueError, match="asked for 8 images, only 7 are annotated"):
+        _chair_gt(pub, tmp_path / "x", "--num-images", "8")
+    # val + train (the reference loads both): the sample still comes from val, its ground truth does not change
+    _chair_gt(pub, tmp_path / "both", "--num-images", "7", "--instances", pub["coco_instances_train"],
+              "--captions", pub["coco_captions_train"])
+    both = json.loads((tmp_path / "both" / "chair_gt.json").read_text())
+    assert {int(k): v["objects"] for k, v in both.items()} == VAL_GT
+    with pytest.raises(ValueError, match="--instances: a file is given twice"):
+        _chair_gt(pub, tmp_path / "dup", "--instances", pub["coco_instances_val"])
+    (tmp_path / "copy.json").write_text(open(pub["coco_instances_val"]).read())
+    with pytest.raises(ValueError, match="copy.json: image id 139 is also listed by another instances file"):
+        _chair_gt(pub, tmp_path / "dup", "--instances", str(tmp_path / "copy.json"))
+
+
+def test_chair_gt_strict_readers(pub, tmp_path):
+    inst = json.loads(open(pub["coco_instances_val"]).read())
+    caps = json.loads(open(pub["coco_captions_val"]).read())
+
+    def run(i=None, c=None):
+        ip, cp = tmp_path / "instances_val2014.json", tmp_path / "captions_val2014.json"
+        ip.write_text(json.dumps(i or inst))
+        cp.write_text(json.dumps(c or caps))
+        _chair_gt(pub, tmp_path / "out", "--num-images", "7", instances=str(ip), captions=str(cp))
+        return json.loads((tmp_path / "out" / "chair_gt_info.json").read_text())["stats"]
+
+    bad = json.loads(json.dumps(inst))
+    del bad["annotations"][1]["category_id"]
+    with pytest.raises(ValueError, match="instances_val2014.json: annotations\\[1\\]: missing field 'category_id'"):
+        run(i=bad)
+    bad = json.loads(json.dumps(inst))
+    bad["images"][2]["id"] = "632"
+    with pytest.raises(ValueError, match="instances_val2014.json: images\\[2\\]: field 'id' must be int, got '632'"):
+        run(i=bad)
+    bad = json.loads(json.dumps(inst))
+    bad["categories"][0]["name"] = "unicorn"
+    with pytest.raises(ValueError, match="categories\\[0\\]: name 'unicorn' is not in the synonym table"):
+        run(i=bad)
+    bad = json.loads(json.dumps(inst))
+    bad["annotations"][0]["category_id"] = 999
+    with pytest.raises(ValueError, match="annotations\\[0\\]: category_id 999 is not in categories"):
+        run(i=bad)
+    badc = json.loads(json.dumps(caps))
+    badc["annotations"][3]["caption"] = None
+    with pytest.raises(ValueError, match="captions_val2014.json: annotations\\[3\\]: field 'caption' must be str"):
+        run(c=badc)
+    with pytest.raises(ValueError, match="expected a COCO annotation file"):
+        run(i={"images": []})
+    # annotations of images no images[] lists are skipped and counted, never silently dropped
+    odd, oddc = json.loads(json.dumps(inst)), json.loads(json.dumps(caps))
+    odd["annotations"].append({**odd["annotations"][0], "image_id": 31337, "id": 1})
+    oddc["annotations"] += [{"image_id": 31337, "id": 2, "caption": "A dog."}] * 2
+    stats = run(i=odd, c=oddc)
+    assert stats["skipped_instance_annotations_unknown_image"] == 1 and stats["skipped_captions_unknown_image"] == 2
+    # a sampled image missing from --images-dir is an error before anything is written
+    with pytest.raises(FileNotFoundError, match="1 of the 7 sampled images are not in .*COCO_val2014_000000000802"):
+        ev.main(["chair-gt", "--instances", pub["coco_instances_val"], "--captions", pub["coco_captions_val"],
+                 "--images-dir", _partial_images(pub, tmp_path), "--synonyms", pub["synonyms"],
+                 "--output", str(tmp_path / "o2"), "--num-images", "7"])
+    assert not (tmp_path / "o2").exists()
+
+
+def _partial_images(pub, tmp_path):
+    d = tmp_path / "val2014"
+    d.mkdir()
+    for name in sorted(os.listdir(pub["coco_val_images"]))[:-1]:  # all but COCO_val2014_000000000802.jpg
+        os.symlink(os.path.join(pub["coco_val_images"], name), d / name)
+    return str(d)

@@ -1,6 +1,9 @@
 """eval.py generate: a tiny random Llava + a word-level tokenizer saved as a checkpoint; batched greedy answers,
-question fields carried over, and a killed run (answers partly written, last line truncated) resumed exactly."""
+question fields carried over, and a killed run (answers partly written, last line truncated) resumed exactly; the
+public question files (POPE's, LLaVA's, MMHal-Bench's template) with --image-root, the short-answer suffix and the
+filled template; recipes; a liuhaotian checkpoint with --vision-tower answering as its llava-hf twin."""
 import json
+import os
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 import eval as ev
+from eval_data import SHORT_ANSWER_SUFFIX
 from model import Llava, LlavaConfig
 from model.config import TextConfig, VisionConfig
 from model.tokenizer import Tokenizer
@@ -66,7 +70,8 @@ def test_generate_and_resume(tmp_path, capsys):
     for a, q in zip(answers, qs):
         assert {k: a[k] for k in q} == q and a["model"] == str(ckpt)  # the question's fields are kept
         assert a["gen"] == {"template": "vicuna_v1", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 6,
-                            "seed": 0, "dtype": "float32"}
+                            "seed": 0, "dtype": "float32", "image_aspect_ratio": "pad", "batch_size": 2,
+                            "suffix": ""}  # CPU defaults; pad: the checkpoint config's image_aspect_ratio
         assert isinstance(a["text"], str) and "<pad>" not in a["text"] and "</s>" not in a["text"]
     assert len({a["text"] for a in answers}) > 1  # the images/prompts actually matter
     err = capsys.readouterr().err
@@ -100,3 +105,119 @@ def test_generate_rejects_bad_question_files(tmp_path):
     q.write_text(json.dumps({"question_id": 1, "prompt": "x"}) + "\n")
     with pytest.raises(ValueError, match="q.jsonl:1: missing field 'image'"):
         ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
+    q.write_text(json.dumps({"question_id": 1, "image": "a.png", "prompt": "x"}) + "\n" +
+                 json.dumps({"question_id": 2, "image": "b.png", "question": "y"}) + "\n")
+    with pytest.raises(ValueError, match="q.jsonl:2: no question: needs field 'prompt' .* or 'text'"):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
+    q.write_text(json.dumps({"question_id": 1, "image": 7, "text": "x"}) + "\n")
+    with pytest.raises(ValueError, match="q.jsonl:1: field 'image' must be a file name, got 7"):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(q), "--output", str(tmp_path / "a")])
+
+
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "eval.toml")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from public_data import make_public_data
+    root = tmp_path_factory.mktemp("gen")
+    make_checkpoint(root / "ckpt")
+    return str(root / "ckpt"), make_public_data(root / "public", image_size=40)
+
+
+def _gen(ckpt, questions, out, *extra):
+    ev.main(["generate", "--checkpoint", ckpt, "--questions", questions, "--output", str(out),
+             "--max-new-tokens", "3", *extra])
+    return [json.loads(x) for x in open(out)]
+
+
+def test_public_question_files(world, tmp_path, capsys):
+    ckpt, pub = world
+    lines = [json.loads(x) for x in open(pub["pope_random"])]
+    with pytest.raises(FileNotFoundError, match="6 of 6 images not found .*coco_pope_random.json:1: .*"
+                                                "COCO_val2014_000000000139.jpg.*; pass --image-root"):
+        _gen(ckpt, pub["pope_random"], tmp_path / "x.jsonl")
+    ans = _gen(ckpt, pub["pope_random"], tmp_path / "pope.jsonl", "--image-root", pub["coco_val_images"])
+    for a, q in zip(ans, lines):  # LLaVA's answer layout: the question in "question", the answer in "text"
+        assert a["question_id"] == q["question_id"] and a["label"] == q["label"] and a["question"] == q["text"]
+        assert a["prompt"] == q["text"] + SHORT_ANSWER_SUFFIX and a["gen"]["suffix"] == SHORT_ANSWER_SUFFIX
+        assert a["image"] == q["image"] and isinstance(a["text"], str)
+    off = _gen(ckpt, pub["pope_random"], tmp_path / "off.jsonl", "--image-root", pub["coco_val_images"],
+               "--no-short-answer-suffix")
+    assert off[0]["prompt"] == lines[0]["text"] and off[0]["gen"]["suffix"] == ""
+    # LLaVA's file already carries the suffix: never twice
+    llava = _gen(ckpt, pub["llava_pope_test"], tmp_path / "llava.jsonl", "--image-root", pub["coco_val_images"])
+    assert llava[0]["prompt"] == llava[0]["question"] and llava[0]["prompt"].endswith(SHORT_ANSWER_SUFFIX)
+    assert llava[0]["prompt"].count("Answer the question") == 1 and llava[0]["category"] == "adversarial"
+    # the scorer takes these answers as they are
+    ev.main(["pope", "--answers", str(tmp_path / "pope.jsonl"), "--questions", pub["pope_random"]])
+    assert json.loads((tmp_path / "pope_random.json").read_text())["protocol"]["gen"][0]["suffix"] == \
+        SHORT_ANSWER_SUFFIX
+    # MMHal-Bench's template: question_id = index, no suffix, and the filled template in the official layout
+    filled = tmp_path / "filled.json"
+    mm = _gen(ckpt, pub["mmhal_template"], tmp_path / "mmhal.jsonl", "--image-root", pub["mmhal_images"],
+              "--filled-template", str(filled))
+    template = json.loads(open(pub["mmhal_template"]).read())
+    assert [a["question_id"] for a in mm] == list(range(8)) and mm[1]["prompt"] == template[1]["question"]
+    assert mm[0]["gen"]["image_aspect_ratio"] == "pad" and mm[0]["gen"]["suffix"] == ""  # LLaVA-RLHF's protocol
+    ev.main(["generate", "--checkpoint", ckpt, "--questions", pub["mmhal_template"], "--output",
+             str(tmp_path / "mmhal_default.jsonl"), "--image-root", pub["mmhal_images"], "--shard", "3/4"])
+    one = [json.loads(x) for x in open(tmp_path / "mmhal_default.jsonl")]
+    assert [a["question_id"] for a in one] == [3, 7] and one[0]["gen"]["max_new_tokens"] == 1024
+    got = json.loads(filled.read_text())
+    assert [r["model_answer"] for r in got] == [a["text"] for a in mm]
+    assert [{k: v for k, v in r.items() if k != "model_answer"} for r in got] == \
+           [{k: v for k, v in r.items() if k != "model_answer"} for r in template]
+    capsys.readouterr()
+
+
+def test_recipe_sets_defaults(world, tmp_path):
+    ckpt, pub = world
+    ans = _gen(ckpt, pub["pope_random"], tmp_path / "r.jsonl", "--image-root", pub["coco_val_images"],
+               "--recipe", RECIPE + ":mmhal")  # the command line's --max-new-tokens 3 wins over the recipe's 1024
+    g = ans[0]["gen"]
+    assert (g["template"], g["temperature"], g["max_new_tokens"], g["image_aspect_ratio"]) == \
+           ("vicuna_v1", 0.0, 3, "pad")
+    assert g["suffix"] == "" and g["recipe"] == RECIPE + ":mmhal"  # mmhal: no short-answer suffix, even on POPE lines
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pope]\ntemperature = 0.0\nbeams = 4\n")
+    with pytest.raises(SystemExit, match="bad.toml:pope: unknown key\\(s\\) beams"):
+        _gen(ckpt, pub["pope_random"], tmp_path / "b.jsonl", "--recipe", f"{bad}:pope")
+    bad.write_text("[pope]\ntemperature = \"hot\"\n")
+    with pytest.raises(SystemExit, match="temperature='hot' is not a valid float"):
+        _gen(ckpt, pub["pope_random"], tmp_path / "b.jsonl", "--recipe", f"{bad}:pope")
+
+
+def test_liuhaotian_with_vision_tower(tmp_path):
+    """The same weights in the llava-hf layout and in the original layout + an openai CLIP dir give the same
+    answers; the aspect ratio defaults to each config's (liuhaotian: pad; llava-hf: none, i.e. square)."""
+    from model_fixtures import EOS, IMAGE_TOKEN, PAD_TOKEN, VOCAB, make_hf_llava, make_liuhaotian
+    hf = make_hf_llava(str(tmp_path / "hf"))
+    make_liuhaotian(hf, str(tmp_path / "orig"), str(tmp_path / "clip"))
+    specials = {"<unk>": 0, "<s>": 1, "</s>": EOS, "<image>": IMAGE_TOKEN, "<pad>": PAD_TOKEN}
+    vocab = {**specials, **{w: 3 + i for i, w in enumerate(WORDS)}}
+    taken = set(vocab.values())
+    vocab.update({f"w{i}": i for i in range(VOCAB) if i not in taken})  # every id the random model may emit
+    tk = HFTokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = Whitespace()
+    tk.add_special_tokens(list(specials))
+    Tokenizer(tk).save_pretrained(str(tmp_path / "hf"))
+    (tmp_path / "img").mkdir()
+    g = torch.Generator().manual_seed(1)
+    qs = []
+    for i in range(3):
+        Image.fromarray((torch.rand(30, 20 + 10 * i, 3, generator=g) * 255).to(torch.uint8).numpy()).save(
+            tmp_path / "img" / f"{i}.png")
+        qs.append({"question_id": i, "image": f"img/{i}.png", "prompt": "is there a dog in the image ?"})
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    q = str(tmp_path / "q.jsonl")
+    with pytest.raises(ValueError, match="without its CLIP tower"):
+        _gen(str(tmp_path / "orig"), q, tmp_path / "none.jsonl", "--tokenizer", str(tmp_path / "hf"))
+    orig = _gen(str(tmp_path / "orig"), q, tmp_path / "orig.jsonl", "--vision-tower", str(tmp_path / "clip"),
+                "--tokenizer", str(tmp_path / "hf"))
+    twin = _gen(str(tmp_path / "hf"), q, tmp_path / "hf.jsonl", "--image-aspect-ratio", "pad")
+    square = _gen(str(tmp_path / "hf"), q, tmp_path / "sq.jsonl")
+    assert orig[0]["gen"]["image_aspect_ratio"] == twin[0]["gen"]["image_aspect_ratio"] == "pad"
+    assert square[0]["gen"]["image_aspect_ratio"] == "square"
+    assert [a["text"] for a in orig] == [a["text"] for a in twin]
+    assert any(a["text"] for a in orig)

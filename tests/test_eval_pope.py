@@ -1,12 +1,18 @@
-"""POPE: parsing tricky answers, metrics on a worked example, id matching errors, split construction (balanced,
-popular = most frequent, adversarial negatives really co-occur), and the pope-build / pope CLI round trip."""
+"""POPE: both answer parsers on tricky answers, metrics on a worked example, id matching errors, split construction
+(balanced, popular = most frequent, adversarial negatives really co-occur), the pope-build / pope CLI round trip,
+and scoring the official files: POPE's coco_pope_<split>.json (labels in the lines) and LLaVA's llava_pope_test.jsonl
+(labels from POPE's files by position, each pair checked), per split, with the mean F1 of the three splits."""
 import json
+import os
+import random
+import shutil
 from collections import Counter
 
 import pytest
 
 import eval as ev
-from eval_pope import build_pope_questions, parse_yes_no, pope_metrics, question_text
+from eval_pope import build_pope_questions, parse_yes_no, parse_yes_no_official, pope_metrics, question_text
+from public_data import make_public_data
 
 
 @pytest.mark.parametrize("text,yes", [
@@ -126,8 +132,122 @@ def test_cli_build_and_score(tmp_path, capsys):
     m = json.loads((run / "pope_adversarial.json").read_text())
     assert m["kind"] == "pope" and m["split"] == "adversarial"
     assert m["metrics"]["accuracy"] == 0.5 and m["metrics"]["yes_ratio"] == 1.0 and m["metrics"]["recall"] == 1.0
-    assert "POPE adversarial: acc 50.0" in capsys.readouterr().out
+    assert m["parser"].startswith("povid")  # our own question files: our parser
+    assert "POPE adversarial (povid parser): acc 50.0" in capsys.readouterr().out
     with open(run / "answers.jsonl", "a") as f:
         f.write(json.dumps({"question_id": qs[0]["question_id"], "text": "No"}) + "\n")
     with pytest.raises(ValueError, match="appears twice"):
         ev.main(["pope", "--answers", str(run / "answers.jsonl"), "--questions", str(qpath)])
+
+
+@pytest.mark.parametrize("text,yes", [
+    ("No, there is not.", False), ("no", False), ("Yes, there is no dog.", False),  # any "no" token before a "."
+    ("Yes. There is no dog.", True), ("Not really.", True), ("NO", True), ("There isn't one.", True),
+    ("", True), ("No\nthere is one", True), ("There is not a dog", False), ("Yes", True)])
+def test_parse_yes_no_official(text, yes):
+    """The official rule, bug for bug (RUCAIBox/POPE evaluate.py = LLaVA eval_pope.py)."""
+    assert parse_yes_no_official(text) is yes
+
+
+@pytest.fixture(scope="module")
+def pub(tmp_path_factory):
+    return make_public_data(tmp_path_factory.mktemp("public"), image_size=32)
+
+
+def _answers(path, lines, texts):
+    """Answer lines in LLaVA's answer layout, shuffled (scoring matches by question_id, never by position)."""
+    recs = [{"question_id": q["question_id"], "prompt": q["text"], "text": t} for q, t in zip(lines, texts)]
+    random.Random(0).shuffle(recs)
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+def _lines(path):
+    return [json.loads(x) for x in open(path)]
+
+
+# per split, the model's answers to the 6 fixture questions (yes, no, yes, no, yes, no)
+TEXTS = {"random": ["Yes", "No", "Yes", "Not really.", "Yes", "No"],
+         "popular": ["Yes", "Yes", "Yes", "No", "No", "No"],
+         "adversarial": ["Yes", "Yes", "", "No", "Yes", "Yes"]}
+
+
+def test_official_files_per_split(pub, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for split in ("random", "popular", "adversarial"):
+        ans = _answers(run / f"pope_{split}_answers.jsonl", _lines(pub[f"pope_{split}"]), TEXTS[split])
+        ev.main(["pope", "--answers", ans, "--questions", pub[f"pope_{split}"]])  # split from the file name
+    out = capsys.readouterr().out
+    res = {s: json.loads((run / f"pope_{s}.json").read_text()) for s in ("random", "popular", "adversarial")}
+    assert all(r["parser"].startswith("official") and r["split"] == s for s, r in res.items())
+    m = {s: r["metrics"] for s, r in res.items()}
+    # random: "Not really." is yes for the official rule -> TP 3, FP 1, TN 2
+    assert (m["random"]["tp"], m["random"]["fp"], m["random"]["tn"], m["random"]["fn"]) == (3, 1, 2, 0)
+    assert (m["popular"]["tp"], m["popular"]["fp"], m["popular"]["fn"]) == (2, 1, 1)
+    assert m["adversarial"]["n_empty"] == 1 and m["adversarial"]["tp"] == 3  # the empty answer counts as yes
+    assert "POPE random (official parser): acc 83.3" in out
+    # our parser on the same answers (asked for) reads "Not really." and the empty answer as no
+    ev.main(["pope", "--answers", str(run / "pope_random_answers.jsonl"), "--questions", pub["pope_random"],
+             "--parser", "povid", "--out", str(run / "povid" / "pope_{split}.json")])
+    pm = json.loads((run / "povid" / "pope_random.json").read_text())
+    assert pm["parser"].startswith("povid") and pm["metrics"]["fp"] == 0 and pm["metrics"]["accuracy"] == 1.0
+    # report: LLaVA's POPE number, the mean F1 of the three splits, and which parser
+    md = open(ev.write_report([str(run)], str(tmp_path))).read()
+    f1 = [m[s]["f1"] for s in ("random", "popular", "adversarial")]
+    assert f"| {100 * sum(f1) / 3:.1f} |" in md and "POPE F1 mean" in md
+    assert "run: POPE answers read with the official: RUCAIBox/POPE evaluate.py" in md
+    # an answer to a question the file does not hold, and a missing answer, are errors
+    with open(run / "pope_random_answers.jsonl", "a") as f:
+        f.write(json.dumps({"question_id": 77, "text": "Yes"}) + "\n")
+    with pytest.raises(ValueError, match="pope_random_answers.jsonl: answer 7: question_id 77 is not in"):
+        ev.main(["pope", "--answers", str(run / "pope_random_answers.jsonl"), "--questions", pub["pope_random"]])
+    lines = open(run / "pope_popular_answers.jsonl").read().splitlines()
+    (run / "short.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="1 question\\(s\\) without an answer"):
+        ev.main(["pope", "--answers", str(run / "short.jsonl"), "--questions", pub["pope_popular"]])
+
+
+def test_llava_question_file(pub, tmp_path, capsys):
+    """LLaVA's llava_pope_test.jsonl: one answers file, three splits; labels from POPE's coco/ folder; the same
+    numbers as scoring POPE's own files with the same answers."""
+    llava = _lines(pub["llava_pope_test"])
+    texts = [t for s in ("adversarial", "popular", "random") for t in TEXTS[s]]  # the file's order
+    ans = _answers(tmp_path / "answers.jsonl", llava, texts)
+    ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", pub["pope_dir"]])
+    out = capsys.readouterr().out
+    assert "POPE F1 mean of the 3 splits (LLaVA's POPE number):" in out
+    for split in ("random", "popular", "adversarial"):
+        got = json.loads((tmp_path / f"pope_{split}.json").read_text())
+        assert got["split"] == split and got["parser"].startswith("official")
+        own = _answers(tmp_path / f"own_{split}.jsonl", _lines(pub[f"pope_{split}"]), TEXTS[split])
+        ev.main(["pope", "--answers", own, "--questions", pub[f"pope_{split}"], "--out", str(tmp_path / "o.json")])
+        assert got["metrics"] == json.loads((tmp_path / "o.json").read_text())["metrics"]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "image": "x.jpg", "text": "Is there a cat?"}) +
+                                      "\n")
+    with pytest.raises(ValueError, match="q.jsonl:1: no 'label' .* and no 'category'"):
+        ev.main(["pope", "--answers", ans, "--questions", str(tmp_path / "q.jsonl")])
+    with pytest.raises(ValueError, match="need --label-dir"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"]])
+    with pytest.raises(ValueError, match="3 splits: --out needs a '\\{split\\}'"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", pub["pope_dir"],
+                 "--out", str(tmp_path / "x.json")])
+    # label files of another POPE version: a shifted line, or a different length, is an error naming both files
+    bad = tmp_path / "coco"
+    shutil.copytree(pub["pope_dir"], bad)
+    lab = _lines(bad / "coco_pope_popular.json")
+    lab[1], lab[2] = lab[2], lab[1]
+    (bad / "coco_pope_popular.json").write_text("".join(json.dumps(x) + "\n" for x in lab))
+    with pytest.raises(ValueError, match="llava_pope_test.jsonl:8 and .*coco_pope_popular.json:2 do not describe "
+                                         "the same question"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
+    (bad / "coco_pope_popular.json").write_text("".join(json.dumps(x) + "\n" for x in lab[:5]))
+    with pytest.raises(ValueError, match="category 'popular' has 6 questions but .*coco_pope_popular.json has 5"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
+    (bad / "coco_pope_popular.json").write_text("".join(json.dumps({k: v for k, v in x.items() if k != "label"} if
+                                                                   i == 3 else x) + "\n" for i, x in enumerate(lab)))
+    with pytest.raises(ValueError, match="coco_pope_popular.json:4: missing field 'label'"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])
+    os.remove(bad / "coco_pope_popular.json")
+    with pytest.raises(FileNotFoundError, match="category 'popular' has no label file"):
+        ev.main(["pope", "--answers", ans, "--questions", pub["llava_pope_test"], "--label-dir", str(bad)])

@@ -1,4 +1,5 @@
-"""eval.py report: one row per run dir from its metrics JSONs, percent formatting, missing cells, errors."""
+"""eval.py report: one row per run dir from its metrics JSONs, percent formatting, missing cells, the POPE F1 mean
+only over all three splits, errors."""
 import json
 
 import pytest
@@ -36,7 +37,8 @@ def test_report(tmp_path, capsys):
     assert "POPE F1 mean | MMHal score | MMHal hall. |" in head
     assert lines[6] == ("| base | 50.0 | 12.5 | 80.0 | 42.2 | 90.0 | 88.0 | 45.0 | 80.0 | 78.0 | 55.0 | 70.0 | "
                         "71.0 | 60.0 | 79.0 | 2.50 | 40.0 |")
-    assert lines[7] == "| povid | 25.0 | 5.0 | 75.0 | 30.0 | 92.0 | 90.0 | 50.0 | – | – | – | – | – | – | 90.0 | – | – |"
+    # LLaVA's POPE number is the mean F1 of the three splits: with one split scored there is none
+    assert lines[7] == "| povid | 25.0 | 5.0 | 75.0 | 30.0 | 92.0 | 90.0 | 50.0 | – | – | – | – | – | – | – | – | – |"
     rj = json.loads((tmp_path / "runs" / "report.json").read_text())
     assert [r["run"] for r in rj["runs"]] == [str(base), str(povid)]
     assert rj["runs"][0]["pope"]["adversarial"]["f1"] == 0.71 and rj["runs"][1]["mmhal"] is None

@@ -1,0 +1,173 @@
+"""The files eval.py reads and writes, apart from each benchmark's own (COCO in eval_chair.py, POPE's label files in
+eval_pope.py, MMHal-Bench's template in eval_mmhal.py): strict JSON / JSONL readers that name the file, the line or
+record and the field of anything wrong; atomic writers; CHAIR / POPE ground truth; question files for `generate`.
+
+Question files (JSONL; a line's fields decide how it is read, so one reader serves them all):
+  ours         {"question_id", "image", "prompt", ...}: what chair-questions, chair-gt and pope-build write.
+  POPE         {"question_id", "image", "text", "label"}: RUCAIBox/POPE output/coco/coco_pope_{random,popular,
+               adversarial}.json (JSONL despite the name), `image` a bare COCO file name ("COCO_val2014_...jpg").
+  LLaVA POPE   {"question_id", "image", "text", "category"}: LLaVA-1.5's llava_pope_test.jsonl (its eval.zip, read by
+               llava/eval/model_vqa_loader.py); `category` is the split, `text` already ends with the suffix below.
+For the last two, `text` is the question: the answer record keeps it as "question" and holds the model's answer in
+"text" (the layout of LLaVA's answer files, so LLaVA's eval_pope.py reads ours too). Images are looked up under
+--image-root (default: the question file's folder). The short-answer suffix LLaVA-1.5 appends to POPE questions
+("\\nAnswer the question using a single word or phrase.", scripts/v1_5/eval/pope.sh via llava_pope_test.jsonl) is
+added by default to POPE-style lines (those with "label" or "category"), never twice, and never to our own lines
+unless asked for: a line says what it asks.
+
+Ground truth (GT.json, CHAIR and POPE): {image_id: {"objects": [name, ...], "image": path?, ...}} or a list of
+{"id" or "image_id", "objects", "image"?, ...}; ids compared as strings; image paths relative to the file.
+
+    from eval_data import read_jsonl, question_records, write_json
+"""
+from __future__ import annotations
+
+import json
+import os
+
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+# ---------------------------------------------------------------------------------------------- JSON helpers
+def read_jsonl(path: str, required: tuple[str, ...] = (), key: str | None = None) -> list[dict]:
+    """JSON objects of a JSONL file; a bad line, a missing required field or a repeated `key` names the line."""
+    return [rec for _, rec in read_jsonl_lines(path, required, key)]
+
+
+def read_jsonl_lines(path: str, required: tuple[str, ...] = (), key: str | None = None) -> list[tuple[int, dict]]:
+    """read_jsonl with each record's line number: [(lineno, record)], for messages that name the line later."""
+    out, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object")
+            for k in required:
+                if k not in rec:
+                    raise ValueError(f"{path}:{lineno}: missing field {k!r}")
+            if key is not None:
+                if str(rec[key]) in seen:
+                    raise ValueError(f"{path}:{lineno}: {key} {rec[key]!r} appears twice")
+                seen.add(str(rec[key]))
+            out.append((lineno, rec))
+    return out
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def first_char(path: str) -> str:
+    """'[' for a JSON list (MMHal's template), '{' for JSONL or a JSON object; '' for an empty file."""
+    with open(path, encoding="utf-8") as f:
+        while True:
+            c = f.read(1)
+            if not c or not c.isspace():
+                return c
+
+
+def _atomic_write(path: str, text: str) -> None:
+    """A killed run never leaves half a file: write beside it, then rename over it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    _atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_text(path: str, text: str) -> None:
+    _atomic_write(path, text)
+
+
+def resolve(base_file: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(base_file)), path)
+
+
+# ---------------------------------------------------------------------------------------------- ground truth
+def load_annotations(path: str) -> dict[str, dict]:
+    """{image_id (str): {"objects": [...], "image": absolute path?, ...}} from either accepted layout."""
+    data = read_json(path)
+    if isinstance(data, dict):
+        pairs = [(k, v, f"key {k!r}") for k, v in data.items()]
+    elif isinstance(data, list):
+        pairs = []
+        for i, v in enumerate(data):
+            if not isinstance(v, dict) or ("id" not in v and "image_id" not in v):
+                raise ValueError(f"{path}: item {i} has no 'id' or 'image_id'")
+            pairs.append((v["image_id"] if "image_id" in v else v["id"], v, f"item {i}"))
+    else:
+        raise ValueError(f"{path}: expected a JSON object or list, got {type(data).__name__}")
+    out: dict[str, dict] = {}
+    for k, v, where in pairs:
+        if not isinstance(v, dict) or not isinstance(v.get("objects"), list) or \
+                not all(isinstance(o, str) for o in v["objects"]):
+            raise ValueError(f"{path}: {where}: needs an 'objects' list of strings")
+        if str(k) in out:
+            raise ValueError(f"{path}: {where}: image id {k!r} appears twice")
+        rec = dict(v)
+        if "image" in rec:
+            rec["image"] = resolve(path, rec["image"])
+        out[str(k)] = rec
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- questions
+def question_records(path: str, image_root: str | None = None, short_answer_suffix: bool | None = None) -> list[dict]:
+    """A JSONL question file (any layout of the module docstring) as generate's work list:
+    [{"question_id", "prompt", "image_file" (path to open), "suffix" (what was appended, "" if none),
+      "answer_base" (the answer record before "text" / "model" / "gen" are added), "where" ("file:line")}].
+    short_answer_suffix: None = on for POPE-style lines only; True / False = on / off for every line."""
+    base = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+    out = []
+    for lineno, rec in read_jsonl_lines(path, required=("question_id", "image"), key="question_id"):
+        where = f"{path}:{lineno}"
+        if not isinstance(rec["image"], str) or not rec["image"]:
+            raise ValueError(f"{where}: field 'image' must be a file name, got {rec['image']!r}")
+        if "prompt" in rec:  # ours: the question as the model is asked it
+            question, answer_base = rec["prompt"], dict(rec)
+            pope_style = False
+        elif "text" in rec:  # POPE / LLaVA: `text` is the question; the answer's "text" will be the answer
+            question = rec["text"]
+            answer_base = {k: v for k, v in rec.items() if k != "text"}
+            answer_base["question"] = question
+            pope_style = "label" in rec or "category" in rec
+        else:
+            raise ValueError(f"{where}: no question: needs field 'prompt' (our files) or 'text' (POPE / LLaVA)")
+        if not isinstance(question, str):
+            raise ValueError(f"{where}: the question must be a string, got {type(question).__name__}")
+        add = pope_style if short_answer_suffix is None else short_answer_suffix
+        prompt = question + SHORT_ANSWER_SUFFIX if add and not question.endswith(SHORT_ANSWER_SUFFIX) else question
+        if prompt != question or "prompt" not in rec:
+            answer_base["prompt"] = prompt
+        image = rec["image"] if os.path.isabs(rec["image"]) else os.path.join(base, rec["image"])
+        out.append({"question_id": rec["question_id"], "prompt": prompt, "image_file": image,
+                    "suffix": SHORT_ANSWER_SUFFIX if prompt.endswith(SHORT_ANSWER_SUFFIX) else "",
+                    "answer_base": answer_base, "where": where})
+    return out
+
+
+def check_images(records: list[dict], hint: str = "") -> None:
+    """Every image a run will open exists, checked before a model is loaded; the first few missing ones are named
+    with their record."""
+    missing = [r for r in records if not os.path.isfile(r["image_file"])]
+    if missing:
+        shown = "; ".join(f"{r['where']}: {r['image_file']}" for r in missing[:5])
+        raise FileNotFoundError(f"{len(missing)} of {len(records)} images not found ({shown}"
+                                f"{'; ...' if len(missing) > 5 else ''}){hint}")
