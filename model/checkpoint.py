@@ -180,6 +180,46 @@ def load_clip(cls, path, dtype=torch.float32, device="cpu"):
     return model.eval()
 
 
+def read_llava_state(path) -> dict:
+    """A llava-hf directory's tensors under our names, in their stored dtype (no model built). Strict like
+    load_into: a key no rule maps is an error; which keys must be there is the caller's check."""
+    path = os.fspath(path)
+    out, unknown = {}, []
+    for key, get in _tensor_sources(path):
+        if key.endswith(IGNORE_SUFFIXES):
+            continue
+        ours = map_key(key, LLAVA_HF)
+        if ours is None:
+            unknown.append(key)
+        elif ours in out:
+            raise ValueError(f"{key!r} (in {path}) maps to {ours!r}, which an earlier key already gave")
+        else:
+            out[ours] = get()
+    if unknown:
+        raise KeyError(f"{path}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
+    return out
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def stored_dtype(path) -> torch.dtype | None:
+    """The precision a checkpoint was published in: config.json's `torch_dtype` (v4) / `dtype` (v5), top level or
+    text_config, else the dtype of its first floating-point tensor on disk. None when neither says."""
+    path = os.fspath(path)
+    cfg = _read_json(path)
+    for d in (cfg, cfg.get("text_config") or {}):
+        for k in ("torch_dtype", "dtype"):
+            if d.get(k) in DTYPES:
+                return DTYPES[d[k]]
+    for key, get in _tensor_sources(path):
+        t = get()
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
 # ---------------------------------------------------------------------- writing
 def _inverse(our_key: str, table) -> str:
     for src, dst in table:

@@ -180,13 +180,26 @@ class Tokenizer:
                 names["image"], origins["image"] = extra["image_token"], os.path.join(dir_, side)
         return cls(tk, names, source=file, image_token_id=image_token_id, name_sources=origins)
 
+    def hf_tokenizer_config(self) -> dict:
+        """tokenizer_config.json for transformers / vLLM: PreTrainedTokenizerFast runs tokenizer.json's own pipeline
+        unchanged (a model-specific class may rebuild parts of it), with the special names resolved here."""
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.bos_id is not None,
+               "add_eos_token": False, "clean_up_tokenization_spaces": False, "padding_side": "left"}
+        for key, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unk", self.unk_id), ("pad", self.pad_id)):
+            if i is not None:
+                cfg[f"{key}_token"] = self.tk.id_to_token(i)
+        if self.image_token_id is not None and self.tk.token_to_id(self.special_names["image"]) is not None:
+            cfg["extra_special_tokens"] = {"image_token": self.special_names["image"]}  # -> tokenizer.image_token
+        return cfg
+
     def save_pretrained(self, dir_: str):
-        """Write tokenizer.json and a minimal tokenizer_config.json (special token names), atomically."""
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (what transformers' AutoTokenizer
+        reads), each atomically."""
         os.makedirs(dir_, exist_ok=True)
-        cfg = {f"{k}_token": v for k, v in self.special_names.items()
-               if self.tk.token_to_id(v) is not None}
-        cfg.update(add_bos_token=self.bos_id is not None, add_eos_token=False, padding_side="left")
-        for name, text in (("tokenizer.json", self.tk.to_str()), ("tokenizer_config.json", json.dumps(cfg, indent=2))):
+        cfg = self.hf_tokenizer_config()
+        tok_map = {k: v for k, v in cfg.items() if k.endswith("_token")}
+        for name, text in (("tokenizer.json", self.tk.to_str()), ("tokenizer_config.json", json.dumps(cfg, indent=2)),
+                           ("special_tokens_map.json", json.dumps(tok_map, indent=2))):
             tmp = os.path.join(dir_, name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
