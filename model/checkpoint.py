@@ -266,15 +266,24 @@ def _write_json(fpath, obj):
     os.replace(fpath + ".tmp", fpath)
 
 
-def save_llava(model, path, max_shard_bytes):
-    # legacy prefixes: the hub's own files use them, and every transformers version maps them on load
+def llava_hf_keys(state: dict) -> dict:
+    """Our names -> the hub's legacy llava-hf names (language_model.model.*, vision_tower.vision_model.*, ...):
+    the hub's own files use them, and every transformers version maps them on load."""
     table = [LLAVA_HF[0], LLAVA_HF[2], LLAVA_HF[4], LLAVA_HF[8]]
-    state = {_inverse(k, table): v for k, v in model.state_dict().items()}
+    return {_inverse(k, table): v for k, v in state.items()}
+
+
+def clip_keys(state: dict) -> dict:
+    """Our names -> openai CLIP's (vision_model.*, text_model.*, visual_projection, text_projection, logit_scale)."""
+    return {_inverse(k, CLIP_FULL): v for k, v in state.items()}
+
+
+def save_llava(model, path, max_shard_bytes):
+    state = llava_hf_keys(model.state_dict())
     cfg = model.config.to_dict()
     cfg["torch_dtype"] = cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")  # v4, v5 name
     save_state(state, path, max_shard_bytes, cfg)
 
 
 def save_clip(model, path, max_shard_bytes):
-    state = {_inverse(k, CLIP_FULL): v for k, v in model.state_dict().items()}
-    save_state(state, path, max_shard_bytes, model.config.to_dict())
+    save_state(clip_keys(model.state_dict()), path, max_shard_bytes, model.config.to_dict())

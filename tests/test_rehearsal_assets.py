@@ -186,3 +186,113 @@ def test_cached_and_verified(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "fetch_llama_js", lambda cache: pytest.fail("fetched although built"))
     d = assets.llama_tokenizer_dir(OUT)
     assert d == os.path.join(OUT, "llama")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+from rehearsal import checkpoints  # noqa: E402
+
+
+def test_config_is_the_hub_file_but_depth():
+    def flat(d, pre=""):
+        return {k2: v2 for k, v in d.items() for k2, v2 in
+                (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
+    hub = flat(checkpoints.LLAVA_HF_7B_CONFIG)
+    for narrow, extra in ((False, {}), (True, {f"text_config.{k}": v for k, v in checkpoints.NARROW_TEXT.items()}
+                                          | {f"vision_config.{k}": v for k, v in checkpoints.NARROW_VISION.items()})):
+        got = flat(checkpoints.llava_config(2, narrow))
+        changed = {k: v for k, v in got.items() if hub.get(k, "absent") != v}
+        assert changed == {"text_config.num_hidden_layers": 2, "vision_config.num_hidden_layers": 2} | extra
+        assert hub.keys() <= got.keys()
+    assert hub["vision_config.num_hidden_layers"] == 24 and hub["text_config.vocab_size"] == 32064
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rehearsal")
+    return checkpoints.build_llava(str(out), narrow=True, assets_dir=OUT), \
+        checkpoints.build_clip(str(out), narrow=True, assets_dir=OUT)
+
+
+def test_narrow_llava_in_ours_and_transformers(narrow):
+    import torch
+    from PIL import Image
+    from safetensors import safe_open
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from model import Llava
+    d, _ = narrow
+    with open(os.path.join(d, "model.safetensors.index.json")) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    assert len(shards) > 1 and shards[0].endswith("-of-%05d.safetensors" % len(shards))
+    with safe_open(os.path.join(d, shards[0]), framework="pt") as f:
+        k = next(iter(f.keys()))
+        assert f.get_tensor(k).dtype == torch.float16
+    ours = Llava.from_pretrained(d)  # strict
+    assert (ours.config.num_image_tokens, ours.config.text.vocab_size, ours.config.vision_layers_used) == (576, 32064,
+                                                                                                          1)
+    proc = AutoProcessor.from_pretrained(d)
+    hf = LlavaForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown here?"}]}]
+    text = proc.apply_chat_template(conv, add_generation_prompt=True)
+    assert text == "USER: <image>\nWhat is shown here? ASSISTANT:"  # the hub's template: no system sentence
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray((torch.rand(300, 420, 3, generator=g) * 255).to(torch.uint8).numpy())
+    inputs = proc(images=img, text=text, return_tensors="pt")
+    ids = inputs["input_ids"]
+    assert int((ids == 32000).sum()) == 576 and ids[0, 0] == 1
+    from model import Tokenizer, load_image
+    assert ids[0].tolist() == Tokenizer.from_pretrained(d).encode_prompt("What is shown here?", 576, "llava_hf")
+    px = load_image(img, 336, pad=False)  # the hub's CLIPImageProcessor: resize + centre crop, no padding
+    assert torch.allclose(inputs["pixel_values"][0], px, atol=1e-5)
+    with torch.no_grad():
+        a, b = ours(ids, px[None]), hf(**inputs).logits
+        assert (a - b).abs().max() <= 1e-3 * b.abs().max()
+        mine = ours.generate(ids, px[None], max_new_tokens=5, min_new_tokens=5)
+        theirs = hf.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(mine[0], theirs[0, ids.shape[1]:])
+
+
+def test_narrow_clip_in_ours_and_transformers(narrow):
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, CLIPModel as HFCLIP
+    from model import CLIPModel, Tokenizer, load_image
+    from model.tokenizer import pad_sequences
+    _, d = narrow
+    ours = CLIPModel.from_pretrained(d)  # strict
+    assert ours.config.text.eos_token_id == 2 and float(ours.logit_scale.detach()) == pytest.approx(4.6052, abs=1e-4)
+    hf = HFCLIP.from_pretrained(d, dtype=torch.float32).eval()
+    proc = AutoProcessor.from_pretrained(d)
+    texts = ["a photo of a cat on a red sofa", "two dogs"]
+    img = Image.fromarray((torch.rand(200, 350, 3, generator=torch.Generator().manual_seed(1)) * 255)
+                          .to(torch.uint8).numpy())
+    inputs = proc(text=texts, images=img, return_tensors="pt", padding=True)
+    tok = Tokenizer.from_pretrained(d)
+    rows = [[tok.bos_id] + tok.encode(t) + [tok.eos_id] for t in texts]
+    ids, mask = pad_sequences(rows, tok.pad_id, side="right")
+    assert torch.equal(ids, inputs["input_ids"]) and torch.equal(mask, inputs["attention_mask"])
+    px = load_image(img, 336, pad=False)
+    assert torch.allclose(inputs["pixel_values"][0], px, atol=1e-5)
+    with torch.no_grad():
+        a, b = ours(ids, px[None], mask), hf(**inputs).logits_per_image
+    assert a.shape == (1, 2) and torch.allclose(a, b, atol=1e-3)
+
+
+def test_export_from_the_narrow_checkpoint_copies_its_files(narrow, tmp_path):
+    """A base with every side file (the llava-hf layout): the export copies them, keeps fp16, bit-identical."""
+    import types
+    import torch
+    from model import Llava, Tokenizer
+    from train_state import export_model
+    d, _ = narrow
+    model = Llava.from_pretrained(d).requires_grad_(False)  # fp32 in memory; nothing trained
+    cfg = types.SimpleNamespace(init_from=d, lora_rank=0, lora_alpha=0, out_dir=str(tmp_path), fsdp=False,
+                                tokenizer="", model_config="", template="vicuna_v1")
+    path = export_model(cfg, None, model, Tokenizer.from_pretrained(d), 0)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "preprocessor_config.json", "processor_config.json", "chat_template.json", "generation_config.json"):
+        with open(os.path.join(d, name), "rb") as a, open(os.path.join(path, name), "rb") as b:
+            assert a.read() == b.read(), name
+    src, out = Llava.from_pretrained(d, dtype=torch.float16), Llava.from_pretrained(path, dtype=torch.float16)
+    with open(os.path.join(path, "config.json")) as f:
+        assert json.load(f)["torch_dtype"] == "float16"
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), out.state_dict().values()))
