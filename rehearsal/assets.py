@@ -228,7 +228,8 @@ def clip_side_files(vocab, merges) -> dict:
     """vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json as openai's CLIP repos ship them."""
     def tok(t):
         return {"content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": True}
-    config = {"unk_token": dict(tok(CLIP_EOS), __type="AddedToken"), "bos_token": dict(tok(CLIP_BOS), __type="AddedToken"),
+    config = {"unk_token": dict(tok(CLIP_EOS), __type="AddedToken"),
+              "bos_token": dict(tok(CLIP_BOS), __type="AddedToken"),
               "eos_token": dict(tok(CLIP_EOS), __type="AddedToken"), "pad_token": CLIP_EOS,
               "add_prefix_space": False, "errors": "replace", "do_lower_case": True,
               "name_or_path": "openai/clip-vit-large-patch14-336", "model_max_length": 77,

@@ -192,6 +192,33 @@ def dir_bytes(d: str) -> int:
     return sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
 
 
+@torch.no_grad()
+def check(name: str, d: str) -> None:
+    """Load `d` strictly (fp32) and run one real-shape forward: a 336 px image + a vicuna_v1 prompt (576 image
+    tokens) through the LLaVA, or two captions through the CLIP."""
+    from PIL import Image
+    from model import Tokenizer, load_image
+    from model.tokenizer import pad_sequences
+    t0 = time.time()
+    m = (Llava if name == "llava" else CLIPModel).from_pretrained(d, dtype=torch.float32)
+    n = sum(p.numel() for p in m.parameters())
+    print(f"  loaded strictly (fp32): {n / 1e6:.1f} M parameters in {time.time() - t0:.1f} s")
+    tok = Tokenizer.from_pretrained(d)
+    img = Image.new("RGB", (500, 375), (90, 140, 200))
+    t0 = time.time()
+    if name == "llava":
+        ids = torch.tensor([tok.encode_prompt("What is in the image?", m.config.num_image_tokens)])
+        px = load_image(img, m.config.image_size, pad=True)[None]
+        out = m(ids, px)  # (1, T, 32064)
+    else:
+        rows = [[tok.bos_id] + tok.encode(t) + [tok.eos_id] for t in ("a photo of a cat", "a blue sky")]
+        ids, mask = pad_sequences(rows, tok.pad_id, side="right")
+        out = m(ids, load_image(img, m.config.vision.image_size, pad=False)[None], mask)  # (1 image, 2 texts)
+    assert torch.isfinite(out).all(), f"{d}: non-finite outputs"
+    print(f"  forward {tuple(out.shape)} finite in {time.time() - t0:.1f} s")
+    del m
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="real-shape random LLaVA-1.5 / CLIP checkpoints for the rehearsal")
     ap.add_argument("--out", required=True)
@@ -204,11 +231,7 @@ def main(argv=None):
         d = build(a.out, narrow=a.narrow, layers=a.layers)
         print(f"{name}: {d}  {dir_bytes(d) / 1e6:.1f} MB, {time.time() - t0:.1f} s")
         if a.check:
-            t0 = time.time()
-            m = (Llava if name == "llava" else CLIPModel).from_pretrained(d, dtype=torch.float32)
-            n = sum(p.numel() for p in m.parameters())
-            del m
-            print(f"  loaded strictly (fp32): {n / 1e6:.1f} M parameters in {time.time() - t0:.1f} s")
+            check(name, d)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process: {peak:.0f} MiB")
 

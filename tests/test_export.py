@@ -43,8 +43,9 @@ def tiny_llava(seed=0):
     m = Llava(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     for name, p in m.named_parameters():  # well separated logits: greedy is not decided by rounding noise
-        p.requires_grad_(False).copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name or "layrnorm" in name
-                else 0.15 * torch.randn(p.shape, generator=g))
+        is_norm = "norm" in name or "layrnorm" in name
+        p.requires_grad_(False).copy_(1 + 0.1 * torch.randn(p.shape, generator=g) if is_norm
+                                      else 0.15 * torch.randn(p.shape, generator=g))
     return m
 
 
@@ -137,3 +138,21 @@ def test_transformers_processor_and_greedy_tokens_match(exported):
     got = ours.generate(inputs["input_ids"], px[None], max_new_tokens=10, min_new_tokens=10)
     assert torch.equal(got[0], theirs[0, inputs["input_ids"].shape[1]:])
     assert len(set(got[0].tolist())) > 1  # a real continuation, not one repeated token
+
+
+def test_chat_templates_render_the_training_prompt():
+    """The written Jinja renders what model/tokenizer.py's templates tokenize (multi-turn, a system override)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+    from model.hf_files import chat_template
+    conv = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+            {"role": "user", "content": "And the color?"}]
+
+    def render(template, messages):
+        return render_jinja_template(conversations=[messages], chat_template=chat_template(template),
+                                     add_generation_prompt=True)[0][0]
+    assert render("vicuna_v1", conv) == (f"{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>"
+                                         "USER: And the color? ASSISTANT:")
+    assert render("vicuna_v1", [{"role": "system", "content": "Be brief."}] + conv[:1]) == \
+        "Be brief. USER: <image>\nWhat is it? ASSISTANT:"
+    assert render("llava_hf", conv[:2]) == "USER: <image>\nWhat is it? ASSISTANT: A cat. ASSISTANT:"

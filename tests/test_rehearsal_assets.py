@@ -131,7 +131,8 @@ def openai_clip_encode(text, ranks, encoder):
 
 SENTENCES = ["a photo of a cat", "A red double-decker BUS parked next to 2 bicycles, in 2024!",
              "It's a dog's life; isn't it? They'll see, we'd've...", "naïve café — déjà vu, Zürich",
-             "  multiple   spaces\tand\nnewlines  ", "emoji 🦙🦙 and 中文字符 mixed", "x" * 40 + " supercalifragilistic",
+             "  multiple   spaces\tand\nnewlines  ", "emoji 🦙🦙 and 中文字符 mixed",
+             "x" * 40 + " supercalifragilistic",
              "There is no giraffe in this picture.", "3.14159 != 22/7 ## (approx) [brackets] {braces}"]
 
 
