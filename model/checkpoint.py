@@ -201,7 +201,6 @@ def read_llava_state(path) -> dict:
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def stored_dtype(path) -> torch.dtype | None:

@@ -172,7 +172,7 @@ def test_clip_special_ids_through_our_tokenizer(clip_dir, tmp_path):
     assert (alone.bos_id, alone.eos_id, alone.pad_id) == (49406, 49407, 49407)
 
 
-def test_cached_and_verified(tmp_path, monkeypatch):
+def test_cached_and_verified(llama_dir, tmp_path, monkeypatch):
     name, version, _ = assets.LLAMA_PKG
     cache = tmp_path / "download"
     cache.mkdir()
