@@ -20,7 +20,13 @@ $(STAMP): $(RUNTIME) requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
-test: $(STAMP)
+# the real LLaMA and CLIP tokenizers, rebuilt once from registry packages (rehearsal/assets.py; tests use them)
+ASSETS  := .venv/assets/.built
+$(ASSETS): $(RUNTIME) rehearsal/assets.py
+	$(PY) -m rehearsal.assets --out .venv/assets
+	touch $(ASSETS)
+
+test: $(STAMP) $(ASSETS)
 	$(PY) -m pytest -q tests
 
 demo: $(RUNTIME)

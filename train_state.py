@@ -24,7 +24,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from model import Llava
+from model.checkpoint import read_llava_state, stored_dtype
+from model.hf_files import write_hf_files
 from model.lora import merge_lora_state
+from model.tokenizer import DEFAULT_TEMPLATE
 
 
 def _rng_state():
@@ -112,9 +115,18 @@ def load_checkpoint(cfg, net, model, opt, rank) -> int:
         return json.load(f)["step"]
 
 
-def export_model(cfg, net, model, tok, rank, path=None):
-    """The model, adapters merged, in the llava-hf layout + tokenizer.json (what transformers loads), into `path`
-    (default out_dir/model, the final model)."""
+def export_model(cfg, net, model, tok, rank, path=None, template=None):
+    """The model, adapters merged, into `path` (default out_dir/model, the final model) as a directory that
+    transformers (AutoProcessor + LlavaForConditionalGeneration) and vLLM load: config.json, safetensors in the
+    llava-hf layout, and the side files of model/hf_files.py (tokenizer, image processor, processor, chat template,
+    generation config), copied from the tokenizer / base checkpoint directories where they have them, written
+    otherwise (chat template: `template`, default cfg.template).
+
+    Precision: the file keeps the base checkpoint's dtype (its config's torch_dtype, else its tensors'; fp16 for
+    LLaVA-1.5), not the dtype training held the frozen weights in. The frozen weights are re-read from the base
+    checkpoint as stored (a bf16 copy made for training would round an fp16 base), each LoRA delta B A is added in
+    fp32, and every tensor is rounded once into the file's dtype. Without a base (from scratch) the weights keep
+    their training dtype."""
     if cfg.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -123,16 +135,47 @@ def export_model(cfg, net, model, tok, rank, path=None):
         state = model.state_dict()  # references, no copy
     if rank != 0:
         return None
+    base = cfg.init_from or None
+    dtype = stored_dtype(base) if base else None
+    if base:
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = _frozen_from_base(state, trainable, base, dtype)
     if cfg.lora_rank:
-        state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)
-    dtype = state["language_model.embed_tokens.weight"].dtype  # one dtype for the file: the frozen weights'
+        state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)  # (W.float() + scale B A) -> W's dtype
+    dtype = dtype or state["language_model.embed_tokens.weight"].dtype
     with torch.device("meta"):
         out = Llava(model.config)  # no memory, no init: the tensors are assigned below
     out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)  # strict: every key matches
     path = path or os.path.join(cfg.out_dir, "model")
     out.save_pretrained(path)
-    tok.save_pretrained(path)
+    write_hf_files(path, model.config, tok, template=template or getattr(cfg, "template", DEFAULT_TEMPLATE),
+                   tokenizer_dir=cfg.tokenizer or cfg.init_from or getattr(cfg, "model_config", "") or None,
+                   base_dir=base)
     return path
+
+
+def _frozen_from_base(state, trainable, base, dtype):
+    """`state` with every frozen tensor replaced by the base checkpoint's stored one (the trained ones and the
+    adapters kept). A frozen tensor must match its stored value to the training dtype's rounding, else the model
+    was not built from `base` and the export refuses (naming the key)."""
+    disk = read_llava_state(base)
+    out = {}
+    for k, v in state.items():
+        plain = k.replace(".base.weight", ".weight").replace(".base.bias", ".bias")  # LoRA-wrapped linears
+        if k in trainable or k.endswith((".lora_A", ".lora_B")):
+            out[k] = v
+            continue
+        if plain not in disk or tuple(disk[plain].shape) != tuple(v.shape):
+            raise ValueError(f"export: {plain!r} of the trained model is not in the base checkpoint {base} with "
+                             f"shape {tuple(v.shape)}")
+        d = disk.pop(plain)
+        scale = float(d.abs().max()) if d.numel() else 0.0
+        if d.numel() and float((v.detach().float().cpu() - d.float()).abs().max()) > 1e-2 * scale + 1e-6:
+            raise ValueError(f"export: frozen {plain!r} differs from the base checkpoint {base}: was the model "
+                             "loaded from it?")
+        # a LoRA base weight keeps the stored dtype only if that is the file's: the merge then rounds once into it
+        out[k] = d if d.dtype == dtype else d.float()
+    return out
 
 
 def write_atomic(path, text):

@@ -180,6 +180,45 @@ def load_clip(cls, path, dtype=torch.float32, device="cpu"):
     return model.eval()
 
 
+def read_llava_state(path) -> dict:
+    """A llava-hf directory's tensors under our names, in their stored dtype (no model built). Strict like
+    load_into: a key no rule maps is an error; which keys must be there is the caller's check."""
+    path = os.fspath(path)
+    out, unknown = {}, []
+    for key, get in _tensor_sources(path):
+        if key.endswith(IGNORE_SUFFIXES):
+            continue
+        ours = map_key(key, LLAVA_HF)
+        if ours is None:
+            unknown.append(key)
+        elif ours in out:
+            raise ValueError(f"{key!r} (in {path}) maps to {ours!r}, which an earlier key already gave")
+        else:
+            out[ours] = get()
+    if unknown:
+        raise KeyError(f"{path}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
+    return out
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def stored_dtype(path) -> torch.dtype | None:
+    """The precision a checkpoint was published in: config.json's `torch_dtype` (v4) / `dtype` (v5), top level or
+    text_config, else the dtype of its first floating-point tensor on disk. None when neither says."""
+    path = os.fspath(path)
+    cfg = _read_json(path)
+    for d in (cfg, cfg.get("text_config") or {}):
+        for k in ("torch_dtype", "dtype"):
+            if d.get(k) in DTYPES:
+                return DTYPES[d[k]]
+    for key, get in _tensor_sources(path):
+        t = get()
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
 # ---------------------------------------------------------------------- writing
 def _inverse(our_key: str, table) -> str:
     for src, dst in table:
@@ -226,15 +265,24 @@ def _write_json(fpath, obj):
     os.replace(fpath + ".tmp", fpath)
 
 
-def save_llava(model, path, max_shard_bytes):
-    # legacy prefixes: the hub's own files use them, and every transformers version maps them on load
+def llava_hf_keys(state: dict) -> dict:
+    """Our names -> the hub's legacy llava-hf names (language_model.model.*, vision_tower.vision_model.*, ...):
+    the hub's own files use them, and every transformers version maps them on load."""
     table = [LLAVA_HF[0], LLAVA_HF[2], LLAVA_HF[4], LLAVA_HF[8]]
-    state = {_inverse(k, table): v for k, v in model.state_dict().items()}
+    return {_inverse(k, table): v for k, v in state.items()}
+
+
+def clip_keys(state: dict) -> dict:
+    """Our names -> openai CLIP's (vision_model.*, text_model.*, visual_projection, text_projection, logit_scale)."""
+    return {_inverse(k, CLIP_FULL): v for k, v in state.items()}
+
+
+def save_llava(model, path, max_shard_bytes):
+    state = llava_hf_keys(model.state_dict())
     cfg = model.config.to_dict()
     cfg["torch_dtype"] = cfg["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")  # v4, v5 name
     save_state(state, path, max_shard_bytes, cfg)
 
 
 def save_clip(model, path, max_shard_bytes):
-    state = {_inverse(k, CLIP_FULL): v for k, v in model.state_dict().items()}
-    save_state(state, path, max_shard_bytes, model.config.to_dict())
+    save_state(clip_keys(model.state_dict()), path, max_shard_bytes, model.config.to_dict())

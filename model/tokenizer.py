@@ -42,6 +42,11 @@ token can never straddle a prompt/answer boundary and the mask is known per segm
   Consequence: vicuna_v1 ids do not depend on which layout the tokenizer.json was saved in; llava_hf ids follow the
   file, exactly as transformers would. tests/test_tokenizer.py pins both, against emulations of both references.
 
+Special names: bos/eos/unk/pad/image default to LLaMA's "<s>" "</s>" "<unk>" "<pad>" "<image>"; a CLIP tokenizer.json
+(openai's "<|startoftext|>" 49406 / "<|endoftext|>" 49407) is recognised by those names when no side file says
+otherwise, and openai's side files name <|endoftext|> as pad and unk too. The image token is optional: a CLIP text
+tokenizer has none, and asking it to encode a conversation with an image is the error (naming the file).
+
 Run the tests: .venv/bin/python -m pytest -q tests/test_tokenizer.py
 """
 from __future__ import annotations
@@ -55,6 +60,10 @@ from tokenizers import Tokenizer as HFTokenizer
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
+DEFAULT_TEMPLATE = "vicuna_v1"  # LLaVA-1.5's training and benchmark template (A5); every command's default
+# default names, tried in order when no side file names the token: LLaMA's, then openai CLIP's
+DEFAULT_NAMES = {"bos": ("<s>", "<|startoftext|>"), "eos": ("</s>", "<|endoftext|>"), "unk": ("<unk>",),
+                 "pad": ("<pad>",), "image": (IMAGE_TAG,)}
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -107,36 +116,35 @@ class Tokenizer:
         name_sources: {key: file the name was read from}, for error messages."""
         self.tk = tk
         self.source = source
-        names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "image": IMAGE_TAG}
         explicit = dict(special_names or {})  # names read from side files: these must exist
-        names.update(explicit)
-        self.special_names = names
         vocab = tk.get_vocab(with_added_tokens=True)
         # ids may be sparse or added tokens may sit past the model vocab: size = largest id + 1
         self.vocab_size = max(vocab.values()) + 1 if vocab else 0
-
-        def lookup(key):
-            i = tk.token_to_id(names[key])
-            if i is None and key in explicit:
-                origin = (name_sources or {}).get(key, "special_names")
-                raise ValueError(f"{source}: {key} token {names[key]!r} (named in {origin}) is not in the "
-                                 f"vocabulary")
-            return i
-
-        self.eos_id = lookup("eos")
-        self.image_token_id = lookup("image")
+        names = {}
+        for key, candidates in DEFAULT_NAMES.items():
+            if key in explicit:
+                names[key] = explicit[key]
+                if tk.token_to_id(names[key]) is None:
+                    origin = (name_sources or {}).get(key, "special_names")
+                    raise ValueError(f"{source}: {key} token {names[key]!r} (named in {origin}) is not in the "
+                                     f"vocabulary")
+            else:  # the first default the vocabulary has, else the first (reported in errors as missing)
+                names[key] = next((c for c in candidates if tk.token_to_id(c) is not None), candidates[0])
+        self.special_names = names
+        self.eos_id = tk.token_to_id(names["eos"])
+        if self.eos_id is None:
+            raise ValueError(f"{source}: the tokenizer has no {names['eos']!r} token; answers end with it "
+                             f"(add it as a special token, or name the end token in tokenizer_config.json)")
+        # None when the tokenizer has no image token (a CLIP text tokenizer): fine until an image is encoded
+        self.image_token_id = tk.token_to_id(names["image"])
         if image_token_id is not None:
             if self.image_token_id is not None and self.image_token_id != image_token_id:
                 raise ValueError(f"{source}: image_token_id={image_token_id} given, but the tokenizer's "
                                  f"{names['image']!r} is id {self.image_token_id}")
             self.image_token_id = image_token_id
-        for key, tag in (("eos", self.eos_id), ("image", self.image_token_id)):
-            if tag is None:
-                raise ValueError(f"{source}: the tokenizer has no {names[key]!r} token; LLaVA needs it "
-                                 f"(add it as a special token, or pass image_token_id= for <image>)")
-        self.bos_id = lookup("bos")  # None: sequences start without BOS
-        self.unk_id = lookup("unk")
-        pad = lookup("pad")
+        self.bos_id = tk.token_to_id(names["bos"])  # None: sequences start without BOS
+        self.unk_id = tk.token_to_id(names["unk"])
+        pad = tk.token_to_id(names["pad"])
         # the original LLaVA pads with unk; llava-hf has a dedicated <pad>; eos as a last resort (padding is masked)
         self.pad_id = pad if pad is not None else (self.unk_id if self.unk_id is not None else self.eos_id)
         # Can "</s>" + text be used to encode text as it would continue after a special token? (see docstring)
@@ -173,13 +181,26 @@ class Tokenizer:
                 names["image"], origins["image"] = extra["image_token"], os.path.join(dir_, side)
         return cls(tk, names, source=file, image_token_id=image_token_id, name_sources=origins)
 
+    def hf_tokenizer_config(self) -> dict:
+        """tokenizer_config.json for transformers / vLLM: PreTrainedTokenizerFast runs tokenizer.json's own pipeline
+        unchanged (a model-specific class may rebuild parts of it), with the special names resolved here."""
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.bos_id is not None,
+               "add_eos_token": False, "clean_up_tokenization_spaces": False, "padding_side": "left"}
+        for key, i in (("bos", self.bos_id), ("eos", self.eos_id), ("unk", self.unk_id), ("pad", self.pad_id)):
+            if i is not None:
+                cfg[f"{key}_token"] = self.tk.id_to_token(i)
+        if self.image_token_id is not None and self.tk.token_to_id(self.special_names["image"]) is not None:
+            cfg["extra_special_tokens"] = {"image_token": self.special_names["image"]}  # -> tokenizer.image_token
+        return cfg
+
     def save_pretrained(self, dir_: str):
-        """Write tokenizer.json and a minimal tokenizer_config.json (special token names), atomically."""
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (what transformers' AutoTokenizer
+        reads), each atomically."""
         os.makedirs(dir_, exist_ok=True)
-        cfg = {f"{k}_token": v for k, v in self.special_names.items()
-               if self.tk.token_to_id(v) is not None}
-        cfg.update(add_bos_token=self.bos_id is not None, add_eos_token=False, padding_side="left")
-        for name, text in (("tokenizer.json", self.tk.to_str()), ("tokenizer_config.json", json.dumps(cfg, indent=2))):
+        cfg = self.hf_tokenizer_config()
+        tok_map = {k: v for k, v in cfg.items() if k.endswith("_token")}
+        for name, text in (("tokenizer.json", self.tk.to_str()), ("tokenizer_config.json", json.dumps(cfg, indent=2)),
+                           ("special_tokens_map.json", json.dumps(tok_map, indent=2))):
             tmp = os.path.join(dir_, name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -258,6 +279,10 @@ class Tokenizer:
             out.append((role, text))
         if tagged is None and num_image_tokens > 0:
             out[0] = ("human", IMAGE_TAG + "\n" + out[0][1])
+        if num_image_tokens > 0 and self.image_token_id is None:
+            raise ValueError(f"{self.source}: this tokenizer has no {self.special_names['image']!r} token, so it "
+                             f"cannot encode a conversation with an image (a text-only tokenizer such as CLIP's? "
+                             f"use the LLaVA checkpoint's tokenizer, or pass image_token_id=)")
         return out
 
     def _segments(self, turns, template: Template):
@@ -296,17 +321,18 @@ class Tokenizer:
             after_special = kind in ("image", "eos")
         return ids, labels
 
-    def encode_prompt(self, question: str, num_image_tokens: int, template: str = "vicuna_v1") -> list[int]:
+    def encode_prompt(self, question: str, num_image_tokens: int, template: str = DEFAULT_TEMPLATE) -> list[int]:
         """BOS + prompt ending in "ASSISTANT:", ready for generation."""
         return self._tokenize([{"from": "human", "value": question}], num_image_tokens, template)[0]
 
     def encode_pair(self, question: str, answer: str, num_image_tokens: int,
-                    template: str = "vicuna_v1") -> tuple[list[int], list[int]]:
+                    template: str = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
         """One DPO/SFT example: (input_ids, labels), answer + </s> scored."""
         turns = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
         return self._tokenize(turns, num_image_tokens, template)
 
-    def encode_chat(self, turns, num_image_tokens: int, template: str = "vicuna_v1") -> tuple[list[int], list[int]]:
+    def encode_chat(self, turns, num_image_tokens: int,
+                    template: str = DEFAULT_TEMPLATE) -> tuple[list[int], list[int]]:
         """LLaVA conversation JSON turns -> (input_ids, labels). A final unanswered human turn ends in "ASSISTANT:"."""
         return self._tokenize(turns, num_image_tokens, template)
 

@@ -157,3 +157,82 @@ def test_broken_config_json(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava",')
     with pytest.raises(ValueError, match=r"config\.json: invalid JSON"):
         Llava.from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- model.convert
+def word_tokenizer(d, n, image_id, pad_id):
+    """A word-level tokenizer.json with n ids: <unk> <s> </s> at 0-2, <image> / <pad> at the given ids."""
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, models, pre_tokenizers
+    names = {0: "<unk>", 1: "<s>", 2: "</s>", image_id: "<image>", pad_id: "<pad>"}
+    tk = HFTokenizer(models.WordLevel(vocab={names.get(i, f"w{i}"): i for i in range(n)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in names.values()])
+    os.makedirs(d, exist_ok=True)
+    tk.save(os.path.join(d, "tokenizer.json"))
+    return d
+
+
+def hf_logits(hf, ids, mask, px):
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return hf(input_ids=ids, pixel_values=px, attention_mask=mask, position_ids=pos).logits
+
+
+def test_convert_liuhaotian_to_llava_hf(hf_dir, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from model.convert import convert, main
+    hf, _ = hf_dir
+    src, clip = tmp_path / "liuhaotian", tmp_path / "clip"
+    make_liuhaotian(hf, str(src), str(clip), bin_format=True, dtype=torch.float16)
+    with pytest.raises(SystemExit, match="liuhaotian has no tokenizer.json .* Pass --tokenizer DIR"):
+        main(["--src", str(src), "--vision-tower", str(clip), "--out", str(tmp_path / "x")])
+    tok = word_tokenizer(str(tmp_path / "tok"), 300, IMAGE_TOKEN, 297)
+    done = convert(src, clip, tmp_path / "out", tokenizer=tok)
+    assert done["tokenizer.json"].startswith("copied") and done["preprocessor_config.json"] == "written"
+    out = tmp_path / "out"
+    with open(out / "config.json") as f:
+        cfg = json.load(f)
+    assert (cfg["torch_dtype"], cfg["image_token_index"], cfg["image_aspect_ratio"]) == ("float16", IMAGE_TOKEN, "pad")
+    with open(out / "preprocessor_config.json") as f:
+        assert json.load(f)["do_pad"] is True  # LLaVA-1.5 trained on padded images
+    ours = Llava.from_pretrained(src, vision_tower=clip)  # fp16 weights read into fp32 on both sides
+    theirs = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+    ids, mask = prompts()
+    px = pixels(2)
+    assert (ours(ids, px, mask) - hf_logits(theirs, ids, mask, px)).abs()[mask.bool()].max() <= 1e-4
+    assert AutoProcessor.from_pretrained(out).image_processor.do_pad is True
+
+
+def test_convert_image_id_past_the_head(hf_dir, tmp_path):
+    """The real liuhaotian case in miniature: no image_token_index in the config, so the image id is the vocab size
+    (300 of 300 rows) and <pad> lies past the head too. Kept as is, pad falls back to <unk>; --pad-vocab grows the
+    table for transformers without changing a greedy token."""
+    from transformers import LlavaForConditionalGeneration
+    from model.convert import convert
+    hf, _ = hf_dir
+    src, clip = tmp_path / "liuhaotian", tmp_path / "clip"
+    make_liuhaotian(hf, str(src), str(clip), dtype=torch.float16)
+    with open(src / "config.json") as f:
+        cfg = json.load(f)
+    del cfg["image_token_index"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    tok = word_tokenizer(str(tmp_path / "tok"), 302, 300, 301)
+    convert(src, clip, tmp_path / "keep", tokenizer=tok)
+    with open(tmp_path / "keep" / "tokenizer_config.json") as f:
+        assert json.load(f)["pad_token"] == "<unk>"
+    with open(tmp_path / "keep" / "generation_config.json") as f:
+        assert json.load(f)["pad_token_id"] == 0
+    kept = Llava.from_pretrained(tmp_path / "keep")
+    assert (kept.config.text.vocab_size, kept.config.image_token_id, kept.config.pad_token_id) == (300, 300, 0)
+    ours = Llava.from_pretrained(src, vision_tower=clip)
+    img = [300] * NUM_IMAGE_TOKENS
+    ids = torch.tensor([[1, 17, 42] + img + [99, 7, 250]])
+    px = pixels(1)
+    want = ours(ids, px)
+    assert torch.equal(kept(ids, px), want)
+    convert(src, clip, tmp_path / "grown", tokenizer=tok, pad_to=320)
+    theirs = LlavaForConditionalGeneration.from_pretrained(tmp_path / "grown", dtype=torch.float32).eval()
+    got = theirs(input_ids=ids, pixel_values=px).logits
+    assert got.shape[-1] == 320 and (got[..., :300] - want).abs().max() <= 1e-4
+    assert (got[..., 300:] < got[..., :300].max(-1, keepdim=True).values).all()  # new tokens never the argmax
+    grown = Llava.from_pretrained(tmp_path / "grown")
+    assert torch.equal(grown.generate(ids, px, max_new_tokens=8), ours.generate(ids, px, max_new_tokens=8))
