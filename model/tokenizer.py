@@ -82,7 +82,6 @@ TEMPLATES = {
     "llava_hf": Template("llava_hf", "", chunk_after_special=False),
 }
 TEMPLATES["plain"] = TEMPLATES["llava_hf"]
-DEFAULT_TEMPLATE = "vicuna_v1"  # every command's default: LLaVA-1.5's training (--version v1) and benchmark template
 
 
 def get_template(name: str) -> Template:
