@@ -13,7 +13,7 @@ from PIL import Image
 
 import chat_api
 from chat_api import ChatClient, ChatError, image_data_url, resume_jsonl, run_jsonl_jobs
-from stub_openai import StubServer
+from rehearsal.stub_openai import StubServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "sk-test-SECRET-0123456789"

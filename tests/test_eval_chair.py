@@ -9,7 +9,7 @@ import pytest
 
 import eval as ev
 from eval_chair import Synonyms, chair_scores, sample_image_ids, singularize
-from public_data import VAL, VAL_GT, make_public_data
+from rehearsal.public_data import VAL, VAL_GT, make_public_data
 
 TABLE = """# toy table in the COCO synonyms.txt format
 person, man, woman, people, child, boy, girl, baby, adult, passenger

@@ -119,7 +119,7 @@ RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from public_data import make_public_data
+    from rehearsal.public_data import make_public_data
     root = tmp_path_factory.mktemp("gen")
     make_checkpoint(root / "ckpt")
     return str(root / "ckpt"), make_public_data(root / "public", image_size=40)

@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 import eval as ev
-from public_data import make_public_data
-from stub_openai import StubServer
+from rehearsal.public_data import make_public_data
+from rehearsal.stub_openai import StubServer
 from test_eval_generate import make_checkpoint
 
 # keep in step with the README's "Evaluation on the official files" block

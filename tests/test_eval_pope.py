@@ -12,7 +12,7 @@ import pytest
 
 import eval as ev
 from eval_pope import build_pope_questions, parse_yes_no, parse_yes_no_official, pope_metrics, question_text
-from public_data import make_public_data
+from rehearsal.public_data import make_public_data
 
 
 @pytest.mark.parametrize("text,yes", [

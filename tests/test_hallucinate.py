@@ -18,7 +18,7 @@ import torch
 import hallucinate as H
 from toy import world as toyworld
 from hallucinate_rules import Cooccurrence, RuleInjector, Vocab
-from stub_openai import StubServer
+from rehearsal.stub_openai import StubServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 30  # training images of the test world

@@ -1,6 +1,6 @@
 """A tiny public-data tree in the exact public schemas, for tests and end-to-end rehearsals without downloads.
 
-    from public_data import make_public_data
+    from rehearsal.public_data import make_public_data
     paths = make_public_data(tmp_path)     # -> {name: path}; see PATHS for the names
 
 Photographs are scikit-image's bundled ones (skimage.data: chelsea and coffee "no copyright restrictions, CC0 by the
