@@ -345,7 +345,7 @@ def peak_flops(cfg: Config, device: str):
 def load_rows(cfg: Config, objective: str, tok, mc: LlavaConfig, print0):
     """The usable samples (every bad one counted by reason, or an error), the image store and the collate fn."""
     skips = D.Skips(cfg.on_bad_sample)
-    pad = (cfg.image_aspect_ratio or mc.image_aspect_ratio) == "pad"
+    pad = mc.image_aspect_ratio == "pad"
     images = D.ImageStore(mc.image_size, pad=pad, cache_mb=cfg.image_cache_mb)
     load = D.load_sft if objective == "sft" else D.load_pairs
     rows = load(cfg.data, tok, mc.num_image_tokens, cfg.template, cfg.max_len, skips, image_root=cfg.image_root)
@@ -411,6 +411,8 @@ class Run:
         os.makedirs(cfg.out_dir, exist_ok=True)
         self.model = model = build_model(cfg, self.device, frozen_dtype)
         mc = self.mc = model.config
+        if cfg.image_aspect_ratio:  # what the images are trained on is what the export's config and processor say
+            mc.image_aspect_ratio = cfg.image_aspect_ratio
         if cfg.max_len == 0:  # the checkpoint's context: image tokens + text
             cfg = replace(cfg, max_len=mc.text.max_position_embeddings)
         if cfg.max_len <= mc.num_image_tokens:

@@ -160,7 +160,8 @@ class LlavaConfig:
                 vision_feature_layer=layer,
                 vision_feature_select_strategy=d.get("vision_feature_select_strategy", "default"),
                 multimodal_projector_bias=d.get("multimodal_projector_bias", True),
-                image_aspect_ratio=d.get("image_aspect_ratio", "square"),
+                # llava-hf's config.json does not say; LLaVA-1.5 trained and is benchmarked padded to square
+                image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
             )
         if "mm_projector_type" in d or "mm_vision_tower" in d:
             if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":

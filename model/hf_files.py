@@ -14,8 +14,10 @@ model but not as a processor, has no chat template, and generates with the wrong
                              hub's file, no system sentence)
   generation_config.json     bos / eos / pad ids
 
-`write_hf_files` copies every one of them that a source directory (the tokenizer's, the base checkpoint's) has, and
-writes the ones still missing. Token ids through a processor: it tokenizes the rendered prompt as one string, so
+`write_hf_files` copies the tokenizer files and the generation config from the source directories (the tokenizer's,
+the base checkpoint's) when they have them, and writes the rest: the image processor, the processor and the chat
+template describe how *this* model was trained (its image_aspect_ratio, its template), which need not be how the
+base's files say (llava-hf's hub files centre-crop and have no system sentence; LLaVA-1.5 trained padded, with it). Token ids through a processor: it tokenizes the rendered prompt as one string, so
 after "<image>" there is no dummy-prefix "▁" (non-legacy tokenizer.json); the original LLaVA (vicuna_v1 here) has one.
 That one-token difference is llava-hf's own (layout_style.md A6 pitfall 1), not the export's.
 
@@ -34,8 +36,7 @@ from .tokenizer import DEFAULT_TEMPLATE, VICUNA_SYSTEM, get_template
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model")
-MODEL_SIDE_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja",
-                    "generation_config.json")
+MODEL_SIDE_FILES = ("generation_config.json",)  # copied from the base; the processor files are written (above)
 
 # llava-hf/llava-1.5-7b-hf chat_template.json (layout_style.md A1): roles upper-cased, images first, no system
 LLAVA_HF_CHAT_TEMPLATE = (
@@ -146,7 +147,7 @@ def write_hf_files(out: str, config: LlavaConfig, tok, template: str = DEFAULT_T
     if "processor_config.json" not in done:
         write_json(os.path.join(out, "processor_config.json"), processor_config(config, image_token))
         done["processor_config.json"] = "written"
-    if "chat_template.json" not in done and "chat_template.jinja" not in done:
+    if "chat_template.json" not in done:
         write_json(os.path.join(out, "chat_template.json"), {"chat_template": chat_template(template, image_token)})
         done["chat_template.json"] = "written"
     if "generation_config.json" not in done:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import resource
@@ -158,7 +159,8 @@ def build_llava(out: str, narrow: bool = False, layers: int = 2, seed: int = 0, 
     save_state(state, tmp, max_shard_bytes=-(-total // shards), config=cfg_dict)  # the hub has 3 shards
     _copy_files(tok_dir, tmp, ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                "added_tokens.json"))
-    write_json(os.path.join(tmp, "preprocessor_config.json"), preprocessor_config(config))  # no pad: the hub's
+    hub = dataclasses.replace(config, image_aspect_ratio="square")  # the hub's file centre-crops, pads nothing
+    write_json(os.path.join(tmp, "preprocessor_config.json"), preprocessor_config(hub))
     write_json(os.path.join(tmp, "processor_config.json"), processor_config(config))
     write_json(os.path.join(tmp, "chat_template.json"), {"chat_template": LLAVA_HF_CHAT_TEMPLATE})
     write_json(os.path.join(tmp, "generation_config.json"), LLAVA_HF_GENERATION)

@@ -52,30 +52,52 @@ def readme_block(name: str, lang: str, readme: str = README) -> str:
 
 
 def commands(block: str):
-    """Shell block -> (assignments {VAR: value}, [command lines]): continuation lines joined, comments dropped."""
-    assigns, cmds, cur = {}, [], ""
+    """Shell block -> (assignments [(VAR, value)] at its top, [commands]): continuation lines joined, comments
+    dropped, a for ... done loop kept whole (bash runs it as one command)."""
+    assigns, cmds, cur, depth, joining = [], [], [], 0, False
     for line in block.splitlines():
-        line = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
-        if not line.strip():
+        code = "" if line.lstrip().startswith("#") else re.sub(r"\s+#\s.*$", "", line).rstrip()
+        if not code.strip():
             continue
-        cur += line[:-1] + " " if line.endswith("\\") else line
-        if line.endswith("\\"):
-            continue
-        m = re.fullmatch(r"\s*([A-Z_][A-Z0-9_]*)=(\S+)\s*", cur)
-        if m and not cmds:
-            assigns[m.group(1)] = m.group(2)
+        cont = code.endswith("\\")
+        piece = code[:-1].rstrip() if cont else code
+        if joining:
+            cur[-1] += " " + piece.strip()
         else:
-            cmds.append(" ".join(cur.split()))
-        cur = ""
+            cur.append(piece)
+        joining = cont
+        if cont:
+            continue
+        word = code.split()[0]
+        depth += word in ("for", "while", "if") and 1 or 0
+        depth -= word in ("done", "fi") and 1 or 0
+        if depth:
+            continue
+        text = "\n".join(cur) if len(cur) > 1 and cur[0].lstrip().startswith(("for ", "while ", "if ")) \
+            else " ".join(" ".join(cur).split())
+        m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(\S+)", text)
+        if m and not cmds:
+            assigns.append((m.group(1), m.group(2)))
+        else:
+            cmds.append(text)
+        cur = []
     return assigns, cmds
 
 
-def adapt(cmd: str, steps: int, chair_images: int, fsdp: bool) -> str:
-    """The step counts the rehearsal changes (and nothing else): --max_steps on every train.py line, the CHAIR
-    sample size; --fsdp=True on train.py lines for the FSDP2 pass."""
-    if re.search(r"\btrain\.py\b", cmd):
-        cmd += f" --max_steps={steps}" + (" --fsdp=True" if fsdp else "")
-    return re.sub(r"--num-images[ =]\d+", f"--num-images {chair_images}", cmd)
+def adapt(cmd: str, steps: int, chair_images: int, fsdp: bool, gen_tokens: int = 8) -> str:
+    """The counts the rehearsal changes (and nothing else): --max_steps on every train.py line, --max-new-tokens on
+    every generating line (a random-weight model rarely stops by itself), the CHAIR sample size; --fsdp=True on
+    train.py lines for the FSDP2 pass. Appended flags win over the recipes' values."""
+    lines = []
+    for line in cmd.split("\n"):
+        if re.search(r"\btrain\.py\b", line):
+            line += f" --max_steps={steps}" + (" --fsdp=True" if fsdp else "")
+        if re.search(r"\b(generate|clip-rank)\b", line):
+            line += f" --max-new-tokens {gen_tokens}"
+        if re.search(r"\bchair-gt\b", line):
+            line += f" --num-images {chair_images}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- running one command
@@ -131,52 +153,105 @@ def run(cmd: str, env: dict, log_path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- main
+JUDGE_TEMPLATE = '''"""A stand-in for LLaVA-RLHF's Eval/eval_gpt_mmhal.py (its text is not ours to ship): the same shape, a
+template string with the image contents, question, standard answer and response, rated "Rating: N"."""
+template = """Rate the response for hallucination, from 0 to 6, as "Rating: N".
+## Image Contents
+{}
+## Question
+{}
+## Standard Human-Generated Answer
+{}
+## LMM Response to Evaluate
+{}
+"""
+'''
+
+
 def build_inputs(out: str, narrow: bool) -> dict:
-    """Checkpoints and public-schema data under out/inputs; -> the README's path variables, pointed at them."""
+    """Checkpoints and public-schema data under out/inputs -> the README's input variables, pointed at them."""
     from rehearsal.checkpoints import build_clip, build_llava
-    from rehearsal.public_data import build_public_data
+    from rehearsal.public_data import make_public_data
     inp = os.path.join(out, "inputs")
-    llava = build_llava(os.path.join(inp, "llava-1.5-7b-hf"), narrow=narrow)
-    clip = build_clip(os.path.join(inp, "clip-vit-large-patch14-336"), narrow=narrow)
-    data = build_public_data(os.path.join(inp, "data"))
-    return {"LLAVA": llava, "CLIP": clip, **{k: v for k, v in data.items() if k.isupper()}}
+    data = make_public_data(os.path.join(inp, "data"), image_size=480)
+    rlhf = os.path.join(inp, "LLaVA-RLHF")
+    os.makedirs(os.path.join(rlhf, "Eval"), exist_ok=True)
+    with open(os.path.join(rlhf, "Eval", "eval_gpt_mmhal.py"), "w") as f:
+        f.write(JUDGE_TEMPLATE)
+    return {"LLAVA": build_llava(os.path.join(inp, "ckpt"), narrow=narrow),
+            "CLIP": build_clip(os.path.join(inp, "ckpt"), narrow=narrow),
+            "COCO": os.path.join(data["root"], "coco"), "POVID_JSON": data["povid_pairs"],
+            "SYNONYMS": data["synonyms"], "POPE": os.path.join(data["root"], "pope"),
+            "MMHAL": os.path.join(data["root"], "mmhal"), "LLAVA_RLHF": rlhf}
 
 
-def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, fsdp_pass: bool) -> dict:
+def readme_env(assigns, inputs: dict, out: str, ngpu: int) -> tuple[dict, dict]:
+    """The README's VAR= lines with the rehearsal's values: its inputs, OUT and NGPU; a value that refers to other
+    variables ($OUT/...) is expanded as the shell would. -> (env, {VAR: (README's value, ours)})."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))  # the venv, activated
+    ours = dict(inputs, OUT=out, NGPU=str(ngpu))
+    changed = {}
+    for var, val in assigns:
+        if var in ours:
+            env[var] = str(ours[var])
+        elif "$" in val:
+            used = re.findall(r"\$(\w+)", val)
+            if not set(used) <= set(changed):
+                raise SystemExit(f"rehearsal: the README sets {var}={val} before {sorted(set(used) - set(changed))}")
+            env[var] = re.sub(r"\$(\w+)", lambda m: env[m.group(1)], val)
+        else:
+            raise SystemExit(f"rehearsal: the README sets {var}={val}, an input the rehearsal has none for")
+        changed[var] = (val, env[var])
+    return env, changed
+
+
+def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, fsdp_pass: bool,
+             models=("base", "povid", "clip_dpo"), fsdp_match: str = r"\btrain\.py\b|clip-rank") -> dict:
+    """Build the inputs, run the README's blocks (training, evaluation per model in `models`, report, use), then the
+    commands matching `fsdp_match` again with --fsdp=True. Returns what rehearsal.json holds."""
+    from rehearsal.stub_openai import StubServer
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    paths = build_inputs(out, narrow)
-    assigns, cmds = commands(readme_block("real-run", "bash"))
-    use_py = readme_block("real-use", "python")
-    missing = sorted(set(assigns) - set(paths) - {"OUT", "NGPU"})
-    if missing:
-        raise SystemExit(f"rehearsal: the README's block sets {missing}, which the rehearsal has no input for")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env.update({k: str(paths[k]) for k in assigns if k in paths}, OUT=os.path.join(out, "ddp"), NGPU=str(ngpu))
-    changed = {k: (assigns[k], env[k]) for k in assigns}
+    inputs = build_inputs(out, narrow)
+    t_inputs = round(time.time() - t0, 1)
+    assigns, train_cmds = commands(readme_block("real-run", "bash"))
+    _, eval_cmds = commands(readme_block("real-eval", "bash"))
+    _, report_cmds = commands(readme_block("real-report", "bash"))
+    env, changed = readme_env(assigns, inputs, os.path.join(out, "ddp"), ngpu)
     print("rehearsal: the README's variables, as the README has them -> here:")
     for k, (a, b) in changed.items():
         print(f"  {k}: {a} -> {b}")
     log = os.path.join(out, "rehearsal.log")
     open(log, "w").close()
-    records = {"ddp": [run(adapt(c, steps, chair_images, False), env, log) for c in cmds]}
+    o = env["OUT"]
+    ckpts = {"base": env["LLAVA"], "povid": f"{o}/povid/model", "clip_dpo": f"{o}/clip_dpo/model"}
+    records = {"train": [run(adapt(c, steps, chair_images, False), env, log) for c in train_cmds]}
+    with StubServer(handler=lambda body: "The response matches the image contents.\nRating: 4") as judge:
+        env_j = dict(env, OPENAI_BASE_URL=judge.url, OPENAI_API_KEY="sk-rehearsal")  # a loopback judge
+        for m in models:
+            e = dict(env_j, CKPT=ckpts[m], RUN=f"{o}/eval/{m}")
+            records[f"eval {m}"] = [run(adapt(c, steps, chair_images, False), e, log) for c in eval_cmds]
+    if set(models) == set(ckpts):
+        records["report"] = [run(c, env, log) for c in report_cmds]
     use = os.path.join(out, "use_the_model.py")
     with open(use, "w") as f:
-        f.write(use_py)
+        f.write(readme_block("real-use", "python"))
     records["use"] = [run(f"python {shlex.quote(use)}", env, log)]
-    if fsdp_pass:
-        env_f = dict(env, OUT=os.path.join(out, "fsdp"))
-        train_cmds = [c for c in cmds if re.search(r"\btrain\.py\b|clip-rank", c)]
-        records["fsdp"] = [run(adapt(c, steps, chair_images, True), env_f, log) for c in train_cmds]
+    if fsdp_pass:  # the training commands again, FSDP2 instead of DDP, into their own OUT
+        env_f, _ = readme_env(assigns, inputs, os.path.join(out, "fsdp"), ngpu)
+        records["fsdp"] = [run(adapt(c, steps, chair_images, True), env_f, log) for c in train_cmds
+                           if re.search(fsdp_match, c)]
     rep = {"narrow": narrow, "steps": steps, "ngpu": ngpu, "wall_s": round(time.time() - t0, 1),
-           "peak_mb": max(r["peak_mb"] for rs in records.values() for r in rs), "variables": changed,
-           "commands": records}
+           "inputs_s": t_inputs, "peak_mb": max(r["peak_mb"] for rs in records.values() for r in rs),
+           "variables": changed, "commands": records}
     tmp = os.path.join(out, "rehearsal.json.tmp")
     with open(tmp, "w") as f:
         json.dump(rep, f, indent=1)
     os.replace(tmp, os.path.join(out, "rehearsal.json"))
-    print(f"rehearsal: {sum(len(r) for r in records.values())} commands in {rep['wall_s']} s, peak "
-          f"{rep['peak_mb']} MiB (one command's process tree) -> {out}/rehearsal.json")
+    print(f"rehearsal: {sum(len(r) for r in records.values())} commands in {rep['wall_s']} s (inputs {t_inputs} s), "
+          f"peak {rep['peak_mb']} MiB (the largest process tree) -> {out}/rehearsal.json")
     return rep
 
 
@@ -188,8 +263,9 @@ def main(argv=None):
     p.add_argument("--ngpu", type=int, default=2, help="processes per torchrun command (the README's NGPU)")
     p.add_argument("--chair-images", type=int, default=3, help="the CHAIR sample size (the README's 500)")
     p.add_argument("--no-fsdp", action="store_true", help="skip the FSDP2 pass of the training commands")
+    p.add_argument("--models", default="base,povid,clip_dpo", help="which models the evaluation block runs for")
     a = p.parse_args(argv)
-    rehearse(a.out, a.narrow, a.steps, a.ngpu, a.chair_images, not a.no_fsdp)
+    rehearse(a.out, a.narrow, a.steps, a.ngpu, a.chair_images, not a.no_fsdp, tuple(a.models.split(",")))
 
 
 if __name__ == "__main__":

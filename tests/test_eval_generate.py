@@ -215,8 +215,8 @@ def test_liuhaotian_with_vision_tower(tmp_path):
         _gen(str(tmp_path / "orig"), q, tmp_path / "none.jsonl", "--tokenizer", str(tmp_path / "hf"))
     orig = _gen(str(tmp_path / "orig"), q, tmp_path / "orig.jsonl", "--vision-tower", str(tmp_path / "clip"),
                 "--tokenizer", str(tmp_path / "hf"))
-    twin = _gen(str(tmp_path / "hf"), q, tmp_path / "hf.jsonl", "--image-aspect-ratio", "pad")
-    square = _gen(str(tmp_path / "hf"), q, tmp_path / "sq.jsonl")
+    twin = _gen(str(tmp_path / "hf"), q, tmp_path / "hf.jsonl")  # llava-hf's config says nothing: LLaVA-1.5's pad
+    square = _gen(str(tmp_path / "hf"), q, tmp_path / "sq.jsonl", "--image-aspect-ratio", "square")
     assert orig[0]["gen"]["image_aspect_ratio"] == twin[0]["gen"]["image_aspect_ratio"] == "pad"
     assert square[0]["gen"]["image_aspect_ratio"] == "square"
     assert [a["text"] for a in orig] == [a["text"] for a in twin]

@@ -4,42 +4,28 @@ like LLaVA-RLHF's, then `report`. Only what a tiny model needs changes: --max-ne
 on chair-gt (the tree has 7 val images), and a stub OpenAI-compatible judge on loopback."""
 import json
 import os
+import re
 import shlex
 
 import pytest
 
 import eval as ev
 from rehearsal.public_data import make_public_data
+from rehearsal.run import readme_block
 from rehearsal.stub_openai import StubServer
 from test_eval_generate import make_checkpoint
 
-# keep in step with the README's "Evaluation on the official files" block
-README = r"""
-# CHAIR: COCO val2014 -> ground truth + a seeded 500-image sample (publish $GT/sample_ids.txt) -> captions -> scores
-python eval.py chair-gt --recipe recipes/eval.toml:chair \
-    --instances $COCO/annotations/instances_val2014.json --captions $COCO/annotations/captions_val2014.json \
-    --images-dir $COCO/val2014 --synonyms $SYNONYMS --output $GT
-python eval.py generate --recipe recipes/eval.toml:chair --checkpoint $CKPT \
-    --questions $GT/chair_questions.jsonl --output $RUN/chair_answers.jsonl
-python eval.py chair --answers $RUN/chair_answers.jsonl --annotations $GT/chair_gt.json --out $RUN/chair.json
 
-# POPE: the official question files -> answers -> metrics per split (report: the mean F1 of the three splits)
-for s in random popular adversarial; do
-  python eval.py generate --recipe recipes/eval.toml:pope --checkpoint $CKPT \
-      --questions $POPE/output/coco/coco_pope_$s.json --image-root $COCO/val2014 --output $RUN/pope_${s}_answers.jsonl
-  python eval.py pope --recipe recipes/eval.toml:pope --answers $RUN/pope_${s}_answers.jsonl \
-      --questions $POPE/output/coco/coco_pope_$s.json --out $RUN/pope_$s.json
-done
 
-# MMHal-Bench: the template -> answers (+ the filled-in template) -> the judge with the official judge prompt
-python eval.py generate --recipe recipes/eval.toml:mmhal --checkpoint $CKPT \
-    --questions $MMHAL/response_template.json --image-root $MMHAL/images \
-    --output $RUN/mmhal_answers.jsonl --filled-template $RUN/mmhal_response.json
-python eval.py mmhal --recipe recipes/eval.toml:mmhal --questions $MMHAL/response_template.json \
-    --answers $RUN/mmhal_answers.jsonl --judge-template $LLAVA_RLHF/Eval/eval_gpt_mmhal.py --out $RUN/mmhal.json
+def readme_eval_block():
+    """The README's evaluation commands: the chair-gt line of its real-run block, its real-eval block, and a report
+    over this one run (the README's report line names three runs)."""
+    train = readme_block("real-run", "bash")
+    gt = re.search(r"^python eval.py chair-gt .*?(?<!\\)$", train, re.S | re.M).group(0)
+    return gt + "\n" + readme_block("real-eval", "bash") + "\npython eval.py report $RUN\n"
 
-python eval.py report $RUN
-"""
+
+README = readme_eval_block()
 TINY = {"generate": ["--max-new-tokens", "3"], "chair-gt": ["--num-images", "7"]}
 
 

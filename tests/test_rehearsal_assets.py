@@ -279,7 +279,8 @@ def test_narrow_clip_in_ours_and_transformers(narrow):
 
 
 def test_export_from_the_narrow_checkpoint_copies_its_files(narrow, tmp_path):
-    """A base with every side file (the llava-hf layout): the export copies them, keeps fp16, bit-identical."""
+    """A base with every side file (the llava-hf layout): the export copies its tokenizer and generation config,
+    writes the processor files for how it was trained (padded, vicuna_v1), keeps fp16, bit-identical weights."""
     import types
     import torch
     from model import Llava, Tokenizer
@@ -290,9 +291,13 @@ def test_export_from_the_narrow_checkpoint_copies_its_files(narrow, tmp_path):
                                 tokenizer="", model_config="", template="vicuna_v1")
     path = export_model(cfg, None, model, Tokenizer.from_pretrained(d), 0)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                 "preprocessor_config.json", "processor_config.json", "chat_template.json", "generation_config.json"):
+                 "generation_config.json"):
         with open(os.path.join(d, name), "rb") as a, open(os.path.join(path, name), "rb") as b:
             assert a.read() == b.read(), name
+    with open(os.path.join(path, "preprocessor_config.json")) as f:
+        assert json.load(f)["do_pad"] is True  # the hub's centre-crops; LLaVA-1.5 (and this model) trained padded
+    with open(os.path.join(path, "chat_template.json")) as f:
+        assert "A chat between a curious user" in json.load(f)["chat_template"]
     src, out = Llava.from_pretrained(d, dtype=torch.float16), Llava.from_pretrained(path, dtype=torch.float16)
     with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["torch_dtype"] == "float16"
