@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
-.PHONY: test demo demo-quick bench clean-venv
+.PHONY: test demo demo-quick bench rehearsal clean-venv
 
 # the runtime packages alone: all the demo needs
 $(RUNTIME): requirements.txt constraints.txt
@@ -28,6 +28,10 @@ $(ASSETS): $(RUNTIME) rehearsal/assets.py
 
 test: $(STAMP) $(ASSETS)
 	$(PY) -m pytest -q tests
+
+# the README's real recipe on real-shape inputs (LLaVA-1.5-7B's config with 2 layers), on the CPU: rehearsal/run.py
+rehearsal: $(STAMP) $(ASSETS)
+	$(PY) -m rehearsal.run --out out/rehearsal
 
 demo: $(RUNTIME)
 	$(PY) -m toy.demo
