@@ -7,14 +7,16 @@ end to end before anyone spends GPU hours on it.
     (on a GPU machine the same command: every command picks CUDA and bf16 by itself when a GPU is present)
 
 What it does:
-  1. builds the inputs (rehearsal/checkpoints.py: llava-1.5-7b-hf's config.json with 1-2 layers, the real LLaMA
+  1. builds the inputs (rehearsal/checkpoints.py: llava-1.5-7b-hf's config.json with 2 layers, the real LLaMA
      tokenizer, a CLIP of ViT-L/14-336 shape with CLIP's real BPE vocabulary; rehearsal/public_data.py: real
-     photographs under COCO names, POVID's JSON, COCO captions / instances, POPE's and MMHal-Bench's files);
-  2. reads the README's real-run block (between the `real-run` markers) and changes only what the README itself
-     names as paths (its VAR=... lines) and step counts (`--max_steps=` on every train.py line, the number of
-     GPUs, the CHAIR sample size), each change printed; then runs every command in order, timing each and sampling
-     the summed resident memory of its process tree;
-  3. runs the README's "use the model" Python block (transformers loads the export) the same way;
+     photographs under COCO names, POVID's JSON, COCO captions / instances, POPE's and MMHal-Bench's files, a
+     stand-in for LLaVA-RLHF's judge-template file);
+  2. reads the README's marked blocks - real-run (training, CHAIR's ground truth), real-eval (run once per model
+     with CKPT / RUN set, as the README says), real-report, real-use (transformers loads the export) - and changes
+     only what the README itself names as paths (its VAR=... lines) and counts (`--max_steps=` on train.py lines,
+     `--max-new-tokens` on generating lines, the GPU count, the CHAIR sample size), each change printed; MMHal's
+     judge is a loopback stand-in for the chat API (rehearsal/stub_openai.py);
+  3. runs every command in order, timing each and sampling the summed resident memory of its process tree;
   4. runs the training commands again with --fsdp=True appended (FSDP2 instead of DDP) into a second out dir;
   5. writes OUT/rehearsal.json: per command its wall time, peak memory (whole process tree) and exit code.
 
