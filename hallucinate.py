@@ -57,6 +57,10 @@ class Summary:
         (self.failed if failed else self.skipped)[reason] += 1
         self.where.setdefault(reason, []).append(str(where))
 
+    def bad(self, reason, where, detail=""):
+        """A malformed input line (train_data.read_records' callback): counted, never fatal here."""
+        self.skip(f"{reason} ({detail})" if detail else reason, where)
+
     def __str__(self):
         s = [f"done {self.done}, skipped {sum(self.skipped.values())}, failed {sum(self.failed.values())}"]
         for kind, c in (("skipped", self.skipped), ("failed", self.failed)):
@@ -90,27 +94,17 @@ def coco_caption_records(path: str, data: dict, prompts):
 
 
 def _records(path: str, text: str, summary: Summary, prompts):
-    """[(where, record)] of a JSON list, a COCO captions file or JSONL (a bad JSONL line is counted, not fatal)."""
-    head = text.lstrip()[:1]
-    if head in "[{":
+    """[(where, record)] of a COCO captions file, else of a JSON list or JSONL (train_data.read_records: a bad JSONL
+    line is counted in `summary`, a bad JSON list is an error naming its line)."""
+    if text.lstrip()[:1] == "{":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            if head == "[":  # one list: nothing after the error can be trusted
-                raise ValueError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+        except json.JSONDecodeError:
             data = None  # JSONL: several objects
-        if isinstance(data, list):
-            return [(f"{path}: item {i}", r) for i, r in enumerate(data)]
         if isinstance(data, dict) and "images" in data and "annotations" in data:
             return coco_caption_records(path, data, prompts)
-    raw = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                raw.append((f"{path}:{n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                summary.skip(f"malformed JSON line ({e.msg})", f"{path}:{n}")
-    return raw
+    from train_data import read_records
+    return read_records(path, summary)
 
 
 def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns: bool = False,

@@ -176,14 +176,7 @@ def test_llava_hf_matches_transformers_processor(bpe_dirs, layout):
     tk = HFTokenizer.from_file(str(bpe_dirs[layout] / "tokenizer.json"))
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                      pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
-    chat_template = (  # llava-hf/llava-1.5-7b-hf chat_template.json (layout_style.md A1)
-        "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-        "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-        "{{ '<image>\n' }}{% endfor %}{% if message['role'] != 'assistant' %}"
-        "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-        "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-        "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+    from model.hf_files import LLAVA_HF_CHAT_TEMPLATE as chat_template  # the hub's chat_template.json
     proc = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 16},
                                                                 crop_size={"height": 16, "width": 16}),
                           tokenizer=hf_tok, patch_size=8, vision_feature_select_strategy="default",
