@@ -18,8 +18,8 @@ eval_data.py (ours, POPE's and LLaVA's question files) and the benchmark modules
 `generate` is resumable (answers already in --output are kept) and writes one JSON line per question: the question's
 fields, "prompt" (what the model was asked), "text" (the answer), "model" and "gen" (template, decoding, suffix, image
 aspect ratio, recipe): scoring copies the distinct "gen" values into the metrics JSON as "protocol", since numbers
-are only comparable under the same protocol. Defaults: the template of model.tokenizer.DEFAULT_TEMPLATE (else
-vicuna_v1, LLaVA-1.5's training and benchmark template), CUDA + bfloat16 when a GPU is present (else CPU + float32),
+are only comparable under the same protocol. Defaults: model.tokenizer.DEFAULT_TEMPLATE (vicuna_v1, LLaVA-1.5's
+training and benchmark template, every command's default), CUDA + bfloat16 with a GPU (else CPU + float32),
 pad-to-square when the checkpoint's config says image_aspect_ratio = "pad" (--image-aspect-ratio overrides), 128 new
 tokens; on MMHal-Bench's template, LLaVA-RLHF's protocol: pad-to-square and up to 1024 new tokens.
 --recipe FILE:SECTION sets the defaults of whichever subcommand runs from that section (keys another eval.py
@@ -47,6 +47,7 @@ from eval_data import (check_images, first_char, load_annotations, question_reco
 from eval_mmhal import fill_template, judged_records, make_judge, mmhal_judge, read_template, template_questions
 from eval_pope import PARSER_NOTES, PARSERS, SPLITS, build_pope_questions, labels_for_questions, parse_yes_no, \
     pope_metrics
+from model.tokenizer import DEFAULT_TEMPLATE
 
 __all__ = ["chair_scores", "parse_yes_no", "pope_metrics", "build_pope_questions", "mmhal_judge", "load_annotations",
            "collect_run", "write_report"]
@@ -57,11 +58,6 @@ log = logging.getLogger("povid.eval")
 def _fmt_s(s: float) -> str:
     s = int(s)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def default_template() -> str:
-    import model.tokenizer as mt  # the project's one default, once model.tokenizer names it
-    return getattr(mt, "DEFAULT_TEMPLATE", "vicuna_v1")
 
 
 def cmd_generate(a) -> None:
@@ -107,7 +103,7 @@ def _generate(a, todo: list[dict]) -> None:
     pad = tok.pad_id if tok.pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
                                                      else tok.eos_id)
     aspect = a.image_aspect_ratio or ("pad" if cfg.image_aspect_ratio == "pad" else "square")
-    template = a.template or default_template()
+    template = a.template or DEFAULT_TEMPLATE
     gen = torch.Generator(device=device).manual_seed(a.seed)
     # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol (the batch size
     # too when sampling: it decides which random numbers each answer gets)
