@@ -53,7 +53,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import train_data as D
-from dpo import LOSS_TYPES, chosen_nll, dpo_loss, povid_loss, sequence_sums
+from dpo import LOSS_TYPES, sequence_sums
+from dpo_fused import (dpo_loss_fn, fused_preference_loss, pack, pair_groups, povid_groups, povid_loss_fn,
+                       rewards)
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import DEFAULT_TARGETS, adapters_disabled, apply_lora
 from model.tokenizer import DEFAULT_TEMPLATE, TEMPLATES
@@ -270,19 +272,25 @@ def make_optimizer(cfg: Config, model: Llava):
 
 class Net(nn.Module):
     """Every pass of the loop goes through forward(), so DDP and FSDP see (and gather parameters for) each use: the
-    policy with grad, the reference, POVID's noisy pass. The LM head is applied by the fused log-prob kernel on the
-    scored rows only, so (B, T, V) logits are never built."""
+    policy with grad, the reference, POVID's noisy pass. The LM head is applied to the scored rows only, so
+    (B, T, V) logits are never built: for the policy's preference loss by dpo_fused.py (its head gradients formed in
+    the forward), for SFT and the reference by the sequence-log-prob kernel (model/logprob.py)."""
 
     def __init__(self, llava: Llava):
         super().__init__()
         self.llava = llava
 
-    def forward(self, input_ids, pixel_values, attention_mask, labels, noise_targets=None, pick_noise=False):
+    def forward(self, input_ids, pixel_values, attention_mask, labels, noise_targets=None, pick_noise=False,
+                loss=None):
         if pick_noise:  # POVID: greedy tokens under the noisy image, teacher-forced on `labels`: (B, T)
             from hallucinate import noise_triggered_tokens
             return noise_triggered_tokens(self.llava, input_ids, labels, pixel_values, attention_mask)
         h = self.llava.hidden_states(input_ids, pixel_values, attention_mask)  # (B, T, D)
         w = self.llava.lm_head.weight  # (V, D)
+        if loss is not None:  # the policy's whole preference loss, its head gradients formed now (dpo_fused.py)
+            groups, ref, loss_fn = loss
+            rows, tgt, seq = pack(h, labels, noise_targets)  # the scored rows only; noise = a 2nd target set
+            return fused_preference_loss(rows, w, tgt, seq, groups, ref, loss_fn)  # (scalar, pi (S,))
         lp = sequence_sums(h, w, labels)  # (B,) summed log-probs of the labelled tokens
         if noise_targets is None:
             return lp
@@ -483,8 +491,10 @@ class Run:
         return pol, ref
 
     def pair_loss(self, b, step, k, micro_ids):
-        """One micro-batch of pairs -> (per-pair losses (P,), chosen rewards, rejected rewards, extra FLOPs)."""
-        cfg, mc, flops = self.cfg, self.mc, 0.0
+        """One micro-batch of pairs -> (summed loss of its pairs, chosen rewards (P,), rejected rewards (P,), extra
+        FLOPs). The reference first (no grad), then the policy's fused loss: DPO (any loss type) or POVID's
+        objective, + the RPO term, its head gradients formed in the forward (dpo_fused.py)."""
+        cfg, mc, flops, P = self.cfg, self.mc, 0.0, len(b["ids"])
         T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())
         n_img = 0 if b["pixel_values"] is None else len(b["pixel_values"])
         scored = int((b["labels"] != -100).sum())
@@ -493,23 +503,24 @@ class Run:
             noise_pol, noise_ref = self.noise_targets(b, step, k)
             passes = 2 if cfg.noise_tokens_from == "each" else 1
             flops += passes * model_flops(mc, self.n_layer, 0, n_tok / 2, T, n_img / 2, scored / 2, False)
-        pc, pr, pn = pair_logps(self.net, b, noise_pol)  # (P,) each, with grad
         if self.ref_logps is not None:
             ref = self.ref_logps[torch.tensor(micro_ids)].to(self.device)  # (P, 2)
-            rc, rr, rn = ref[:, 0], ref[:, 1], None
+            ref = torch.cat([ref[:, 0], ref[:, 1]])  # (2P,) chosen then rejected
         else:
             with torch.no_grad(), self.ref_ctx():
                 rc, rr, rn = pair_logps(self.ref_net or self.net, b, noise_ref)
+            ref = torch.cat([rc, rr] + ([rn] if rn is not None else []))  # (2P,) or POVID's (3P,)
             flops += model_flops(mc, self.n_layer, 0, n_tok, T, n_img, scored, backward=False)
         if self.objective == "povid":
-            losses, cr, rj = povid_loss(pc, pr, pn, rc, rr, rn, cfg.beta,
-                                        (cfg.povid_weight_injected, cfg.povid_weight_noise))
+            groups = povid_groups(P, self.device)
+            fn = povid_loss_fn(cfg.beta, (cfg.povid_weight_injected, cfg.povid_weight_noise), cfg.rpo_alpha)
         else:
-            losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
-        if cfg.rpo_alpha:
-            n_c = (b["labels"][:len(b["ids"]), 1:] != -100).sum(1)  # (P,) the chosen answers' scored tokens
-            losses = losses + cfg.rpo_alpha * chosen_nll(pc, n_c)
-        return losses, cr, rj, flops
+            groups = pair_groups(P, self.device)
+            fn = dpo_loss_fn(cfg.beta, cfg.loss_type, cfg.label_smoothing, cfg.rpo_alpha)
+        loss, pi = self.net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"], noise_pol,
+                            loss=(groups, ref, fn))
+        cr, rj = rewards(pi, ref, groups, cfg.beta)  # (P,) each, the first two sequences of every group
+        return loss, cr, rj, flops
 
     # ------------------------------------------------------------------------------------ BEGIN training step
     def step(self, step: int):
@@ -543,9 +554,9 @@ class Run:
                     loss = -self.net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"]).sum() / denom
                     cr = rj = torch.zeros(1, device=dev)
                 else:
-                    losses, cr, rj, extra = self.pair_loss(b, step, k, micro[k])
+                    loss, cr, rj, extra = self.pair_loss(b, step, k, micro[k])
                     flops += extra
-                    loss = losses.sum() / self.per_rank  # summed over micro-batches: the mean over this rank's share
+                    loss = loss / self.per_rank  # summed over micro-batches: the mean over this rank's share
             loss.backward()
             finite = torch.isfinite(loss.detach())
             finite_flags.append(finite)
