@@ -36,8 +36,10 @@ Chunks are whole groups, packed in order while their logits workspace (rows x V 
 of the Triton path) fits `budget_bytes` (BUDGET: 64 MiB on CPU, 1 GiB on CUDA). A single group whose rows alone
 exceed the budget falls back to the vocabulary-blocked recompute path of model/logprob.py: its log-probs in an
 online logsumexp over vocabulary blocks, then its dH and dW by recomputing each block's logits (4 GEMMs, still in
-the forward, still exact). The torch path runs everywhere (oneDNN GEMMs on CPU, via model.logprob._linear); on CUDA
-with triton the chunk's row passes run as Triton kernels (dpo_fused_triton.py) around cuBLAS GEMMs.
+the forward, still exact). The torch path runs everywhere (oneDNN GEMMs on CPU, via model.logprob._linear): it keeps
+each vocabulary block's softmax and puts dZ's row scales on the small GEMM operands, so backward-side work never
+makes a pass over the logits (_chunk_kept). On CUDA with triton the chunk's row passes run as Triton kernels
+(dpo_fused_triton.py) around cuBLAS GEMMs.
 
 What train.py has maps onto it with `pack`, the group builders and the loss builders:
 
@@ -49,15 +51,19 @@ What train.py has maps onto it with `pack`, the group builders and the loss buil
                                      povid_loss_fn(beta, (w_inj, w_noise), rpo_alpha))
     chosen_rewards, rejected_rewards = rewards(pi, ref, groups, beta)
 
-Under DDP / FSDP call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in
-forward, backward scales them once; a second backward through the same graph is an error).
+The reference log-probs are an input, so the reference pass (no grad) runs before the policy's. Under DDP / FSDP
+call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in forward, backward
+scales them once; a second backward through the same graph is an error).
+
+    .venv/bin/python -m pytest -q tests/test_dpo_fused.py        # = the unfused composition, every loss
+    .venv/bin/python bench/preference_loss.py [--device cuda]    # vs naive and vs sequence_logprobs + loss
 """
 from __future__ import annotations
 
 import torch
 
 from dpo import chosen_nll, dpo_loss, povid_loss, shift_labels
-from model.logprob import _block_cols, _hits, _linear, _triton_ok
+from model.logprob import _hits, _linear, _triton_ok
 
 IGNORE = -100
 BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}  # default logits workspace per chunk, bytes
