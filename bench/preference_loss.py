@@ -19,7 +19,8 @@ trainable LM head and with a frozen one (LoRA: no dW), each in a fresh subproces
 
 "extra" = peak memory beyond what the inputs hold, minus the two gradients dH and dW themselves; peak = peak RSS
 (VmHWM, reset after set-up) on CPU, torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats after one
-warm-up. Ratios: time and extra memory against naive with the same head.
+warm-up; CPU s = the process's CPU time (user + system, all threads) for the same steps, a steadier measure than
+wall time on a shared machine. Ratios: against naive (and unfused) with the same head.
 """
 from __future__ import annotations
 
@@ -108,17 +109,18 @@ def run_one(name, a):
         base = rss_mb()
         reset_peak_rss()
     step()  # warm-up (and compile)
-    times = []
+    times, cpu = [], []
     for _ in range(a.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     grads = sum(x.grad.numel() * x.grad.element_size() for x in (h, w) if x.grad is not None) / 2 ** 20
     if dev == "cuda":
         extra = torch.cuda.max_memory_allocated() / 2 ** 20 - base / 2 ** 20 - grads
     else:
         extra = rss_mb("VmHWM") - base - grads
-    return {"variant": name, "time_s": statistics.median(times), "extra_mb": extra}
+    return {"variant": name, "time_s": statistics.median(times), "cpu_s": statistics.median(cpu), "extra_mb": extra}
 
 
 def check(a):
@@ -179,14 +181,15 @@ def main():
     N = 2 * a.pairs * a.rows
     print(f"\nsigmoid DPO, {a.pairs} pairs x {a.rows} scored rows = N {N}, D={a.D} V={a.V} {a.dtype} on {a.device} "
           f"({torch.get_num_threads()} threads), median of {a.repeats}; load average {os.getloadavg()[0]:.2f}")
-    print("| variant | fwd+bwd ms | vs naive | vs unfused | extra MiB | vs naive |" + (" vs compile | vs GEMM floor |"
-                                                                                       if cuda else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if cuda else ""))
+    print("| variant | fwd+bwd ms | vs naive | vs unfused | CPU s | vs naive | extra MiB | vs naive |"
+          + (" vs compile | vs GEMM floor |" if cuda else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if cuda else ""))
     for r in rows:
         suffix = "_frozen" if r["variant"].endswith("_frozen") else ""
         ref = {k: by.get(k + suffix) for k in ("naive", "unfused", "compile", "gemm_floor")}
         line = (f"| {r['variant']} | {r['time_s'] * 1e3:.1f} | {_ratio(r, ref['naive'], 'time_s')} | "
-                f"{_ratio(r, ref['unfused'], 'time_s')} | {r['extra_mb']:.0f} | "
+                f"{_ratio(r, ref['unfused'], 'time_s')} | {r['cpu_s']:.2f} | {_ratio(r, ref['naive'], 'cpu_s')} | "
+                f"{r['extra_mb']:.0f} | "
                 f"{_ratio(r, ref['naive'], 'extra_mb', 3)} |")
         if cuda:
             line += f" {_ratio(r, ref['compile'], 'time_s')} | {_ratio(r, ref['gemm_floor'], 'time_s')} |"
