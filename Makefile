@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
-.PHONY: test demo demo-quick bench rehearsal clean-venv
+.PHONY: test demo demo-quick bench bench-fused rehearsal clean-venv
 
 # the runtime packages alone: all the demo needs
 $(RUNTIME): requirements.txt constraints.txt
@@ -45,6 +45,12 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py --threads 1
 	$(PY) bench/train_step.py --threads 1 --vocab 32000 --repeats 3
 	$(PY) bench/generate.py
+
+# the fused preference loss vs naive and vs sequence_logprobs + loss, then one DPO step vs TRL (docs/fused_loss.md)
+bench-fused: $(STAMP) requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-bench.txt -c constraints.txt
+	$(PY) bench/preference_loss.py --check
+	$(PY) bench/trl_step.py
 
 clean-venv:
 	rm -rf .venv

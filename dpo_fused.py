@@ -36,8 +36,10 @@ Chunks are whole groups, packed in order while their logits workspace (rows x V 
 of the Triton path) fits `budget_bytes` (BUDGET: 64 MiB on CPU, 1 GiB on CUDA). A single group whose rows alone
 exceed the budget falls back to the vocabulary-blocked recompute path of model/logprob.py: its log-probs in an
 online logsumexp over vocabulary blocks, then its dH and dW by recomputing each block's logits (4 GEMMs, still in
-the forward, still exact). The torch path runs everywhere (oneDNN GEMMs on CPU, via model.logprob._linear); on CUDA
-with triton the chunk's row passes run as Triton kernels (dpo_fused_triton.py) around cuBLAS GEMMs.
+the forward, still exact). The torch path runs everywhere (oneDNN GEMMs on CPU, via model.logprob._linear): it keeps
+each vocabulary block's softmax and puts dZ's row scales on the small GEMM operands, so backward-side work never
+makes a pass over the logits (_chunk_kept). On CUDA with triton the chunk's row passes run as Triton kernels
+(dpo_fused_triton.py) around cuBLAS GEMMs.
 
 What train.py has maps onto it with `pack`, the group builders and the loss builders:
 
@@ -49,19 +51,23 @@ What train.py has maps onto it with `pack`, the group builders and the loss buil
                                      povid_loss_fn(beta, (w_inj, w_noise), rpo_alpha))
     chosen_rewards, rejected_rewards = rewards(pi, ref, groups, beta)
 
-Under DDP / FSDP call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in
-forward, backward scales them once; a second backward through the same graph is an error).
+The reference log-probs are an input, so the reference pass (no grad) runs before the policy's. Under DDP / FSDP
+call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in forward, backward
+scales them once; a second backward through the same graph is an error).
+
+    .venv/bin/python -m pytest -q tests/test_dpo_fused.py        # = the unfused composition, every loss
+    .venv/bin/python bench/preference_loss.py [--device cuda]    # vs naive and vs sequence_logprobs + loss
 """
 from __future__ import annotations
 
 import torch
 
 from dpo import chosen_nll, dpo_loss, povid_loss, shift_labels
-from model.logprob import _block_cols, _hits, _linear, _triton_ok
+from model.logprob import _hits, _linear, _triton_ok
 
 IGNORE = -100
 BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}  # default logits workspace per chunk, bytes
-KEEP_BLOCK_BYTES = 16 << 20  # CPU: the kept logits as (R, columns) blocks of at most this size (see _chunk_torch)
+KEEP_BLOCK_BYTES = 8 << 20  # CPU: kept softmax blocks and dW parts of at most this size (see _chunk_kept)
 
 
 # ----------------------------------------------------------------------------------------------- building the inputs
@@ -188,7 +194,7 @@ def _chunk_loss(logp, t, s, seqs, ref, n_tok, loss_fn, pi_out):
     target, the gradient of the chunk's sequence the target belongs to; writes the chunk's pi into pi_out (S,)."""
     valid = t != IGNORE
     S = pi_out.shape[0]
-    pi = torch.zeros(S, dtype=torch.float32, device=logp.device).index_add_(0, s[valid], logp[valid])  # (S,)
+    pi = torch.zeros(S, dtype=torch.float32, device=logp.device).index_put_((s[valid],), logp[valid], accumulate=True)
     with torch.enable_grad():
         leaf = pi.requires_grad_()
         per_group = loss_fn(leaf[seqs], ref[seqs], n_tok[seqs])  # (g,)
@@ -212,56 +218,103 @@ def _logits(h, w):
     return _linear(h, w)
 
 
-def _chunk_torch(h, w, t, grad_fn, need_h, need_w, dw, first: bool, keep: bool, block: int):
-    """One chunk on the torch path: h (R, D), w (V, D), t (R, K). The vocabulary in blocks of `block` columns with
-    an online logsumexp (model/logprob.py's forward). keep=True (a chunk within the budget) keeps every block as
-    exp(logit - running max) until c is known, then turns each in place into dZ; keep=False (the fallback) drops
-    them and recomputes each block's logits. Why blocks even when kept: each is a fresh tensor from oneDNN (no out=),
-    and blocks of at most KEEP_BLOCK_BYTES stay in glibc's heap and are reused, where one (R, V) tensor would be a
-    fresh mmap per chunk, its pages faulted in again every time. -> dH (R, D) fp32 or None; dW[block] written
-    (first) or accumulated into dw (V, D) fp32."""
-    (R, D), V, K = h.shape, w.shape[0], t.shape[1]
+def _chunk_kept(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: int, ws, tbuf):
+    """A chunk within the budget on the torch path: h (R, D), w (V, D), t (R, K). The vocabulary in blocks of
+    `block` columns; each block's logits become its softmax p_b (one fused pass) and its own logsumexp lse_b, kept
+    until c is known. Then, with a_b = g exp(lse_b - lse) the weight of block b's softmax in dZ = onehot c - a p,
+    the row scale goes on the small operands instead of a pass over p_b:
+
+        dH_c = sum_b -a_b (p_b W_b) + sum_k c_k W[t_k]        dW_b = p_b^T (-a_b H_c),  dW[t_k] += c_k h
+    The softmax blocks live in `ws` (flat, >= R V fp32, one per call: block b at R v0, contiguous (R, n)) and the
+    transposed copy in `tbuf` (>= n R), so no chunk allocates or faults in its logits anew. The GEMMs' outputs are
+    fresh tensors (oneDNN has no out=), of at most KEEP_BLOCK_BYTES each so glibc's heap reuses them.
+    -> dH (R, D) fp32 or None; dW written (first) or accumulated into dw."""
+    (R, D), V = h.shape, w.shape[0]
     dev = h.device
-    m = torch.full((R,), float("-inf"), device=dev)  # running max
-    s = torch.zeros(R, device=dev)  # running sum of exp(logit - m)
-    tl = torch.zeros(R, K, device=dev)  # target logits
+    valid = t != IGNORE
+    tl = torch.zeros(t.shape, device=dev)  # (R, K) target logits
     starts = list(range(0, V, block))
-    kept = []
-    for v0 in starts:
+    probs, lses = [], []
+    for v0 in starts:  # forward: logits -> softmax per block (kept) and each block's logsumexp
         wb = w[v0:v0 + block]  # (n, D)
         z = _logits(h, wb)  # (R, n) fp32
-        for k in range(K):
+        for k in range(t.shape[1]):
             rows, cols = _hits(t[:, k], v0, wb.shape[0])
             tl[rows, k] = z[rows, cols]
-        m_new = torch.maximum(m, z.amax(dim=1))
-        s = s * (m - m_new).exp() + z.sub_(m_new[:, None]).exp_().sum(dim=1)  # z: exp(logit - m_new) now
-        m = m_new
-        kept.append((z, m_new) if keep else None)
+        p = torch.softmax(z, dim=1, out=ws[R * v0:R * (v0 + wb.shape[0])].view(R, -1))  # (R, n) exp(z - lse_b)
+        p_max, j = p.max(dim=1)  # at the row's max logit, so lse_b = z_max - log p_max keeps full precision
+        lses.append(z.gather(1, j[:, None])[:, 0] - p_max.log())
+        probs.append(p)
         del z
-    lse = m + s.log()  # (R,)
-    c = grad_fn(torch.where(t != IGNORE, tl - lse[:, None], 0.0))  # (R, K)
+    lse_b = torch.stack(lses, 1)  # (R, blocks)
+    lse = torch.logsumexp(lse_b, dim=1)  # (R,)
+    c = grad_fn(torch.where(valid, tl - lse[:, None], 0.0))  # (R, K)
     if not (need_h or need_w):
         return None
-    g = c.sum(dim=1)  # (R,) the softmax's total weight in dZ
+    a = c.sum(dim=1)[:, None] * (lse_b - lse[:, None]).exp()  # (R, blocks)
     fp32 = h.dtype == torch.float32 and w.dtype == torch.float32
     hf = h if fp32 else h.float()  # 16-bit inputs: backward GEMMs in fp32, as model/logprob.py's blocked_backward
     dh = torch.zeros(R, D, device=dev) if need_h else None
     for i, v0 in enumerate(starts):
         wb = w[v0:v0 + block]
+        p, probs[i] = probs[i], None
+        if need_h:
+            dh.sub_(_linear(p, (wb if fp32 else wb.float()).t()).mul_(a[:, i:i + 1]))  # (R, n) @ (n, D)
+        if need_w:  # (n, R) @ (R, D); the transposed copy: oneDNN runs a transposed x much slower
+            part = _linear(tbuf[:p.numel()].view(p.shape[1], R).copy_(p.t()), (hf * -a[:, i:i + 1]).t())
+            if first:
+                dw[v0:v0 + wb.shape[0]] = part
+            else:
+                dw[v0:v0 + wb.shape[0]] += part
+        del p
+    r, k = valid.nonzero(as_tuple=True)  # the onehot part: a gather and a scatter of R K rows of D
+    tv, cv = t[r, k], c[r, k]
+    if need_h:
+        dh.index_put_((r,), cv[:, None] * (w[tv] if fp32 else w[tv].float()), accumulate=True)
+    if need_w:
+        dw.index_put_((tv,), cv[:, None] * hf[r], accumulate=True)
+    return dh
+
+
+def _chunk_recompute(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: int):
+    """The fallback for a group whose rows alone exceed the budget: model/logprob.py's vocabulary-blocked recompute
+    path with K targets per row and the loss's gradient formed in between. Forward: an online logsumexp over
+    `block`-column blocks (nothing kept); then per block, recomputed: dZ = onehot c - g softmax, dH += dZ W_b,
+    dW_b = dZ^T H (4 GEMMs with a trainable head). Same outputs as _chunk_kept."""
+    (R, D), V, K = h.shape, w.shape[0], t.shape[1]
+    dev = h.device
+    m = torch.full((R,), float("-inf"), device=dev)  # running max
+    s = torch.zeros(R, device=dev)  # running sum of exp(logit - m)
+    tl = torch.zeros(R, K, device=dev)
+    for v0 in range(0, V, block):
+        wb = w[v0:v0 + block]
+        z = _logits(h, wb)  # (R, n)
+        for k in range(K):
+            rows, cols = _hits(t[:, k], v0, wb.shape[0])
+            tl[rows, k] = z[rows, cols]
+        m_new = torch.maximum(m, z.amax(dim=1))
+        s = s * (m - m_new).exp() + z.sub_(m_new[:, None]).exp_().sum(dim=1)
+        m = m_new
+        del z
+    lse = m + s.log()
+    c = grad_fn(torch.where(t != IGNORE, tl - lse[:, None], 0.0))  # (R, K)
+    if not (need_h or need_w):
+        return None
+    g = c.sum(dim=1)
+    fp32 = h.dtype == torch.float32 and w.dtype == torch.float32
+    hf = h if fp32 else h.float()
+    dh = torch.zeros(R, D, device=dev) if need_h else None
+    for v0 in range(0, V, block):
+        wb = w[v0:v0 + block]
         n = wb.shape[0]
-        if keep:
-            dz, m_b = kept[i]
-            kept[i] = None
-            dz.mul_((-g * (m_b - lse).exp())[:, None])  # exp(logit - m_b) -> -g softmax
-        else:
-            dz = _logits(h, wb).sub_(lse[:, None]).exp_().mul_(-g[:, None])  # recomputed: -g softmax
+        dz = _logits(h, wb).sub_(lse[:, None]).exp_().mul_(-g[:, None])  # recomputed: -g softmax
         for k in range(K):
             rows, cols = _hits(t[:, k], v0, n)
             dz.index_put_((rows, cols), c[rows, k], accumulate=True)  # + c_k onehot(t_k); k may hit the same column
         if need_h:
             dh += _linear(dz, (wb if fp32 else wb.float()).t())  # (R, n) @ (n, D)
         if need_w:
-            part = _linear(dz.t(), hf.t())  # (n, R) @ (R, D)
+            part = _linear(dz.t().contiguous(), hf.t())  # (n, R) @ (R, D)
             if first:
                 dw[v0:v0 + n] = part
             else:
@@ -270,14 +323,18 @@ def _chunk_torch(h, w, t, grad_fn, need_h, need_w, dw, first: bool, keep: bool, 
     return dh
 
 
-def _keep_cols(R: int, V: int) -> int:
-    return min(V, max(256, KEEP_BLOCK_BYTES // (4 * max(R, 1))))
+def _keep_cols(R: int, D: int, V: int) -> int:
+    """Columns per block on the CPU path: each block's softmax (R, n) and its dW part (n, D) at most
+    KEEP_BLOCK_BYTES, so both come from glibc's heap (reused) rather than a fresh mmap per call; at least 256
+    columns (GEMM speed)."""
+    return min(V, max(256, KEEP_BLOCK_BYTES // (4 * max(R, D))))
 
 
 # ----------------------------------------------------------------------------------------------- the function
 class _FusedPreferenceLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, ref, n_tok, loss_fn, chunks, need_h: bool, need_w: bool, use_triton: bool):
+    def forward(ctx, hidden, weight, ref, n_tok, loss_fn, chunks, need_h: bool, need_w: bool, use_triton: bool,
+                budget: int):
         (N, D), V = hidden.shape, weight.shape[0]
         dev = hidden.device
         S = ref.shape[0]
@@ -288,6 +345,11 @@ class _FusedPreferenceLoss(torch.autograd.Function):
         dw_written = False
         if use_triton:
             from dpo_fused_triton import chunk_triton
+        else:  # the torch path's workspaces, sized by the largest chunk: its softmax blocks, one transposed block
+            r_max = max([len(c["targets"]) for c in chunks if not c["fallback"]], default=0)
+            block = _keep_cols(r_max, D, V)
+            ws = torch.empty(r_max * V, device=dev)
+            tbuf = torch.empty(r_max * block if need_w else 0, device=dev)
         with torch.autocast(dev.type, enabled=False):  # the GEMMs run in the inputs' dtype, reductions in fp32
             for ch in chunks:
                 rows, t, s = ch["rows"], ch["targets"], ch["seq"]
@@ -303,10 +365,12 @@ class _FusedPreferenceLoss(torch.autograd.Function):
                 if h.shape[0] == 0:  # groups that score nothing: a loss value, no gradient
                     grad_fn(torch.zeros(t.shape, device=dev))
                     dh_c = None
-                elif ch["fallback"] or not use_triton:
-                    block = _block_cols(D, V, h.element_size()) if ch["fallback"] else _keep_cols(h.shape[0], V)
-                    dh_c = _chunk_torch(h, weight, t, grad_fn, need_h, need_w, dw, not dw_written,
-                                        keep=not ch["fallback"], block=block)
+                elif ch["fallback"]:
+                    dh_c = _chunk_recompute(h, weight, t, grad_fn, need_h, need_w, dw, not dw_written,
+                                            min(_keep_cols(h.shape[0], D, V), max(256, budget // (4 * len(h)))))
+                    dw_written |= need_w
+                elif not use_triton:
+                    dh_c = _chunk_kept(h, weight, t, grad_fn, need_h, need_w, dw, not dw_written, block, ws, tbuf)
                     dw_written |= need_w
                 else:
                     dh_c = chunk_triton(h, weight, t, grad_fn, need_h, need_w, dw, not dw_written)
@@ -317,7 +381,7 @@ class _FusedPreferenceLoss(torch.autograd.Function):
                         dh = dh_c
                     else:
                         dh = torch.zeros(N, D, device=dev) if dh is None else dh
-                        dh.index_add_(0, rows, dh_c)
+                        dh.index_put_((rows,), dh_c, accumulate=True)  # (index_add_ is 10x slower on CPU)
         if need_h and dh is None:
             dh = torch.zeros(N, D, device=dev)
         if need_w and not dw_written:
@@ -337,7 +401,7 @@ class _FusedPreferenceLoss(torch.autograd.Function):
         g = g.float()
         gh = dh.mul_(g).to(ctx.dtypes[0]) if dh is not None and ctx.needs_input_grad[0] else None
         gw = dw.mul_(g).to(ctx.dtypes[1]) if dw is not None and ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None, None
 
 
 def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_fn, budget_bytes: int | None = None,
@@ -369,7 +433,8 @@ def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_
     for ch in chunks:
         ch["seqs"] = groups[ch["groups"]]  # (g, M)
     ref = ref_logps.detach().float()
-    return _FusedPreferenceLoss.apply(hidden, weight, ref, n_tok, loss_fn, chunks, need_h, need_w, use_triton)
+    return _FusedPreferenceLoss.apply(hidden, weight, ref, n_tok, loss_fn, chunks, need_h, need_w, use_triton,
+                                      budget)
 
 
 def unfused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_fn, use_triton: bool | None = None):
