@@ -8,11 +8,12 @@
 One DPO step = policy forward+backward on [chosen; rejected] (one batch of 2B sequences), reference forward under
 no_grad, sigmoid DPO loss, AdamW step. Variants (each in a fresh subprocess, so its peak memory is its own):
 
-    ours          train.Net: the LM head applied by model/logprob.py to the scored rows only (no (2B, T, V) logits),
-                  reference = the same network with its LoRA adapters switched off (no second copy)
+    ours          train.py's step: the reference = the same network with its LoRA adapters switched off (no second
+                  copy), its log-probs by model/logprob.py on the scored rows only (no (2B, T, V) logits); then the
+                  policy's whole DPO loss by dpo_fused.py, its head gradients formed in the forward
     naive         Llava.forward -> full fp32 logits -> log_softmax -> gather (the usual DPO trainer code), reference =
                   a separate frozen copy of the base model
-    fused+copy    ours' log-probs with naive's reference copy      } the two halves of the gain,
+    fused+copy    ours' log-probs and loss with naive's reference copy } the two halves of the gain,
     logits+off    naive's log-probs with ours' adapter-off reference }  measured apart
 
 Memory: CPU = peak RSS minus the RSS after imports (model, optimizer state and activations all count); CUDA =
@@ -39,6 +40,7 @@ sys.path.insert(0, ROOT)
 import train  # noqa: E402
 from bench.memory import reset_peak_rss, rss_mb  # noqa: E402
 from dpo import dpo_loss, shift_labels  # noqa: E402
+from dpo_fused import dpo_loss_fn, pair_groups  # noqa: E402
 from model import Llava, LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from model.lora import adapters_disabled, apply_lora  # noqa: E402
 
@@ -125,15 +127,21 @@ def run_one(name: str, a):
 
     def step():
         with autocast:
-            pc, pr = logps(model)
-            with torch.no_grad():
+            with torch.no_grad():  # the reference first: the fused loss takes its log-probs as an input
                 if off:
                     with adapters_disabled(model):
                         rc, rr = logps(model)
                 else:
                     rc, rr = logps(ref)
-            losses, _, _ = dpo_loss(pc, pr, rc, rr, 0.1)
-        losses.mean().backward()
+            if fused:  # train.py's policy pass: the whole DPO loss, its head gradients formed in the forward
+                P = len(b["ids"])
+                loss, _ = net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"],
+                              loss=(pair_groups(P, dev), torch.cat([rc, rr]), dpo_loss_fn(0.1)))
+                loss = loss / P
+            else:
+                pc, pr = logps(model)
+                loss = dpo_loss(pc, pr, rc, rr, 0.1)[0].mean()
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
