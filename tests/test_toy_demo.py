@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from toy import demo
+from toy import demo, pairs
 from toy import report as demo_report
 
 
@@ -99,7 +99,7 @@ def test_clip_dpo_data_adds_one_qa_pair_per_ranked_image(tmp_path):
              pair("c#1:rules", "../w/c.png", "Is there a dog in the image?", "No.", "Yes.")]
     for name, rows in (("ranked.jsonl", ranked), ("rules.jsonl", rules)):
         (tmp_path / "pairs" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = pl.clip_dpo_data(str(tmp_path / "pairs/ranked.jsonl"), str(tmp_path / "pairs/rules.jsonl"))
+    out = pairs.clip_dpo_data(pl, str(tmp_path / "pairs/ranked.jsonl"), str(tmp_path / "pairs/rules.jsonl"))
     got = [json.loads(x) for x in open(out)]
     assert got == ranked + [rules[1], rules[3]]
 
