@@ -73,13 +73,15 @@ def write_report(pl, made, wall, load_start) -> dict:
         lines.append(f"| {name} | {step} | {100 * r['chair_s']:.1f} | {100 * r['chair_i']:.1f} | {rel} | "
                      f"{100 * r['recall']:.1f} | {r['length']:.1f} | {100 * r['pope_f1']:.1f} | "
                      f"{100 * r['pope_yes_ratio']:.1f} |")
-    lines += ["", "Targets:", *[f"- {v}" for v in lines_v]]
+    lines += ["", "Targets, on this seed alone (the claim is their mean over three SFT seeds: `make demo-seeds`):",
+              *[f"- {v}" for v in lines_v]]
     lines += ["", "## The selection (validation scenes)", "",
               f"The rule (toy/selection.py), the same for every run: the last checkpoint along training whose "
               f"validation recall is at most {100 * selection.GUARDS['recall']:.0f} points and POPE F1 at most "
               f"{100 * selection.GUARDS['pope_f1']:.1f} points below the baseline's (step 0 = the baseline itself "
               f"when none is). Validation baseline: CHAIR_i {100 * val_base['chair_i']:.1f}, recall "
-              f"{100 * val_base['recall']:.1f}, POPE F1 {100 * val_base['pope_f1']:.1f}.", "",
+              f"{100 * val_base['recall']:.1f}, POPE F1 {100 * val_base['pope_f1']:.1f}. POVID and injection_only share "
+              f"stage 1 (steps 1-{pl.p['stage1_steps']}); their later steps are stage 2.", "",
               "| run | step | CHAIR_i | CHAIR_i vs base | recall change | POPE F1 change | within the guards |",
               "|---|---|---|---|---|---|---|"]
     for m in selection.METHODS:
