@@ -1,10 +1,10 @@
 # make test : create .venv (pinned), then run the test suite.
-# make demo : create .venv, then run the toy-world pipeline (see README).
+# make demo : create .venv, then run the toy-world pipeline (see README); make demo-seeds: it for three SFT seeds.
 PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
-.PHONY: test demo demo-quick bench bench-fused rehearsal clean-venv
+.PHONY: test demo demo-quick demo-seeds bench bench-fused rehearsal clean-venv
 
 # the runtime packages alone: all the demo needs
 $(RUNTIME): requirements.txt constraints.txt
@@ -38,6 +38,10 @@ demo: $(RUNTIME)
 
 demo-quick: $(RUNTIME)
 	$(PY) -m toy.demo --quick
+
+# the same pipeline for SFT seeds 0, 1 and 2, and the mean and spread over them (docs/toy.md's table)
+demo-seeds: $(RUNTIME)
+	$(PY) -m toy.seeds
 
 # the CPU benchmarks of the README, each ours vs the obvious alternative in one run (about 5 minutes)
 bench: $(STAMP)

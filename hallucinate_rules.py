@@ -203,22 +203,26 @@ def _case_like(new: str, old: str) -> str:
 
 
 class RuleInjector:
+    """Rewrites a ground-truth answer with one hallucination. The edit kinds are the functions below, one per kind
+    (EDITS); this class draws which kind to try first, from `mix`, and falls through to the next when one does not
+    apply. A short answer ("No.", "red.", "two.") gets its own edit, whatever the mix."""
+
     def __init__(self, vocab: Vocab, cooc: Cooccurrence, seed: int = 0, mix: dict | None = None):
         self.v, self.cooc, self.seed = vocab, cooc, seed
         self.mix = dict(mix or DEFAULT_MIX)
         bad = set(self.mix) - set(DEFAULT_MIX)
         if bad or not self.mix or any(w < 0 for w in self.mix.values()) or not any(self.mix.values()):
             raise ValueError(f"mix must give non-negative weights to {sorted(DEFAULT_MIX)}, got {mix}")
-        self._color_re, self._size_re = _word_re(vocab.colors), _word_re(vocab.sizes)
-        self._rel_re = _word_re(vocab.relations)
+        self.color_re, self.size_re = _word_re(vocab.colors), _word_re(vocab.sizes)
+        self.rel_re = _word_re(vocab.relations)
         num_words = [n for n in vocab.numbers if n in NUMBER_VALUES]
-        self._num_re = re.compile(r"\b(" + "|".join(num_words + [r"\d+"]) + r")\b", re.I)
+        self.num_re = re.compile(r"\b(" + "|".join(num_words + [r"\d+"]) + r")\b", re.I)
 
     def inject(self, text: str, present: set, key: str, instances: list | None = None) -> Edit | None:
         """A hallucinated rewrite of `text` (ground truth), or None when no rule applies. `present`: canonical
         objects in the image; `instances`: optional [{"category", "color", ...}] for attribute checks."""
         rng = random.Random(f"{self.seed}:{key}")
-        short = self._short_answer(text, rng)
+        short = short_answer(self, text, rng)
         if short is not None:
             return short
         kinds = [k for k, w in self.mix.items() if w > 0]
@@ -228,207 +232,232 @@ class RuleInjector:
             order.append(k)
             kinds.remove(k)
         for kind in order:
-            edit = getattr(self, f"_{kind}")(text, set(present), rng, instances or [])
+            edit = EDITS[kind](self, text, set(present), rng, instances or [])
             if edit is not None and edit.text != text:
                 return edit
         return None
 
-    # ---------------------------------------------------------------- short answers (QA turns)
-    def _short_answer(self, text, rng):
-        core = text.strip().rstrip(".!").strip()
-        low = core.lower()
-        if low in ("yes", "no"):  # an existence answer: "No." -> "Yes." claims an absent object
-            new = _case_like("no" if low == "yes" else "yes", core)
-            return Edit(text.replace(core, new, 1), "object", f"{core} -> {new}")
-        for words, cat in ((self.v.colors, "attribute"), (self.v.sizes, "attribute"),
-                           ([n for n in self.v.numbers if n in NUMBER_VALUES], "count")):
-            if low in words and len(words) > 1:
-                new = _case_like(rng.choice(_other(low, words)), core)
-                return Edit(text.replace(core, new, 1), cat, f"{core} -> {new}")
+
+# Every edit kind below is a function (inj, text, present, rng, instances) -> Edit | None: `inj` gives the
+# vocabulary, the co-occurrence statistics and the compiled word patterns; None = the kind does not apply to `text`.
+
+# ------------------------------------------------------------------------------------------- short answers (QA turns)
+def short_answer(inj: RuleInjector, text, rng):
+    core = text.strip().rstrip(".!").strip()
+    low = core.lower()
+    if low in ("yes", "no"):  # an existence answer: "No." -> "Yes." claims an absent object
+        new = _case_like("no" if low == "yes" else "yes", core)
+        return Edit(text.replace(core, new, 1), "object", f"{core} -> {new}")
+    for words, cat in ((inj.v.colors, "attribute"), (inj.v.sizes, "attribute"),
+                       ([n for n in inj.v.numbers if n in NUMBER_VALUES], "count")):
+        if low in words and len(words) > 1:
+            new = _case_like(rng.choice(_other(low, words)), core)
+            return Edit(text.replace(core, new, 1), cat, f"{core} -> {new}")
+    return None
+
+
+# ------------------------------------------------------------------------------------------- object: insert
+def insert_object(inj: RuleInjector, text, present, rng, instances):
+    """An absent object drawn by co-occurrence, put into the listing, or else said in an added sentence."""
+    mentions = inj.v.mentions(text)
+    said = {m.category for m in mentions}
+    new = inj.cooc.sample_absent(present | said, inj.v.objects, rng)
+    if new is None:
         return None
+    listing = find_listing(text, mentions)
+    if listing is not None:  # "with A , B and C ." -> the new object at a random place in the list
+        start, end, parts, sep_spaced = listing
+        parts.insert(rng.randint(0, len(parts)), f"{article(new)} {new}")
+        comma = " , " if sep_spaced else ", "
+        joined = comma.join(parts[:-1]) + " and " + parts[-1]
+        return Edit(text[:start] + joined + text[end:], "object", f"inserted {new}")
+    spaced = bool(re.search(r"\w \.", text))  # the toy grammar writes "plate ." with a space
+    anchor = next((m.surface for m in mentions if not m.is_plural), None)
+    where = f" next to the {anchor}" if anchor else ""
+    sent = f"there is also {article(new)} {new}{where}" + (" ." if spaced else ".")
+    if not text[:1].islower():
+        sent = sent[0].upper() + sent[1:]
+    body = text.rstrip()
+    if body and body[-1] not in ".!?":
+        body += " ." if spaced else "."
+    return Edit(body + " " + sent + text[len(text.rstrip()):], "object", f"inserted {new}")
 
-    # ---------------------------------------------------------------- object
-    def _object(self, text, present, rng, instances):
-        mentions = self.v.mentions(text)
-        said = {m.category for m in mentions}
-        new = self.cooc.sample_absent(present | said, self.v.objects, rng)
-        if new is None:
-            return None
-        listing = self._listing(text, mentions)
-        if listing is not None:  # "with A , B and C ." -> the new object at a random place in the list
-            start, end, parts, sep_spaced = listing
-            parts.insert(rng.randint(0, len(parts)), f"{article(new)} {new}")
-            comma = " , " if sep_spaced else ", "
-            joined = comma.join(parts[:-1]) + " and " + parts[-1]
-            return Edit(text[:start] + joined + text[end:], "object", f"inserted {new}")
-        spaced = bool(re.search(r"\w \.", text))  # the toy grammar writes "plate ." with a space
-        anchor = next((m.surface for m in mentions if not m.is_plural), None)
-        where = f" next to the {anchor}" if anchor else ""
-        sent = f"there is also {article(new)} {new}{where}" + (" ." if spaced else ".")
-        if not text[:1].islower():
-            sent = sent[0].upper() + sent[1:]
-        body = text.rstrip()
-        if body and body[-1] not in ".!?":
-            body += " ." if spaced else "."
-        return Edit(body + " " + sent + text[len(text.rstrip()):], "object", f"inserted {new}")
 
-    def _swap(self, text, present, rng, instances):
-        mentions = self.v.mentions(text)
-        said = {m.category for m in mentions}
-        singular = sorted(c for c in said if not any(m.is_plural for m in mentions if m.category == c))
-        if not singular:
-            return None
-        old = rng.choice(singular)
-        new = self.cooc.sample_absent(present | said, self.v.objects, rng)
-        if new is None:
-            return None
-        out = text
-        for m in sorted((m for m in mentions if m.category == old), key=lambda m: -m.start):  # back to front:
-            out = self._fix_article(out[:m.start] + _case_like(new, m.surface) + out[m.end:], m.start)  # offsets hold
-        return Edit(out, "object", f"{old} -> {new}")
+def find_listing(text, mentions):
+    """(start, end, parts, spaced) of a "with <noun phrase>, ... and <noun phrase>" list whose every part ends
+    in an object mention, or None."""
+    m = re.search(r"\bwith (.+?)(?= ?[.;]|$)", text)
+    if not m:
+        return None
+    body = m.group(1)
+    spaced = " , " in text or bool(re.search(r"\w \.", text))  # the toy grammar's "a , b ." style
+    parts = [p.strip() for p in re.split(r" ?, | and ", body) if p.strip()]
+    ends = {mm.end - m.start(1) for mm in mentions if m.start(1) <= mm.start < m.end(1)}
+    pos, ok = 0, True
+    for p in parts:  # every part must end exactly where an object mention ends
+        i = body.find(p, pos)
+        pos = i + len(p)
+        ok &= pos in ends and " " in p  # a determiner or a number in front: "a fork", "two cups"
+    if not ok or not parts:
+        return None
+    return m.start(1), m.end(1), parts, spaced
 
-    def _omit(self, text, present, rng, instances):
-        """One present object dropped from the listing, with every other sentence that names it ("with a plate , a
-        fork and a cup . the fork is left of the plate ." -> "with a plate and a cup ."): POVID's GPT-4V rewrites
-        also leave out what is there (the paper's example drops the sentence about the horse)."""
-        mentions = self.v.mentions(text)
-        listing = self._listing(text, mentions)
-        if listing is None or len(listing[2]) < 2:
-            return None
-        start, end, parts, spaced = listing
-        named = [self.v.mentions(p)[-1].category for p in parts]  # a listing part ends in its object's mention
-        options = [i for i, c in enumerate(named) if c in present and named.count(c) == 1]
-        if not options:
-            return None
-        i = rng.choice(options)
-        gone = named[i]
-        keep = parts[:i] + parts[i + 1:]
-        comma = " , " if spaced else ", "
-        joined = keep[0] if len(keep) == 1 else comma.join(keep[:-1]) + " and " + keep[-1]
-        head, tail = text[:start] + joined, text[end:]
-        # the listing's own sentence ends in `tail`'s first terminator; a later sentence naming the object goes
-        first = re.match(r"[^.!?]*[.!?]?", tail).group(0)
-        rest = [s for s in re.findall(r"\s*[^.!?]+(?:\s*[.!?])?", tail[len(first):])
-                if gone not in self.v.mentioned(s)]
-        return Edit(head + first + "".join(rest), "omission", f"omitted {gone}")
 
-    def _listing(self, text, mentions):
-        """(start, end, parts, spaced) of a "with <noun phrase>, ... and <noun phrase>" list whose every part ends
-        in an object mention, or None."""
-        m = re.search(r"\bwith (.+?)(?= ?[.;]|$)", text)
-        if not m:
-            return None
-        body = m.group(1)
-        spaced = " , " in text or bool(re.search(r"\w \.", text))  # the toy grammar's "a , b ." style
-        parts = [p.strip() for p in re.split(r" ?, | and ", body) if p.strip()]
-        ends = {mm.end - m.start(1) for mm in mentions if m.start(1) <= mm.start < m.end(1)}
-        pos, ok = 0, True
-        for p in parts:  # every part must end exactly where an object mention ends
-            i = body.find(p, pos)
-            pos = i + len(p)
-            ok &= pos in ends and " " in p  # a determiner or a number in front: "a fork", "two cups"
-        if not ok or not parts:
-            return None
-        return m.start(1), m.end(1), parts, spaced
+# ------------------------------------------------------------------------------------------- object: swap
+def swap_object(inj: RuleInjector, text, present, rng, instances):
+    """A present (singular) object renamed as an absent one drawn by co-occurrence, in every mention."""
+    mentions = inj.v.mentions(text)
+    said = {m.category for m in mentions}
+    singular = sorted(c for c in said if not any(m.is_plural for m in mentions if m.category == c))
+    if not singular:
+        return None
+    old = rng.choice(singular)
+    new = inj.cooc.sample_absent(present | said, inj.v.objects, rng)
+    if new is None:
+        return None
+    out = text
+    for m in sorted((m for m in mentions if m.category == old), key=lambda m: -m.start):  # back to front:
+        out = fix_article(out[:m.start] + _case_like(new, m.surface) + out[m.end:], m.start)  # offsets hold
+    return Edit(out, "object", f"{old} -> {new}")
 
-    # ---------------------------------------------------------------- attribute
-    def _attribute(self, text, present, rng, instances):
-        mentions = self.v.mentions(text)
-        starts = {mm.start for mm in mentions}
-        options = []
-        for rx, words in ((self._color_re, self.v.colors), (self._size_re, self.v.sizes)):
-            for m in rx.finditer(text):
-                after = text[m.end():]
-                nxt = re.match(r" (?:\w+ )?", after)  # an object within the next two words ...
-                before = text[:m.start()].rstrip().lower()
-                if (nxt and any(m.end() + k in starts for k in (1, nxt.end()))) or before.endswith((" is", " are")):
-                    options.append(("swap", m, words))  # ... or a predicate: "the cup is red"
-        colours_of = {}
-        for inst in instances:  # true colours per category: a wrong colour can be added where none is said
-            if isinstance(inst, dict) and inst.get("color"):
-                name = str(inst.get("category") or inst.get("name") or "")
-                colours_of.setdefault(self.v.canonical(name) or name, set()).add(str(inst["color"]).lower())
-        first = {}
+
+# ------------------------------------------------------------------------------------------- omission
+def omit_object(inj: RuleInjector, text, present, rng, instances):
+    """One present object dropped from the listing, with every other sentence that names it ("with a plate , a
+    fork and a cup . the fork is left of the plate ." -> "with a plate and a cup ."): POVID's GPT-4V rewrites
+    also leave out what is there (the paper's example drops the sentence about the horse)."""
+    mentions = inj.v.mentions(text)
+    listing = find_listing(text, mentions)
+    if listing is None or len(listing[2]) < 2:
+        return None
+    start, end, parts, spaced = listing
+    named = [inj.v.mentions(p)[-1].category for p in parts]  # a listing part ends in its object's mention
+    options = [i for i, c in enumerate(named) if c in present and named.count(c) == 1]
+    if not options:
+        return None
+    i = rng.choice(options)
+    gone = named[i]
+    keep = parts[:i] + parts[i + 1:]
+    comma = " , " if spaced else ", "
+    joined = keep[0] if len(keep) == 1 else comma.join(keep[:-1]) + " and " + keep[-1]
+    head, tail = text[:start] + joined, text[end:]
+    # the listing's own sentence ends in `tail`'s first terminator; a later sentence naming the object goes
+    first = re.match(r"[^.!?]*[.!?]?", tail).group(0)
+    rest = [s for s in re.findall(r"\s*[^.!?]+(?:\s*[.!?])?", tail[len(first):])
+            if gone not in inj.v.mentioned(s)]
+    return Edit(head + first + "".join(rest), "omission", f"omitted {gone}")
+
+
+# ------------------------------------------------------------------------------------------- attribute
+def change_attribute(inj: RuleInjector, text, present, rng, instances):
+    """A colour or size adjective of an object swapped for another, or a wrong colour put in front of an
+    uncoloured first mention of an object whose true colours the annotations give."""
+    mentions = inj.v.mentions(text)
+    starts = {mm.start for mm in mentions}
+    options = []
+    for rx, words in ((inj.color_re, inj.v.colors), (inj.size_re, inj.v.sizes)):
+        for m in rx.finditer(text):
+            after = text[m.end():]
+            nxt = re.match(r" (?:\w+ )?", after)  # an object within the next two words ...
+            before = text[:m.start()].rstrip().lower()
+            if (nxt and any(m.end() + k in starts for k in (1, nxt.end()))) or before.endswith((" is", " are")):
+                options.append(("swap", m, words))  # ... or a predicate: "the cup is red"
+    colours_of = {}
+    for inst in instances:  # true colours per category: a wrong colour can be added where none is said
+        if isinstance(inst, dict) and inst.get("color"):
+            name = str(inst.get("category") or inst.get("name") or "")
+            colours_of.setdefault(inj.v.canonical(name) or name, set()).add(str(inst["color"]).lower())
+    first = {}
+    for mm in mentions:
+        first.setdefault(mm.category, mm)
+    for mm in first.values():  # the first mention only: "the fork" later refers back to it
+        prev = text[:mm.start].split()[-1:] or [""]
+        if mm.category in colours_of and prev[0].lower() in ("a", "an", "the") and not mm.is_plural:
+            options.append(("add", mm, colours_of[mm.category]))
+    if not options:
+        return None
+    how, m, words = rng.choice(options)
+    if how == "swap":
+        old = m.group(1)
+        choices = _other(old.lower(), words)
+        if not choices:
+            return None
+        new = _case_like(rng.choice(choices), old)
+        out = text[:m.start()] + new + text[m.end():]
+        return Edit(fix_article(out, m.start()), "attribute", f"{old} -> {new}")
+    wrong = [c for c in inj.v.colors if c not in words]
+    if not wrong:
+        return None
+    new = rng.choice(wrong)
+    out = text[:m.start] + new + " " + text[m.start:]
+    return Edit(fix_article(out, m.start), "attribute", f"{m.surface} -> {new} {m.surface}")
+
+
+def fix_article(text, at):
+    """Make the article before position `at` agree with the word that now starts there."""
+    m = re.search(r"\b(a|an|A|An) $", text[:at])
+    if not m:
+        return text
+    want = article(text[at:])
+    want = _case_like(want, m.group(1))
+    return text[:m.start(1)] + want + " " + text[at:]
+
+
+# ------------------------------------------------------------------------------------------- relation
+def flip_relation(inj: RuleInjector, text, present, rng, instances):
+    """One stated spatial relation swapped for its opposite ("left of" -> "right of"), else for another one."""
+    hits = list(inj.rel_re.finditer(text))
+    if not hits or len(inj.v.relations) < 2:
+        return None
+    m = rng.choice(hits)
+    old = m.group(1).lower()
+    opp = OPPOSITES.get(old)
+    new = opp if opp in inj.v.relations else rng.choice([r for r in inj.v.relations if r != old])
+    return Edit(text[:m.start()] + _case_like(new, m.group(1)) + text[m.end():], "relation", f"{old} -> {new}")
+
+
+# ------------------------------------------------------------------------------------------- count
+def change_count(inj: RuleInjector, text, present, rng, instances):
+    """A number in front of a plural object changed ("two cups" -> "three cups"), or a single object made
+    several ("a fork" -> "two forks") where no verb would have to agree."""
+    mentions = inj.v.mentions(text)
+    many = [n for n in inj.v.numbers if NUMBER_VALUES.get(n, 0) >= 2]
+    if not many:
+        return None
+    options = []
+    for m in inj.num_re.finditer(text):  # "two [small red] cups": another number >= 2
         for mm in mentions:
-            first.setdefault(mm.category, mm)
-        for mm in first.values():  # the first mention only: "the fork" later refers back to it
-            prev = text[:mm.start].split()[-1:] or [""]
-            if mm.category in colours_of and prev[0].lower() in ("a", "an", "the") and not mm.is_plural:
-                options.append(("add", mm, colours_of[mm.category]))
-        if not options:
+            gap = text[m.end():mm.start]
+            if mm.is_plural and mm.start > m.end() and re.fullmatch(r"( \w+){0,2} ", gap):
+                options.append(("number", m, mm))
+                break
+    for mm in mentions:  # "a [small red] fork": several of them
+        if mm.is_plural:
+            continue
+        pre = re.search(r"\b(a|an|A|An)((?: \w+){0,2}) $", text[:mm.start])
+        verb = re.match(r" (\w+)", text[mm.end:])
+        subject = pre and re.fullmatch(r"(.*[.!?] )?", text[:pre.start()], re.S)  # would need verb agreement
+        if pre and not subject and not (verb and verb.group(1).lower() in ("is", "was", "has")) \
+                and all(w.lower() in inj.v.colors + inj.v.sizes for w in pre.group(2).split()):
+            options.append(("article", pre, mm))
+    if not options:
+        return None
+    how, m, mm = rng.choice(options)
+    if how == "number":
+        old = m.group(1)
+        new = _case_like(rng.choice([n for n in many if n != old.lower()] or many), old)
+        if new.lower() == old.lower():
             return None
-        how, m, words = rng.choice(options)
-        if how == "swap":
-            old = m.group(1)
-            choices = _other(old.lower(), words)
-            if not choices:
-                return None
-            new = _case_like(rng.choice(choices), old)
-            out = text[:m.start()] + new + text[m.end():]
-            return Edit(self._fix_article(out, m.start()), "attribute", f"{old} -> {new}")
-        wrong = [c for c in self.v.colors if c not in words]
-        if not wrong:
-            return None
-        new = rng.choice(wrong)
-        out = text[:m.start] + new + " " + text[m.start:]
-        return Edit(self._fix_article(out, m.start), "attribute", f"{m.surface} -> {new} {m.surface}")
+        return Edit(text[:m.start()] + new + text[m.end():], "count", f"{old} -> {new}")
+    new = _case_like(rng.choice(many), m.group(1))
+    noun = plural(mm.surface, inj.v.plurals)
+    out = text[:m.start(1)] + new + m.group(2) + " " + noun + text[mm.end:]
+    return Edit(out, "count", f"{m.group(1)}{m.group(2)} {mm.surface} -> {new}{m.group(2)} {noun}")
 
-    @staticmethod
-    def _fix_article(text, at):
-        """Make the article before position `at` agree with the word that now starts there."""
-        m = re.search(r"\b(a|an|A|An) $", text[:at])
-        if not m:
-            return text
-        want = article(text[at:])
-        want = _case_like(want, m.group(1))
-        return text[:m.start(1)] + want + " " + text[at:]
 
-    # ---------------------------------------------------------------- relation
-    def _relation(self, text, present, rng, instances):
-        hits = list(self._rel_re.finditer(text))
-        if not hits or len(self.v.relations) < 2:
-            return None
-        m = rng.choice(hits)
-        old = m.group(1).lower()
-        opp = OPPOSITES.get(old)
-        new = opp if opp in self.v.relations else rng.choice([r for r in self.v.relations if r != old])
-        return Edit(text[:m.start()] + _case_like(new, m.group(1)) + text[m.end():], "relation", f"{old} -> {new}")
-
-    # ---------------------------------------------------------------- count
-    def _count(self, text, present, rng, instances):
-        mentions = self.v.mentions(text)
-        many = [n for n in self.v.numbers if NUMBER_VALUES.get(n, 0) >= 2]
-        if not many:
-            return None
-        options = []
-        for m in self._num_re.finditer(text):  # "two [small red] cups": another number >= 2
-            for mm in mentions:
-                gap = text[m.end():mm.start]
-                if mm.is_plural and mm.start > m.end() and re.fullmatch(r"( \w+){0,2} ", gap):
-                    options.append(("number", m, mm))
-                    break
-        for mm in mentions:  # "a [small red] fork": several of them
-            if mm.is_plural:
-                continue
-            pre = re.search(r"\b(a|an|A|An)((?: \w+){0,2}) $", text[:mm.start])
-            verb = re.match(r" (\w+)", text[mm.end:])
-            subject = pre and re.fullmatch(r"(.*[.!?] )?", text[:pre.start()], re.S)  # would need verb agreement
-            if pre and not subject and not (verb and verb.group(1).lower() in ("is", "was", "has")) \
-                    and all(w.lower() in self.v.colors + self.v.sizes for w in pre.group(2).split()):
-                options.append(("article", pre, mm))
-        if not options:
-            return None
-        how, m, mm = rng.choice(options)
-        if how == "number":
-            old = m.group(1)
-            new = _case_like(rng.choice([n for n in many if n != old.lower()] or many), old)
-            if new.lower() == old.lower():
-                return None
-            return Edit(text[:m.start()] + new + text[m.end():], "count", f"{old} -> {new}")
-        new = _case_like(rng.choice(many), m.group(1))
-        noun = plural(mm.surface, self.v.plurals)
-        out = text[:m.start(1)] + new + m.group(2) + " " + noun + text[mm.end:]
-        return Edit(out, "count", f"{m.group(1)}{m.group(2)} {mm.surface} -> {new}{m.group(2)} {noun}")
+# the mix's kind names -> their edits ("object" and "swap" both make POVID's object hallucinations: category "object")
+EDITS = {"object": insert_object, "swap": swap_object, "omit": omit_object, "attribute": change_attribute,
+         "relation": flip_relation, "count": change_count}
 
 
 # ------------------------------------------------------------------------------------------- presence
