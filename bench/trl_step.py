@@ -1,5 +1,6 @@
-"""One DPO step, train.py's (and with dpo_fused.py) vs Hugging Face TRL's DPOTrainer, on the same tiny llava-hf
-checkpoint and the same pairs: the same step-0 log-probs and loss, then step time and peak memory as ratios.
+"""One DPO step, train.py's (its fused preference loss; and the unfused path) vs Hugging Face TRL's DPOTrainer, on
+the same tiny llava-hf checkpoint and the same pairs: the same step-0 log-probs and loss, then step time and peak
+memory as ratios.
 
     .venv/bin/pip install -r requirements-bench.txt -c constraints.txt   # TRL: bench-only, never imported by the project
     .venv/bin/python bench/trl_step.py                                   # CPU: 8 pairs, vocabulary 32000, fp32
@@ -16,8 +17,10 @@ needs peft), sigmoid DPO, beta 0.1, AdamW with the same hyper-parameters, loss =
 Variants, each in a fresh subprocess (peak memory = peak RSS minus the RSS after imports: model, reference,
 optimizer state and activations all count; time = median of --repeats steps after one warm-up):
     trl      trl.DPOTrainer (its tiled fused LM head, `fused_lm_head=True`, on the policy and the reference)
-    ours     train.py's step: train.Net -> sequence_sums (model/logprob.py) -> dpo_loss
-    fused    the same with dpo_fused.fused_preference_loss for the policy's loss
+    ours     train.py's step: the reference's log-probs, then train.Net's forward with the loss, which runs
+             dpo_fused.fused_preference_loss on the policy (its head gradients formed in the forward)
+    unfused  the same with the policy through train.Net -> sequence_sums (model/logprob.py) -> dpo.dpo_loss, the
+             path train.py took before the fused loss (and still takes for SFT and the reference)
 """
 from __future__ import annotations
 
@@ -123,7 +126,7 @@ def trl_logps(trainer, b):
 def our_step_fn(ckpt: str, a, fused: bool):
     import train
     from dpo import dpo_loss
-    from dpo_fused import dpo_loss_fn, fused_preference_loss, pack, pair_groups
+    from dpo_fused import dpo_loss_fn, pair_groups
     from model import Llava
     model = Llava.from_pretrained(ckpt, dtype=torch.float32)
     ref = Llava.from_pretrained(ckpt, dtype=torch.float32).eval().requires_grad_(False)
@@ -141,10 +144,8 @@ def our_step_fn(ckpt: str, a, fused: bool):
         with torch.no_grad():
             rc, rr, _ = train.pair_logps(rnet, b)
         if fused:
-            h = model.hidden_states(b["input_ids"], b["pixel_values"], b["attention_mask"])  # (2P, T, D)
-            rows, tgt, seq = pack(h, b["labels"])
-            loss, pi = fused_preference_loss(rows, model.lm_head.weight, tgt, seq, pair_groups(P),
-                                             torch.cat([rc, rr]), dpo_loss_fn(0.1))
+            loss, pi = net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"],
+                           loss=(pair_groups(P), torch.cat([rc, rr]), dpo_loss_fn(0.1)))  # as train.py's pair_loss
             loss = loss / P
             pc = pi[:P]
         else:
@@ -179,7 +180,7 @@ def run_one(name: str, a):
                 trainer.optimizer.zero_grad(set_to_none=True)
                 return loss.detach(), None
         else:
-            step = our_step_fn(a.ckpt, a, fused=name == "fused")
+            step = our_step_fn(a.ckpt, a, fused=name == "ours")
             logps0 = None
         times, losses = [], []
         for i in range(a.repeats + 1):
@@ -199,7 +200,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="trl,ours,fused")
+    ap.add_argument("--variants", default="trl,ours,unfused")
     ap.add_argument("--ckpt", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -224,7 +225,7 @@ def main():
           f"{torch.get_num_threads()} threads, median of {a.repeats}; load average {os.getloadavg()[0]:.2f}")
     if "trl" in by:
         t = torch.tensor(by["trl"]["logps0"])
-        for name in ("ours", "fused"):
+        for name in ("ours", "unfused"):
             if name in by:
                 o = torch.tensor(by[name]["logps0"])
                 print(f"step 0, {name} vs trl: max |log-prob difference| {(o - t).abs().max().item():.2e} "
