@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import hallucinate as H
+import hallucinate_data as HD
 from toy import world as toyworld
 from hallucinate_rules import Cooccurrence, RuleInjector, Vocab
 from rehearsal.stub_openai import StubServer
@@ -424,22 +425,22 @@ def test_clip_rank_reads_coco_captions_and_llava_mix_with_image_root(world, tiny
             "annotations": [{"id": 100 + i, "image_id": 10 + i, "caption": "A scene."} for i in range(6)]}
     (tmp_path / "captions_train2014.json").write_text(json.dumps(coco))
     img_dir = os.path.dirname(os.path.join(str(world), train[0]["image"]))
-    items = H.read_items(str(tmp_path / "captions_train2014.json"), H.Summary(), need_answer=False,
+    items = HD.read_items(str(tmp_path / "captions_train2014.json"), HD.Summary(), need_answer=False,
                          image_root=img_dir)
     assert [it["id"] for it in items] == [str(10 + i) for i in range(6)]
-    assert [it["prompt"] for it in items[:5]] == list(H.CAPTION_PROMPTS) and items[5]["prompt"] == H.CAPTION_PROMPTS[0]
+    assert [it["prompt"] for it in items[:5]] == list(HD.CAPTION_PROMPTS) and items[5]["prompt"] == HD.CAPTION_PROMPTS[0]
     mix = [{"id": "t", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]
     mix += [{"id": f"m{i}", "image": n, "conversations": t["conversations"]} for i, (n, t) in enumerate(zip(names,
                                                                                                            train))]
     (tmp_path / "mix.json").write_text(json.dumps(mix))
-    s = H.Summary()
-    assert len(H.read_items(str(tmp_path / "mix.json"), s, image_root=img_dir)) == 6 and s.skipped["no image"] == 1
+    s = HD.Summary()
+    assert len(HD.read_items(str(tmp_path / "mix.json"), s, image_root=img_dir)) == 6 and s.skipped["no image"] == 1
     assert clip_rank(tiny, tmp_path / "captions_train2014.json", tmp_path / "c.jsonl", "--image-root", img_dir) == 0
     assert "done" in capsys.readouterr().out
     bad = dict(coco, images=coco["images"] + [{"id": 99}])
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"bad.json: images\[6\]: needs 'id' and a 'file_name'"):
-        H.read_items(str(tmp_path / "bad.json"), H.Summary(), need_answer=False)
+        HD.read_items(str(tmp_path / "bad.json"), HD.Summary(), need_answer=False)
 
 
 def test_recipe_sets_defaults_and_rejects_unknown_keys(world, tiny, tmp_path):
