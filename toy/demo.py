@@ -44,7 +44,9 @@ import sys
 import time
 
 from toy import evaluation, pairs, selection, training
+from toy.report import read_json, write_report
 from toy.runner import Output, Runner
+from train_state import write_atomic
 
 # n_val           500 validation scenes (the world's scenes 4,500-4,999): every saved checkpoint, 33 of them, is
 #                 evaluated on them, about 10 s each; 1,000 scenes would put the pipeline over the 20-minute budget
@@ -141,7 +143,7 @@ def declare(pl) -> dict:
     for method in selection.METHODS:
         names = ["baseline"] + [val_name(ckpt, step) for step, ckpt in curves[method]]
         selected[method] = select_stage(pl, method, sft, curves[method], [val[n] for n in names])
-        chosen = Output(lambda f=selected[method].path: _read(f)["selected"]["checkpoint"], selected[method].stage)
+        chosen = Output(lambda f=selected[method].path: read_json(f)["selected"]["checkpoint"], selected[method].stage)
         test[method] = evaluation.evaluate(pl, "test", method, chosen, questions["test"])
     return {"curves": curves, "val": val, "test": test, "selected": selected}
 
@@ -158,7 +160,6 @@ def select_stage(pl, method, sft: Output, points, evals: list[Output]) -> Output
     out = pl.path("select", f"{method}.json")
 
     def write():
-        from train_state import write_atomic
         curve = [{"step": 0, "checkpoint": sft.path, **evaluation.summarise(evals[0].path)}]
         for (step, ckpt), ev in zip(points, evals[1:]):
             curve.append({"step": step, "checkpoint": ckpt.path, **evaluation.summarise(ev.path)})
@@ -177,18 +178,12 @@ def select_stage(pl, method, sft: Output, points, evals: list[Output]) -> Output
     return Output(out, f"select {method}")
 
 
-def _read(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def run_pipeline(out: str, quick: bool = False, seed: int = 0) -> dict:
     """Declare and run every stage of one seed, then write its report -> the report (report.json's content)."""
     t0, load0 = time.time(), os.getloadavg()
     pl = Pipeline(out, quick, seed)
     made = declare(pl)
     pl.run()
-    from toy.report import write_report
     return write_report(pl, made, time.time() - t0, load0)
 
 

@@ -16,6 +16,7 @@ import json
 import os
 
 from toy.runner import Output
+from train_state import write_atomic
 
 
 def rules_input(pl, world: Output) -> Output:
@@ -25,7 +26,6 @@ def rules_input(pl, world: Output) -> Output:
     out = pl.path("pairs", "rules_input.json")
 
     def write():
-        from train_state import write_atomic
         with open(f"{pl.world}/train.json") as f:
             convs = json.load(f)
         for c in convs:
@@ -73,7 +73,6 @@ def chosen_as_sft(pl, pairs: Output) -> Output:
 
     def write():
         from train_data import Skips, read_records  # malformed lines are named, not silently dropped
-        from train_state import write_atomic
         conv = [{"id": r["id"], "image": r["image"], "conversations": [
             {"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["chosen"]}]}
             for _, r in read_records(pairs.path, Skips())]
@@ -115,7 +114,6 @@ def clip_dpo_data(pl, ranked: Output, rules: Output) -> Output:
 
 def write_clip_dpo_data(ranked, rules, out):
     from train_data import Skips, read_records
-    from train_state import write_atomic
     rows = [r for _, r in read_records(ranked, Skips())]
     images, qa = {r["image"] for r in rows}, {}
     for _, r in read_records(rules, Skips()):  # both files sit in pairs/, so their image paths compare

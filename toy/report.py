@@ -19,6 +19,7 @@ import platform
 from collections import Counter
 
 from toy import evaluation, selection
+from train_state import write_atomic
 from toy.figure import curves_png
 
 
@@ -37,7 +38,7 @@ def host() -> dict:
 def write_report(pl, made, wall, load_start) -> dict:
     """made: toy/demo.py declare()'s {curves, val, test, selected} -> the report (also written to report.json)."""
     from toy.bootstrap import paired_intervals
-    sel = {m: _read(made["selected"][m].path) for m in selection.METHODS}
+    sel = {m: read_json(made["selected"][m].path) for m in selection.METHODS}
     curves = {m: sel[m]["curve"] for m in selection.METHODS}
     chosen = {m: sel[m]["selected"] for m in selection.METHODS}
     val_base = curves["povid"][0]
@@ -103,8 +104,8 @@ def write_report(pl, made, wall, load_start) -> dict:
              "selected": {m: chosen[m]["step"] for m in chosen}}
     curves_png(pl.path("curves.png"), [panel])
     lines += ["", "![CHAIR_i against recall along training](curves.png)"]
-    with open(pl.path("vision", "metrics.json")) as f:  # the pretrained tower's own quality, before any SFT
-        report["vision_tagging_auc"] = json.load(f)["mean_auc"]
+    # the pretrained tower's own quality, before any SFT
+    report["vision_tagging_auc"] = read_json(pl.path("vision", "metrics.json"))["mean_auc"]
     lines += ["", f"The vision tower (toy/pretrain_vision.py, frozen through SFT) tags the validation scenes' objects with "
               f"AUC {report['vision_tagging_auc']:.3f} (present vs absent, mean over categories).", ""]
     lines += ["## The test changes, the mechanism", "",
@@ -135,37 +136,30 @@ def write_report(pl, made, wall, load_start) -> dict:
                                                  ("anchor", "companion", "extra", "hallucinations_absent_companion"))
                      + " |")
     examples = examples_png(pl.world, test_dirs, pl.path("examples.png"))
-    lines += ["", f"![test scenes where the baseline hallucinated most](examples.png)"]
-    tmp = pl.path("report.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, pl.path("report.json"))
-    with open(pl.path("report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    lines += ["", "![test scenes where the baseline hallucinated most](examples.png)"]
+    write_atomic(pl.path("report.json"), json.dumps(report, indent=2))
+    write_atomic(pl.path("report.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"curves: {pl.path('curves.png')}\nexamples: {examples}")
     return report
 
 
-def _read(path):
-    with open(path) as f:
+def read_json(*parts):
+    """One of the pipeline's JSON outputs (os.path.join of `parts`)."""
+    with open(os.path.join(*parts)) as f:
         return json.load(f)
 
 
 @functools.lru_cache(maxsize=4)
 def _scenes(world, split):
     """(the split's annotations, scene -> [anchor, companions...]): read once per report, not once per run and table."""
-    with open(os.path.join(world, f"{split}_annotations.json")) as f:
-        anns = json.load(f)
-    with open(os.path.join(world, "vocab.json")) as f:
-        return anns, json.load(f)["cooccurrence"]
+    return read_json(world, f"{split}_annotations.json"), read_json(world, "vocab.json")["cooccurrence"]
 
 
 def _captions(world, run_dir):
     """Per test scene: (its annotation, [anchor, companions...] of its scene type, CHAIR's per-caption entry)."""
     anns, cooc = _scenes(world, "test")
-    with open(os.path.join(run_dir, "chair.json")) as f:
-        per = json.load(f)["per_caption"]
+    per = read_json(run_dir, "chair.json")["per_caption"]
     return [(anns[iid], cooc[anns[iid]["scene"]], d) for iid, d in per.items()]
 
 
@@ -209,12 +203,9 @@ def examples_png(world, run_dirs, path, names=("baseline", "povid", "clip_dpo"),
     hallucinated words in red."""
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default()
-    per = {}
-    for name in names:
-        with open(os.path.join(run_dirs[name], "chair.json")) as f:
-            per[name] = json.load(f)["per_caption"]
-    with open(os.path.join(world, "test_annotations.json")) as f:
-        anns = json.load(f)
+    per = {name: read_json(run_dirs[name], "chair.json")["per_caption"] for name in names}
+    texts = {name: _answers(run_dirs[name]) for name in names}  # read once, not once per scene
+    anns = read_json(world, "test_annotations.json")
     base = per[names[0]]
     # show scenes where the baseline hallucinated first: that is what the tuning is meant to fix
     ids = sorted(base, key=lambda i: (-len(base[i]["hallucinated"]), i))[:n]
@@ -231,7 +222,7 @@ def examples_png(world, run_dirs, path, names=("baseline", "povid", "clip_dpo"),
             bad = {w for h in per[name][iid].get("hallucinated_words", []) for w in h.split()}
             x, y, row = x0 + 74, y0 + S + 8 + j * 2 * line_h, 0
             d.text((x0 + 4, y), f"{name}:", fill=(0, 0, 0), font=font)
-            text = next(a["text"] for a in _answers(run_dirs[name]) if str(a.get("image_id")) == iid)
+            text = texts[name][iid]
             for word in text.split():
                 w = d.textlength(word, font=font) + 5  # the default font's space is 2 px: words ran together
                 if x + w > x0 + W - 14:
@@ -245,11 +236,7 @@ def examples_png(world, run_dirs, path, names=("baseline", "povid", "clip_dpo"),
     return path
 
 
-def _answers(run_dir):
+def _answers(run_dir) -> dict:
+    """{image_id: the caption} of a run's CHAIR answers."""
     with open(os.path.join(run_dir, "chair_answers.jsonl")) as f:
-        return [json.loads(x) for x in f if x.strip()]
-
-
-def _answers(run_dir):
-    with open(os.path.join(run_dir, "chair_answers.jsonl")) as f:
-        return [json.loads(x) for x in f if x.strip()]
+        return {str(a.get("image_id")): a["text"] for a in map(json.loads, filter(str.strip, f))}

@@ -22,6 +22,7 @@ import time
 
 from toy import selection
 from toy.figure import curves_png
+from train_state import write_atomic
 
 
 def main(argv=None):
@@ -85,10 +86,8 @@ def write_seeds_report(out, reports, wall, load_start):
                "curves": r["validation"]["curves"], "selected": {m: r[m]["step"] for m in selection.METHODS}}
               for r in reports]
     curves_png(os.path.join(out, "curves.png"), panels)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(out, "report.json"), json.dumps(summary, indent=2))
+    write_atomic(os.path.join(out, "report.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary
 
