@@ -152,6 +152,9 @@ def test_verdicts_name_host_seed_and_checkpoint_and_check_the_targets():
     assert met == {"baseline": True, "povid": True, "clip_dpo": False, "povid_ahead": True}  # clip_dpo: step 0
     assert "povid (host X x2, seed 3, checkpoint step 300): test CHAIR_i -33.3%" in lines[1]
     assert "recall -4.0" in lines[1] and "OUTSIDE the guards there" in lines[1]  # the test recall fell by 4
+    worse = {**test, "clip_dpo": {**base, "chair_i": 0.18}}  # CHAIR_i up: a signed change, not "--20.0%"
+    assert "test CHAIR_i +20.0% relative" in selection.verdicts(worse, chosen, _pt(0, 0.77, pope_f1=0.72), ahead,
+                                                                "h")[0][2]
     ahead["nll_only"]["ahead"] = False
     assert not selection.verdicts(test, chosen, _pt(0, 0.77, pope_f1=0.72), ahead, "h")[1]["povid_ahead"]
 

@@ -82,7 +82,7 @@ def verdicts(test: dict, selected: dict, val_base: dict, ahead: dict, where: str
         met[name] = s["step"] > 0 and cut >= need  # step 0 = nothing kept the guards: no tuning, no cut
         test_guards = within_guards(r, b)
         lines.append(
-            f"{name} ({where}, checkpoint step {s['step']}): test CHAIR_i -{100 * cut:.1f}% relative (target >= "
+            f"{name} ({where}, checkpoint step {s['step']}): test CHAIR_i {-100 * cut:+.1f}% relative (target >= "
             f"{100 * need:.0f}%) at a checkpoint within the validation guards (recall {_pts(s['recall'] - val_base['recall'])}, "
             f"POPE F1 {_pts(s['pope_f1'] - val_base['pope_f1'])}): {'met' if met[name] else 'MISSED'}. On the test "
             f"scenes: recall {_pts(r['recall'] - b['recall'])}, POPE F1 {_pts(r['pope_f1'] - b['pope_f1'])}, CHAIR_s "
@@ -119,7 +119,7 @@ def seed_verdicts(reports: list[dict]) -> tuple[list[str], dict]:
         mean = sum(cuts) / len(cuts)
         met[name] = mean >= need and all(s > 0 for s in steps)
         lines.append(f"{name} ({where}; checkpoint steps {' / '.join(map(str, steps))}): test CHAIR_i "
-                     f"-{100 * mean:.1f}% relative (each seed: {' / '.join(f'-{100 * c:.1f}%' for c in cuts)}; target "
+                     f"{-100 * mean:+.1f}% relative (each seed: {' / '.join(f'{-100 * c:+.1f}%' for c in cuts)}; target "
                      f">= {100 * need:.0f}%): {'met' if met[name] else 'MISSED'}")
     gaps = {c: [r["equal_recall"][c] for r in reports] for c in CONTROLS}
     text = []
