@@ -14,6 +14,17 @@ each with its own time limit so one slow part cannot starve the rest (the device
   fused      bench/preference_loss.py --device cuda: the fused preference loss vs naive / torch.compile / GEMMs
 
 Writes OUT/gpu_check.json (rewritten after every part, so a killed call keeps what finished) and OUT/<part>.log.
+
+The parts share one budget (--budget, 540 s by default: the device tool runs one command for at most 600 s, and a
+session has 15 minutes of device time, the machine's start included): each part gets its own limit or what is left
+of the budget, whichever is less, and a part that would get under MIN_PART seconds is not started but recorded as
+"skipped" with the reason, so gpu_check.json says what was not run. The device call, then a second one for what the
+first skipped if device time is left (the machine stays warm only 30 s, so at once; about 90 s of start + 570 +
+230 s fits the 15 minutes):
+
+    run(command="python3 bench/gpu_check.py --out $OUT", carry=[".venv/assets"], timeout_s=570)
+    run(command="python3 bench/gpu_check.py --out $OUT --only logprob,fused --budget 200", carry=[".venv/assets"],
+        timeout_s=230)
 """
 from __future__ import annotations
 
@@ -41,42 +52,69 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "out/gpu_check"))
     p.add_argument("--only", default="", help="comma-separated part names (default: all)")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for all parts together")
     a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
+    only = set(filter(None, a.only.split(",")))
+    unknown = only - {name for name, _, _ in PARTS}
+    if unknown:
+        p.error(f"--only: no part named {', '.join(sorted(unknown))} (parts: {', '.join(n for n, _, _ in PARTS)})")
     import torch
     res = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "torch": torch.__version__, "parts": {}}
+           "torch": torch.__version__, "budget_s": a.budget, "parts": {}}
     try:
         import triton
         res["triton"] = triton.__version__
     except ImportError:
         res["triton"] = None
+    run_parts([x for x in PARTS if not only or x[0] in only], a.out, a.budget, res)
+    return 0
+
+
+MIN_PART = 20.0  # seconds: less than this left of the budget, and a part is recorded as skipped, not started
+
+
+def run_parts(parts, out: str, budget: float, res: dict) -> dict:
+    """Run each (name, cmd, limit) in order, within min(limit, what is left of `budget`) seconds; record rc ("timeout"
+    when killed at its limit, "skipped" when the budget had too little left to start it), wall time and the log's
+    tail in res["parts"], rewriting OUT/gpu_check.json after each part."""
+    os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)  # the compiled kernels, not the interpreter
-    only = set(filter(None, a.only.split(",")))
-    for name, cmd, limit in PARTS:
-        if only and name not in only:
+    start = time.time()
+    for name, cmd, limit in parts:
+        left = budget - (time.time() - start)
+        if left < MIN_PART:
+            res["parts"][name] = {"cmd": " ".join(cmd), "rc": "skipped",
+                                  "why": f"{max(left, 0):.0f} s of the {budget:.0f} s budget left (--only {name} "
+                                         "in a second call)"}
+            _write(out, res)
+            print(f"{name}: skipped ({max(left, 0):.0f} s of the budget left)", flush=True)
             continue
-        log = os.path.join(a.out, f"{name}.log")
+        log = os.path.join(out, f"{name}.log")
         t0 = time.time()
         with open(log, "w") as f:
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    timeout=min(limit, left)).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         with open(log) as f:
             tail = f.read()[-3000:]
-        res["parts"][name] = {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(time.time() - t0, 1), "tail": tail}
+        res["parts"][name] = {"cmd": " ".join(cmd), "rc": rc, "limit_s": round(min(limit, left), 1),
+                              "wall_s": round(time.time() - t0, 1), "tail": tail}
         if name == "rehearsal" and os.path.isfile("/tmp/gpu_rehearsal/rehearsal.json"):
             with open("/tmp/gpu_rehearsal/rehearsal.json") as f:
                 res["parts"][name]["report"] = json.load(f)
-        tmp = os.path.join(a.out, "gpu_check.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, os.path.join(a.out, "gpu_check.json"))
+        _write(out, res)
         print(f"{name}: rc {rc} in {res['parts'][name]['wall_s']} s", flush=True)
-    return 0
+    return res
 
+
+def _write(out: str, res: dict) -> None:
+    tmp = os.path.join(out, "gpu_check.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, os.path.join(out, "gpu_check.json"))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,40 @@
+"""bench/gpu_check.py's budget: the parts share one time budget, a part gets min(its limit, what is left), a part that
+would get too little is recorded as skipped (not silently dropped), a part killed at its limit is recorded as a
+timeout, and gpu_check.json holds every part. Runs on the CPU with stand-in parts (python -c ...)."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import gpu_check  # noqa: E402
+
+
+def _part(name, code, limit):
+    return (name, [sys.executable, "-c", code], limit)
+
+
+def test_budget_skips_and_timeouts_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "MIN_PART", 1.0)
+    parts = [_part("ok", "print('fine')", 30),
+             _part("slow", "import time; time.sleep(30)", 2.0),   # killed at its own 2 s limit
+             _part("capped", "import time; time.sleep(30)", 30),  # gets what is left of the 6 s budget, not 30 s
+             _part("late", "print('never')", 30)]                 # under MIN_PART left: skipped, with the reason
+    res = gpu_check.run_parts(parts, str(tmp_path), budget=6.0, res={"parts": {}})
+    p = res["parts"]
+    assert p["ok"]["rc"] == 0 and "fine" in p["ok"]["tail"]
+    assert p["slow"]["rc"] == "timeout" and 1.5 < p["slow"]["wall_s"] < 10
+    assert p["capped"]["rc"] == "timeout" and p["capped"]["limit_s"] < 4.5
+    assert p["late"]["rc"] == "skipped" and "budget" in p["late"]["why"] and "--only late" in p["late"]["why"]
+    on_disk = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(on_disk["parts"]) == ["ok", "slow", "capped", "late"]
+    assert not (tmp_path / "late.log").exists()
+
+
+def test_unknown_part_name_is_an_error(capsys):
+    try:
+        gpu_check.main(["--only", "tests,nonesuch", "--out", "/nonexistent/never"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown --only name must be an error")
+    assert "nonesuch" in capsys.readouterr().err
