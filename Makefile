@@ -1,10 +1,10 @@
-# make test : create .venv (pinned), then run the test suite.
+# make test : create .venv (pinned), then run the test suite (and tests/test_export.py under transformers 4.x: test-compat).
 # make demo : create .venv, then run the toy-world pipeline (see README); make demo-seeds: it for three SFT seeds.
 PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
-.PHONY: test demo demo-quick demo-seeds bench bench-fused rehearsal clean-venv
+.PHONY: test test-compat demo demo-quick demo-seeds bench bench-fused rehearsal clean-venv
 
 # the runtime packages alone: all the demo needs
 $(RUNTIME): requirements.txt constraints.txt
@@ -26,7 +26,21 @@ $(ASSETS): $(RUNTIME) rehearsal/assets.py
 	$(PY) -m rehearsal.assets --out .venv/assets
 	touch $(ASSETS)
 
+# the export again under the last transformers 4.x (what vLLM releases pin), in a venv of its own
+COMPAT  := .venv-compat/.installed
+$(COMPAT): requirements-compat.txt
+	test -x .venv-compat/bin/python || python3 -m venv .venv-compat
+	.venv-compat/bin/python -m pip install -q --upgrade pip
+	.venv-compat/bin/python -m pip install -q torch==2.13.0
+	.venv-compat/bin/python -m pip install -q -r requirements-compat.txt
+	touch $(COMPAT)
+
+test-compat: $(COMPAT) $(ASSETS)
+	.venv-compat/bin/python -m pytest -q -p no:cacheprovider tests/test_export.py
+
+# test-compat first, so that the whole suite's summary is the last line
 test: $(STAMP) $(ASSETS)
+	$(MAKE) --no-print-directory test-compat
 	$(PY) -m pytest -q tests
 
 # the README's real recipe on real-shape inputs (LLaVA-1.5-7B's config with 2 layers), on the CPU: rehearsal/run.py
@@ -57,4 +71,4 @@ bench-fused: $(STAMP) requirements-bench.txt
 	$(PY) bench/trl_step.py
 
 clean-venv:
-	rm -rf .venv
+	rm -rf .venv .venv-compat
