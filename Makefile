@@ -26,7 +26,7 @@ $(ASSETS): $(RUNTIME) rehearsal/assets.py
 	$(PY) -m rehearsal.assets --out .venv/assets
 	touch $(ASSETS)
 
-# the export again under the last transformers 4.x (what vLLM releases pin), in a venv of its own
+# the export again under the last transformers 4.x (environments still on 4.x, many vLLM installs), own venv
 COMPAT  := .venv-compat/.installed
 $(COMPAT): requirements-compat.txt
 	test -x .venv-compat/bin/python || python3 -m venv .venv-compat
