@@ -37,6 +37,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
+sys.path.insert(0, ROOT)
+from train_state import write_atomic  # noqa: E402
 
 PARTS = [  # (name, command, seconds)
     ("tests", [PY, "-m", "pytest", "-q", "-x", "tests/test_logprob.py", "tests/test_dpo.py", "tests/test_dpo_fused.py",
@@ -87,7 +89,7 @@ def run_parts(parts, out: str, budget: float, res: dict) -> dict:
             res["parts"][name] = {"cmd": " ".join(cmd), "rc": "skipped",
                                   "why": f"{max(left, 0):.0f} s of the {budget:.0f} s budget left (--only {name} "
                                          "in a second call)"}
-            _write(out, res)
+            write_atomic(os.path.join(out, "gpu_check.json"), json.dumps(res, indent=1))
             print(f"{name}: skipped ({max(left, 0):.0f} s of the budget left)", flush=True)
             continue
         log = os.path.join(out, f"{name}.log")
@@ -105,16 +107,10 @@ def run_parts(parts, out: str, budget: float, res: dict) -> dict:
         if name == "rehearsal" and os.path.isfile("/tmp/gpu_rehearsal/rehearsal.json"):
             with open("/tmp/gpu_rehearsal/rehearsal.json") as f:
                 res["parts"][name]["report"] = json.load(f)
-        _write(out, res)
+        write_atomic(os.path.join(out, "gpu_check.json"), json.dumps(res, indent=1))
         print(f"{name}: rc {rc} in {res['parts'][name]['wall_s']} s", flush=True)
     return res
 
-
-def _write(out: str, res: dict) -> None:
-    tmp = os.path.join(out, "gpu_check.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, os.path.join(out, "gpu_check.json"))
 
 if __name__ == "__main__":
     sys.exit(main())
