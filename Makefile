@@ -1,4 +1,4 @@
-# make test : create .venv (pinned), then run the test suite (and tests/test_export.py under transformers 4.x: test-compat).
+# make test : create .venv (pinned), then the test suite; first test-compat (the export under transformers 4.x).
 # make demo : create .venv, then run the toy-world pipeline (see README); make demo-seeds: it for three SFT seeds.
 PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
