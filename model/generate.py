@@ -3,33 +3,71 @@ Holtzman et al. 2020). Bound to `Llava.generate`.
 
 The prompt (left-padded, with its image features spliced in) is run once to fill the cache; then each step feeds
 one token per row. A row that emitted EOS keeps receiving padding, which it alone sees, and stops changing.
+
+Sampling is inverse-CDF: a row's token at step i is the first one whose cumulative probability exceeds u[row, i],
+a uniform drawn before the loop. With one generator per row (`row_generators(seed, keys)`, keys = item ids) a
+row's draws depend on its own (seed, key) alone, so an item gets the same answer in any batch, at any position,
+and in a run resumed after a kill:
+
+    gens = row_generators(seed=0, keys=["q17", "q18"])          # CPU generators: the same draws on any device
+    out = model.generate(ids, px, mask, temperature=0.2, generator=gens)
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
 from .llama import KVCache
 
 
-def sample_next(logits, temperature: float, top_p: float, generator=None):
-    """logits (B, V) -> next ids (B,). temperature 0 = greedy (argmax)."""
+def row_seed(seed: int, key: str) -> int:
+    """A 63-bit seed from (run seed, item key): stable across processes and Python versions (unlike hash())."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def row_generators(seed: int, keys, device="cpu") -> list[torch.Generator]:
+    """One seeded torch.Generator per row, for `generate(..., generator=...)`."""
+    return [torch.Generator(device=device).manual_seed(row_seed(seed, str(k))) for k in keys]
+
+
+def uniforms(rows: int, steps: int, generator, device):
+    """(rows, steps) uniforms in [0, 1): from one generator for the whole batch (a row's draws then depend on the
+    batch it is in), or from one generator per row (they depend on that row's generator alone)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"generator: {len(generator)} per-row generators for {rows} rows")
+        u = torch.stack([torch.rand(steps, generator=g, device=g.device) for g in generator])
+    else:
+        u = torch.rand(rows, steps, generator=generator,
+                       device=generator.device if generator is not None else device)
+    return u.to(device)
+
+
+def sample_next(logits, temperature: float, top_p: float, u=None):
+    """logits (B, V), u (B,) uniforms in [0, 1) -> next ids (B,). temperature 0 = greedy (argmax)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+        probs, order = probs.sort(dim=-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p: drop a token when the mass *before* it already does
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p, 0.0)
+    cdf = probs.cumsum(-1)  # (B, V), unnormalised: the top-p cut removed mass
+    u = torch.rand(len(cdf), device=cdf.device) if u is None else u
+    # the first index whose cdf exceeds u * total: a zero-probability token never is (its cdf equals the one before)
+    idx = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.shape[1] - 1)
+    return (idx if order is None else order.gather(-1, idx)).squeeze(-1)
 
 
 @torch.no_grad()
 def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None,
-             generator: torch.Generator | None = None, min_new_tokens: int = 0):
-    """Return the new tokens only, (B, N) with N <= max_new_tokens; after a row's EOS the rest is padding."""
+             generator=None, min_new_tokens: int = 0):
+    """Return the new tokens only, (B, N) with N <= max_new_tokens; after a row's EOS the rest is padding.
+    generator: None, one torch.Generator, or a list of B of them (one per row; see the module docstring)."""
     cfg = model.config
     eos = cfg.text.eos_token_id if eos_token_id is None else eos_token_id
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else eos)
@@ -40,6 +78,7 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_t
         attention_mask = torch.ones_like(input_ids)
     lm = model.language_model
     x = model.embed(input_ids, pixel_values)  # (B, T, D)
+    u = uniforms(B, max_new_tokens, generator, x.device) if temperature > 0 else None  # (B, N)
     c = cfg.text
     cache = KVCache(c.num_hidden_layers, B, c.num_key_value_heads, T + max_new_tokens, c.head_dim,
                     x.dtype, x.device)
@@ -54,7 +93,7 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_t
         logits = model.lm_head(h[:, -1])  # (B, V)
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
-        tok = sample_next(logits, temperature, top_p, generator)
+        tok = sample_next(logits, temperature, top_p, None if u is None else u[:, step])
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         out.append(tok)
         done |= tok == eos

@@ -1,19 +1,26 @@
-"""Llava.generate beyond greedy parity: EOS stop and padding, seeded temperature / top-p sampling, and the top-p
-cut itself on a hand-made distribution."""
+"""Llava.generate beyond greedy parity: EOS stop and padding, seeded temperature / top-p sampling, per-row seeds (an
+item's tokens do not depend on its batch), and the top-p cut itself on a hand-made distribution."""
 import pytest
 import torch
 
 from model import Llava
-from model.generate import sample_next
-from model_fixtures import PAD_TOKEN, make_hf_llava, pixels, prompts
-
-
+from model.generate import row_generators, row_seed, sample_next
+from model_fixtures import IMAGE_TOKEN, NUM_IMAGE_TOKENS, PAD_TOKEN, make_hf_llava, pixels, prompts
 
 @pytest.fixture(autouse=True)
 def _no_grad():
     """Inference-only tests; scoped to this module (a global set_grad_enabled would leak into other files)."""
     with torch.no_grad():
         yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds barrier waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,40 @@ def test_sampling_is_seeded(model):
 def test_top_p_keeps_smallest_prefix_reaching_p():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, 4)
     g = torch.Generator().manual_seed(0)
-    seen = torch.bincount(sample_next(logits, 1.0, 0.7, g), minlength=4)
+    seen = torch.bincount(sample_next(logits, 1.0, 0.7, torch.rand(4000, generator=g)), minlength=4)
     assert seen[2] == 0 and seen[3] == 0  # 0.5 < 0.7 <= 0.8: tokens 0 and 1 only
     assert abs(seen[0] / 4000 - 0.625) < 0.03  # renormalised 0.5 / 0.8
     assert sample_next(logits[:2], 0.0, 1.0).tolist() == [0, 0]  # temperature 0 = greedy
+
+
+def left_pad(rows):
+    T = max(len(r) for r in rows)
+    return (torch.tensor([[PAD_TOKEN] * (T - len(r)) + r for r in rows]),
+            torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows]))
+
+
+def test_per_row_generators_make_each_item_independent_of_its_batch(model):
+    """Four items of different lengths: sampled in one batch of 4, one at a time, and in another order, each item
+    gets the same tokens when its generator is seeded from (seed, item id); one shared generator does not."""
+    img = [IMAGE_TOKEN] * NUM_IMAGE_TOKENS
+    items = {f"q{i}": [1] + list(range(10, 10 + 3 * i)) + img + [99, 7 + i] for i in range(4)}
+    px = {k: p for k, p in zip(items, pixels(4))}
+    kw = dict(max_new_tokens=10, min_new_tokens=10, temperature=1.0, top_p=0.9)
+
+    def run(keys, generator):
+        ids, mask = left_pad([items[k] for k in keys])
+        out = model.generate(ids, torch.stack([px[k] for k in keys]), mask, generator=generator, **kw)
+        return dict(zip(keys, out.tolist()))
+
+    keys = list(items)
+    batched = run(keys, row_generators(7, keys))
+    alone = {k: run([k], row_generators(7, [k]))[k] for k in keys}
+    shuffled = run(keys[::-1][:3], row_generators(7, keys[::-1][:3]))
+    assert batched == alone and all(shuffled[k] == batched[k] for k in shuffled)
+    assert run(keys, row_generators(8, keys)) != batched  # the seed matters
+    shared = run(keys, torch.Generator().manual_seed(7))
+    alone_shared = {k: run([k], torch.Generator().manual_seed(7))[k] for k in keys}
+    assert shared != alone_shared  # why per-row generators exist: one stream's draws depend on the batch
+    assert row_seed(0, "q1") == row_seed(0, "q1") != row_seed(0, "q2") and 0 <= row_seed(5, "x") < 2 ** 63
+    with pytest.raises(ValueError, match="3 per-row generators for 4 rows"):
+        run(keys, row_generators(7, keys[:3]))
