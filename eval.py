@@ -1,6 +1,6 @@
-"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (eval_chair.py), POPE
-(eval_pope.py) and MMHal-Bench (eval_mmhal.py, an LLM judge over the chat API), and tabulate runs. File formats are in
-eval_data.py (ours, POPE's and LLaVA's question files) and the benchmark modules; the protocols in recipes/eval.toml.
+"""Hallucination evaluation: answer a question file with a checkpoint, then score CHAIR (evals/chair.py), POPE
+(evals/pope.py) and MMHal-Bench (evals/mmhal.py, an LLM judge over the chat API), and tabulate runs. File formats are in
+evals/files.py (ours, POPE's and LLaVA's question files) and the benchmark modules; the protocols in recipes/eval.toml.
 
     python eval.py generate  --checkpoint CKPT --questions Q --output RUN/answers.jsonl [--image-root DIR]
                              [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
@@ -41,11 +41,11 @@ import time
 
 import recipes
 from chat_api import JsonlAppender, resume_jsonl
-from eval_chair import Synonyms, chair_scores, coco_ground_truth, sample_image_ids, write_chair_gt
-from eval_data import (check_images, first_char, load_annotations, question_records, read_json, read_jsonl,
+from evals.chair import Synonyms, chair_scores, coco_ground_truth, sample_image_ids, write_chair_gt
+from evals.files import (check_images, first_char, load_annotations, question_records, read_json, read_jsonl,
                        read_jsonl_lines, write_json, write_jsonl, write_text)
-from eval_mmhal import fill_template, judged_records, make_judge, mmhal_judge, read_template, template_questions
-from eval_pope import PARSER_NOTES, PARSERS, SPLITS, build_pope_questions, labels_for_questions, parse_yes_no, \
+from evals.mmhal import fill_template, judged_records, make_judge, mmhal_judge, read_template, template_questions
+from evals.pope import PARSER_NOTES, PARSERS, SPLITS, build_pope_questions, labels_for_questions, parse_yes_no, \
     pope_metrics
 from model.tokenizer import DEFAULT_TEMPLATE
 
@@ -225,7 +225,7 @@ def cmd_chair(a) -> dict:
     per_caption = scores.pop("per_caption")
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "chair.json")
     write_json(out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations, "synonyms": a.synonyms,
-                     "scorer": "povid eval_chair.py (own singulariser, see its docstring)",
+                     "scorer": "povid evals/chair.py (own singulariser, see its docstring)",
                      "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
     print(f"CHAIR_s {100 * scores['chair_s']:.1f}  CHAIR_i {100 * scores['chair_i']:.1f}  recall "
           f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {out}")

@@ -8,7 +8,7 @@ import random
 import pytest
 
 import eval as ev
-from eval_chair import Synonyms, chair_scores, sample_image_ids, singularize
+from evals.chair import Synonyms, chair_scores, sample_image_ids, singularize
 from rehearsal.public_data import VAL, VAL_GT, make_public_data
 
 TABLE = """# toy table in the COCO synonyms.txt format

@@ -13,7 +13,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 import eval as ev
-from eval_data import SHORT_ANSWER_SUFFIX
+from evals.files import SHORT_ANSWER_SUFFIX
 from model import Llava, LlavaConfig
 from model.config import TextConfig, VisionConfig
 from model.tokenizer import Tokenizer

@@ -10,7 +10,7 @@ import pytest
 
 import eval as ev
 from chat_api import ChatClient
-from eval_mmhal import (TYPES, fill_template, image_file, judge_prompt, judged_records, make_judge, mmhal_judge,
+from evals.mmhal import (TYPES, fill_template, image_file, judge_prompt, judged_records, make_judge, mmhal_judge,
                         official_rating, read_official_template, read_template, template_questions)
 from rehearsal.public_data import MMHAL, make_public_data
 from rehearsal.stub_openai import StubServer

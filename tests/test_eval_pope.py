@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 import eval as ev
-from eval_pope import build_pope_questions, parse_yes_no, parse_yes_no_official, pope_metrics, question_text
+from evals.pope import build_pope_questions, parse_yes_no, parse_yes_no_official, pope_metrics, question_text
 from rehearsal.public_data import make_public_data
 
 

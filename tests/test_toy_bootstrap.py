@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from toy import bootstrap as bs
-from eval_chair import Synonyms, chair_scores
-from eval_pope import SPLITS, pope_metrics
+from evals.chair import Synonyms, chair_scores
+from evals.pope import SPLITS, pope_metrics
 
 SYN = Synonyms({"dog": ["puppy"], "cat": [], "fork": [], "cup": ["mug"]})
 OBJS = ["dog", "cat", "fork", "cup"]

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from eval_pope import SPLITS, parse_yes_no
+from evals.pope import SPLITS, parse_yes_no
 
 STATS = ("chair_i_rel", "chair_s", "recall", "pope_f1")
 

@@ -45,9 +45,9 @@ import string
 from urllib.parse import urlparse
 
 from chat_api import ChatClient, resume_jsonl, run_jsonl_jobs
-from eval_data import SHORT_ANSWER_SUFFIX, read_json
+from evals.files import SHORT_ANSWER_SUFFIX, read_json
 
-log = logging.getLogger("povid.eval_mmhal")
+log = logging.getLogger("povid.evals.mmhal")
 
 FIELDS = ("question_type", "question_topic", "image_id", "image_src", "image_content", "question", "gt_answer",
           "model_answer")
@@ -90,7 +90,7 @@ def image_file(rec: dict, i: int, path: str, image_root: str) -> str:
 
 
 def template_questions(path: str, image_root: str | None, short_answer_suffix: bool | None = None) -> list[dict]:
-    """The template as `eval.py generate`'s work list (the record layout of eval_data.question_records);
+    """The template as `eval.py generate`'s work list (the record layout of evals.files.question_records);
     question_id = the record's index. No suffix unless asked for (LLaVA-RLHF's protocol)."""
     if image_root is None:
         raise ValueError(f"{path}: MMHal-Bench's image_src are URLs; pass --image-root, the dataset's images/ folder")

@@ -36,7 +36,7 @@ our singulariser is neither pattern.en's nor WordNet's; entries are whitespace-s
 counted in words (punctuation excluded). The ground truth's caption objects come from this routine too, so they
 share these differences (sets differ only where a caption word is tokenised or singularised differently).
 
-    from eval_chair import Synonyms, chair_scores
+    from evals.chair import Synonyms, chair_scores
     scores = chair_scores({"1": "A man with two dogs."}, {"1": {"person"}}, Synonyms.from_file("synonyms.txt"))
     python eval.py chair-gt --instances instances_val2014.json --captions captions_val2014.json --images-dir val2014 \
         --synonyms synonyms.txt --num-images 500 --seed 0 --output chair500/    # then eval.py generate / chair
@@ -48,7 +48,7 @@ import random
 import re
 import shutil
 
-from eval_data import write_json, write_jsonl, write_text
+from evals.files import write_json, write_jsonl, write_text
 
 # ---------------------------------------------------------------------------------------------- singulariser
 IRREGULAR = {

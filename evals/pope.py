@@ -78,7 +78,7 @@ def parse_yes_no_official(text: str) -> bool:
 
 PARSERS = {"official": parse_yes_no_official, "povid": parse_yes_no}
 PARSER_NOTES = {"official": "official: RUCAIBox/POPE evaluate.py = LLaVA llava/eval/eval_pope.py rule",
-                "povid": "povid: eval_pope.parse_yes_no (negation words and n't forms, empty = no)"}
+                "povid": "povid: evals.pope.parse_yes_no (negation words and n't forms, empty = no)"}
 
 
 def _object_stats(annotations: dict[str, list[str]]):

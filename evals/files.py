@@ -1,5 +1,5 @@
-"""The files eval.py reads and writes, apart from each benchmark's own (COCO in eval_chair.py, POPE's label files in
-eval_pope.py, MMHal-Bench's template in eval_mmhal.py): strict JSON / JSONL readers that name the file, the line or
+"""The files eval.py reads and writes, apart from each benchmark's own (COCO in evals/chair.py, POPE's label files in
+evals/pope.py, MMHal-Bench's template in evals/mmhal.py): strict JSON / JSONL readers that name the file, the line or
 record and the field of anything wrong; atomic writers; CHAIR / POPE ground truth; question files for `generate`.
 
 Question files (JSONL; a line's fields decide how it is read, so one reader serves them all):
@@ -18,7 +18,7 @@ unless asked for: a line says what it asks.
 Ground truth (GT.json, CHAIR and POPE): {image_id: {"objects": [name, ...], "image": path?, ...}} or a list of
 {"id" or "image_id", "objects", "image"?, ...}; ids compared as strings; image paths relative to the file.
 
-    from eval_data import read_jsonl, question_records, write_json
+    from evals.files import read_jsonl, question_records, write_json
 """
 from __future__ import annotations
 
