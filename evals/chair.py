@@ -43,12 +43,14 @@ share these differences (sets differ only where a caption word is tokenised or s
 """
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import re
 import shutil
+import sys
 
-from evals.files import write_json, write_jsonl, write_text
+from evals.files import load_annotations, protocol, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 # ---------------------------------------------------------------------------------------------- singulariser
 IRREGULAR = {
@@ -351,3 +353,121 @@ def write_chair_gt(out_dir: str, gt: dict[int, dict], images_dir: str, prompt: s
     if os.path.abspath(synonyms) != os.path.abspath(copy):
         shutil.copyfile(synonyms, copy)
     write_json(os.path.join(out_dir, "chair_gt_info.json"), info)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def _read_ids(path: str) -> list[int]:
+    ids = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                try:
+                    ids.append(int(line))
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: not a COCO image id: {line!r}") from None
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: an image id appears twice")
+    return ids
+
+
+def cmd_chair_gt(a) -> None:
+    for name, paths in (("--instances", a.instances), ("--captions", a.captions)):
+        if len(set(map(os.path.abspath, paths))) != len(paths):
+            raise ValueError(f"{name}: a file is given twice ({', '.join(paths)})")
+    syn = Synonyms.from_file(a.synonyms)
+    instances = {p: read_json(p) for p in a.instances}
+    captions = {p: read_json(p) for p in a.captions}
+
+    def choose(images):
+        if a.sample_ids is None:
+            return sample_image_ids(images, a.num_images, a.seed)
+        ids = _read_ids(a.sample_ids)
+        unknown = [i for i in ids if i not in images]
+        if unknown:
+            raise ValueError(f"{a.sample_ids}: {len(unknown)} ids are not in {a.instances[0]}, e.g. {unknown[:5]}")
+        return sorted(ids)
+
+    gt, stats = coco_ground_truth(instances, captions, syn, choose)
+    sampled = "ids from " + a.sample_ids if a.sample_ids else \
+        f"random.Random({a.seed}).sample(sorted ids, {a.num_images}), sorted"
+    write_chair_gt(a.output, gt, a.images_dir, a.prompt, a.synonyms,
+                   {"instances": a.instances, "captions": a.captions, "synonyms": a.synonyms,
+                    "images_dir": a.images_dir, "sample": sampled, "prompt": a.prompt, "stats": stats})
+    print(f"chair-gt: {stats['images']} images ({sampled}), {stats['objects_per_image']:.2f} objects per image "
+          f"({stats['objects_only_from_captions']} only from captions); skipped: "
+          f"{stats['skipped_instance_annotations_unknown_image']} instance annotations and "
+          f"{stats['skipped_captions_unknown_image']} captions of unlisted images; "
+          f"{stats['images_without_captions']} images without captions -> {a.output}/{{sample_ids.txt, "
+          f"chair_gt.json, chair_questions.jsonl, synonyms.txt, chair_gt_info.json}}", file=sys.stderr)
+
+
+def cmd_chair_questions(a) -> None:
+    ann = load_annotations(a.annotations)
+    qs = []
+    for image_id, rec in ann.items():
+        if "image" not in rec:
+            raise ValueError(f"{a.annotations}: image {image_id!r} has no 'image' path")
+        qs.append({"question_id": image_id, "image_id": image_id, "prompt": a.prompt,
+                   "image": os.path.relpath(rec["image"], os.path.dirname(os.path.abspath(a.output)))})
+    write_jsonl(a.output, qs)
+    print(f"chair-questions: {len(qs)} questions -> {a.output}", file=sys.stderr)
+
+
+def cmd_chair(a) -> dict:
+    answers = read_jsonl(a.answers, required=("question_id", "text"))
+    captions = {}
+    for i, r in enumerate(answers, 1):
+        cid = str(r.get("image_id", r["question_id"]))
+        if cid in captions:
+            raise ValueError(f"{a.answers}: answer {i}: a second caption for image {cid!r}")
+        captions[cid] = r["text"]
+    ann = load_annotations(a.annotations)
+    if a.synonyms is None:
+        a.synonyms = os.path.join(os.path.dirname(os.path.abspath(a.annotations)), "synonyms.txt")
+        if not os.path.exists(a.synonyms):
+            raise FileNotFoundError(f"no --synonyms given and no {a.synonyms} next to the annotations")
+    scores = chair_scores(captions, {k: v["objects"] for k, v in ann.items()}, Synonyms.from_file(a.synonyms))
+    per_caption = scores.pop("per_caption")
+    out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "chair.json")
+    write_json(out, {"kind": "chair", "answers": a.answers, "annotations": a.annotations, "synonyms": a.synonyms,
+                     "scorer": "povid evals/chair.py (own singulariser, see its docstring)",
+                     "protocol": protocol(answers), "metrics": scores, "per_caption": per_caption})
+    print(f"CHAIR_s {100 * scores['chair_s']:.1f}  CHAIR_i {100 * scores['chair_i']:.1f}  recall "
+          f"{100 * scores['recall']:.1f}  len {scores['length']:.1f}  ({scores['n_captions']} captions) -> {out}")
+    return scores
+
+
+def _args_chair_gt(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--instances", action="append", required=True,
+                   help="instances_val2014.json (repeatable; the sample comes from the first)")
+    t.add_argument("--captions", action="append", required=True, help="captions_val2014.json (repeatable)")
+    t.add_argument("--images-dir", required=True, help="the folder of the images (val2014/)")
+    t.add_argument("--synonyms", required=True, help="LisaAnne/Hallucination data/synonyms.txt")
+    t.add_argument("--num-images", type=int, default=500)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--sample-ids", default=None, help="use these ids (one per line) instead of drawing a sample")
+    t.add_argument("--prompt", default="Describe this image.")
+    t.add_argument("--output", required=True, help="output folder")
+
+
+def _args_chair_questions(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--annotations", required=True)
+    q.add_argument("--output", required=True)
+    q.add_argument("--prompt", default="Describe this image.")
+
+
+def _args_chair(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--answers", required=True)
+    c.add_argument("--annotations", required=True)
+    c.add_argument("--synonyms", default=None,
+                   help="synonym table, COCO synonyms.txt format (default: synonyms.txt next to the annotations)")
+    c.add_argument("--out", default=None, help="metrics JSON (default: chair.json next to the answers)")
+
+
+COMMANDS = {
+    "chair-gt": ("CHAIR ground truth + a seeded image sample + questions, from COCO", _args_chair_gt, cmd_chair_gt),
+    "chair-questions": ("one captioning question per annotated image", _args_chair_questions, cmd_chair_questions),
+    "chair": ("CHAIR_s / CHAIR_i / recall of captions", _args_chair, cmd_chair),
+}

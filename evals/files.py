@@ -171,3 +171,16 @@ def check_images(records: list[dict], hint: str = "") -> None:
         shown = "; ".join(f"{r['where']}: {r['image_file']}" for r in missing[:5])
         raise FileNotFoundError(f"{len(missing)} of {len(records)} images not found ({shown}"
                                 f"{'; ...' if len(missing) > 5 else ''}){hint}")
+
+
+# ---------------------------------------------------------------------------------------------- answers
+def protocol(answers: list[dict]) -> dict:
+    """Which checkpoints, prompts and decoding settings produced the scored answers (distinct values, a few)."""
+    out = {}
+    for key in ("model", "prompt", "gen"):
+        seen = []
+        for r in answers:
+            if key in r and r[key] not in seen:
+                seen.append(r[key])
+        out[key] = seen[:5] + ([f"... {len(seen) - 5} more"] if len(seen) > 5 else [])
+    return out

@@ -37,6 +37,7 @@ every reply; a log written with another template or model is an error, never mix
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import logging
@@ -45,7 +46,7 @@ import string
 from urllib.parse import urlparse
 
 from chat_api import ChatClient, resume_jsonl, run_jsonl_jobs
-from evals.files import SHORT_ANSWER_SUFFIX, read_json
+from evals.files import SHORT_ANSWER_SUFFIX, protocol, read_json, read_jsonl, write_json
 
 log = logging.getLogger("povid.evals.mmhal")
 
@@ -262,3 +263,45 @@ def mmhal_judge(records: list[dict], model: str, output_path: str, judge: dict |
             "ratings": ratings, "n": len(records), "n_judged": len(ratings), "complete": complete,
             "full_benchmark": len(records) == N_QUESTIONS, "n_no_rating": n_none, "n_several_ratings": n_several,
             "n_type_mismatch": len(mismatch), "n_failed": len(summary.failed), "failed": summary.failed}
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def cmd_mmhal(a) -> dict:
+    answer_recs = read_jsonl(a.answers, ("question_id", "text"), "question_id") if a.answers else []
+    records = judged_records(a.questions, {str(r["question_id"]): r["text"] for r in answer_recs}
+                             if a.answers else None)
+    judge = make_judge(a.judge_template)
+    judge_log = a.judge_log or os.path.splitext(a.out)[0] + "_judge.jsonl"
+    m = mmhal_judge(records, a.judge_model, judge_log, judge, workers=a.workers)
+    write_json(a.out, {"kind": "mmhal", "judge_model": a.judge_model,
+                       "judge_template": {k: judge[k] for k in ("name", "file", "sha256")},
+                       "questions": a.questions, "answers": a.answers, "judge_log": judge_log,
+                       "protocol": protocol(answer_recs), "metrics": m})
+    if m["n_failed"]:
+        log.warning("mmhal: %d of %d questions not judged (API failures); run again to finish them",
+                    m["n_failed"], m["n"])
+    if not m["full_benchmark"]:
+        log.warning("mmhal: %d questions, not MMHal-Bench's %d: not comparable with published scores", m["n"], 96)
+    score = "n/a" if m["score"] is None else f"{m['score']:.2f}"
+    rate = "n/a" if m["hallucination_rate"] is None else f"{m['hallucination_rate']:.2f}"
+    types = ",".join("n/a" if v is None else f"{v:.2f}" for v in m["per_type_score"].values())
+    print(f"MMHal ({a.judge_model}, {judge['name']} judge template): score {score}  hallucination rate {rate}  "
+          f"per type ({','.join(m['per_type_score'])}) {types}; judged {m['n_judged']}/{m['n']}, no rating "
+          f"{m['n_no_rating']}, several ratings {m['n_several_ratings']}, failed {m['n_failed']} -> {a.out}")
+    return m
+
+
+def _args_mmhal(h: argparse.ArgumentParser) -> None:
+    h.add_argument("--questions", required=True, help="response_template.json (or a filled copy)")
+    h.add_argument("--answers", default=None, help="generate's answers (default: the template's model_answer)")
+    h.add_argument("--judge-model", required=True)
+    h.add_argument("--judge-template", default=None,
+                   help="LLaVA-RLHF's MMHal-Bench-eval/eval_gpt4.py, for the official judge template")
+    h.add_argument("--judge-log", default=None, help="judge replies JSONL (default: <out>_judge.jsonl)")
+    h.add_argument("--workers", type=int, default=4)
+    h.add_argument("--out", required=True)
+
+
+COMMANDS = {"mmhal": ("MMHal-Bench judged through the chat API (OPENAI_BASE_URL, OPENAI_API_KEY)", _args_mmhal,
+                      cmd_mmhal)}

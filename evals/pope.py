@@ -40,11 +40,15 @@ then matched by question id.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
 import re
+import sys
 from collections import Counter
+
+from evals.files import load_annotations, protocol, read_jsonl, read_jsonl_lines, write_json, write_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 NEGATIONS = {"no", "not", "none", "nope", "nah", "never", "nothing", "neither", "nor", "cannot",
@@ -252,3 +256,79 @@ def labels_for_questions(questions: list[tuple[str, dict]], path: str, label_dir
                                  f"({q['image']!r} {text!r} vs {lab['image']!r} {lab['text']!r})")
             out.setdefault(split or cat, {})[str(q["question_id"])] = lab["label"]
     return out
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def cmd_pope_build(a) -> None:
+    ann = load_annotations(a.annotations)
+    qs, stats = build_pope_questions(ann, a.split, a.num_per_image, a.seed, a.num_images, a.suffix)
+    out_dir = os.path.dirname(os.path.abspath(a.output))
+    for q in qs:
+        if "image" not in q:
+            raise ValueError(f"{a.annotations}: image {q['image_id']!r} has no 'image' path")
+        q["image"] = os.path.relpath(q["image"], out_dir)
+    write_jsonl(a.output, qs)
+    print(f"pope-build {a.split}: {json.dumps(stats)} -> {a.output}", file=sys.stderr)
+
+
+def cmd_pope(a) -> dict:
+    lines = read_jsonl_lines(a.questions, required=("question_id",), key="question_id")
+    labels = labels_for_questions([(f"{a.questions}:{n}", q) for n, q in lines], a.questions, a.label_dir, a.split)
+    # official question files (no "prompt" of ours): the official parser, so numbers compare with published ones
+    parser = a.parser or ("povid" if all("prompt" in q for _, q in lines) else "official")
+    answers = read_jsonl(a.answers, required=("question_id", "text"))
+    seen, known = set(), {k for lab in labels.values() for k in lab}
+    for i, r in enumerate(answers, 1):
+        k = str(r["question_id"])
+        if k in seen:
+            raise ValueError(f"{a.answers}: answer {i}: question_id {r['question_id']!r} appears twice")
+        if k not in known:
+            raise ValueError(f"{a.answers}: answer {i}: question_id {r['question_id']!r} is not in {a.questions}")
+        seen.add(k)
+    out_tpl = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "pope_{split}.json")
+    if len(labels) > 1 and "{split}" not in out_tpl:
+        raise ValueError(f"{a.questions} holds {len(labels)} splits: --out needs a '{{split}}' in its name")
+    results = {}
+    for split, lab in labels.items():
+        mine = [r for r in answers if str(r["question_id"]) in lab]
+        m = pope_metrics([(r["question_id"], r["text"]) for r in mine], lab, parser=parser)
+        out = out_tpl.format(split=split)
+        write_json(out, {"kind": "pope", "split": split, "parser": PARSER_NOTES[parser], "answers": a.answers,
+                         "questions": a.questions, "label_dir": a.label_dir, "protocol": protocol(mine),
+                         "metrics": m})
+        print(f"POPE {split} ({parser} parser): acc {100 * m['accuracy']:.1f}  P {100 * m['precision']:.1f}  "
+              f"R {100 * m['recall']:.1f}  F1 {100 * m['f1']:.1f}  yes {100 * m['yes_ratio']:.1f}  "
+              f"({m['n']} questions) -> {out}")
+        results[split] = m
+    if all(s in results for s in SPLITS):
+        print(f"POPE F1 mean of the 3 splits (LLaVA's POPE number): "
+              f"{100 * sum(results[s]['f1'] for s in SPLITS) / 3:.1f}")
+    return results[next(iter(results))] if len(results) == 1 else results
+
+
+def _args_pope_build(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--annotations", required=True)
+    b.add_argument("--split", required=True, choices=SPLITS)
+    b.add_argument("--num-per-image", type=int, default=3, help="yes questions per image (as many no)")
+    b.add_argument("--num-images", type=int, default=None)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--suffix", default="", help="appended to every prompt")
+    b.add_argument("--output", required=True)
+
+
+def _args_pope(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--answers", required=True)
+    e.add_argument("--questions", required=True, help="the file given to generate (it holds or names the labels)")
+    e.add_argument("--label-dir", default=None, help="POPE's coco/ folder, for LLaVA's llava_pope_test.jsonl")
+    e.add_argument("--split", default=None, help="default: the split field, the file name, or LLaVA's category")
+    e.add_argument("--parser", default=None, choices=sorted(PARSERS),
+                   help="default: official for POPE's / LLaVA's files, povid for ours")
+    e.add_argument("--out", default=None, help="metrics JSON; '{split}' is replaced (default: "
+                                               "pope_{split}.json next to the answers)")
+
+
+COMMANDS = {
+    "pope-build": ("POPE questions for one split, from our GT files", _args_pope_build, cmd_pope_build),
+    "pope": ("POPE metrics, per split", _args_pope, cmd_pope),
+}

@@ -9,6 +9,7 @@ import pytest
 
 import eval as ev
 from evals.chair import Synonyms, chair_scores, sample_image_ids, singularize
+from evals.files import load_annotations
 from rehearsal.public_data import VAL, VAL_GT, make_public_data
 
 TABLE = """# toy table in the COCO synonyms.txt format
@@ -152,10 +153,10 @@ def test_cli_both_annotation_layouts(tmp_path, capsys):
         ev.main(["chair-questions", "--annotations", str(tmp_path / "l.json"), "--output", str(qfile)])
     (tmp_path / "bad.json").write_text(json.dumps([{"id": 1, "objects": ["dog"]}, {"objects": ["cat"]}]))
     with pytest.raises(ValueError, match="bad.json: item 1 has no 'id' or 'image_id'"):
-        ev.load_annotations(str(tmp_path / "bad.json"))
+        load_annotations(str(tmp_path / "bad.json"))
     (tmp_path / "bad.json").write_text(json.dumps({"1": {"objects": "dog"}}))
     with pytest.raises(ValueError, match="bad.json: key '1': needs an 'objects' list"):
-        ev.load_annotations(str(tmp_path / "bad.json"))
+        load_annotations(str(tmp_path / "bad.json"))
 
 
 @pytest.fixture(scope="module")

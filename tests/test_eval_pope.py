@@ -12,6 +12,7 @@ import pytest
 
 import eval as ev
 from evals.pope import build_pope_questions, parse_yes_no, parse_yes_no_official, pope_metrics, question_text
+from evals.report import write_report
 from rehearsal.public_data import make_public_data
 
 
@@ -193,7 +194,7 @@ def test_official_files_per_split(pub, tmp_path, capsys):
     pm = json.loads((run / "povid" / "pope_random.json").read_text())
     assert pm["parser"].startswith("povid") and pm["metrics"]["fp"] == 0 and pm["metrics"]["accuracy"] == 1.0
     # report: LLaVA's POPE number, the mean F1 of the three splits, and which parser
-    md = open(ev.write_report([str(run)], str(tmp_path))).read()
+    md = open(write_report([str(run)], str(tmp_path))).read()
     f1 = [m[s]["f1"] for s in ("random", "popular", "adversarial")]
     assert f"| {100 * sum(f1) / 3:.1f} |" in md and "POPE F1 mean" in md
     assert "run: POPE answers read with the official: RUCAIBox/POPE evaluate.py" in md

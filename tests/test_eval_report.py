@@ -5,6 +5,7 @@ import json
 import pytest
 
 import eval as ev
+from evals.report import write_report
 
 
 def _pope(split, acc, f1, yes):
@@ -45,7 +46,7 @@ def test_report(tmp_path, capsys):
     # a second file of the same kind, and a dir without metrics, are errors
     _write(povid, "pope_random_again.json", _pope("random", 0.1, 0.1, 0.1))
     with pytest.raises(ValueError, match="both .*pope_random.json and .*pope_random_again.json"):
-        ev.write_report([str(povid)], str(tmp_path))
+        write_report([str(povid)], str(tmp_path))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no metrics JSON"):
-        ev.write_report([str(tmp_path / "empty")], str(tmp_path))
+        write_report([str(tmp_path / "empty")], str(tmp_path))

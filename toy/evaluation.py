@@ -72,7 +72,7 @@ def evaluate(pl, split, name, ckpt: Output, qdir: Output) -> Output:
 
 def summarise(run_dir) -> dict:
     """The report's per-run keys from eval.py's metrics files (rates as fractions)."""
-    from eval import collect_run
+    from evals.report import collect_run
     r = collect_run(run_dir)
     c, pope = r["chair"], r["pope"]
     f1 = [pope[s]["f1"] for s in POPE_SPLITS]

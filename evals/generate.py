@@ -1,0 +1,134 @@
+"""`eval.py generate`: answer a question file with a checkpoint, one JSON line per question, resumable.
+
+    python eval.py generate --checkpoint CKPT --questions Q --output RUN/answers.jsonl [--image-root DIR]
+                            [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
+
+Question files: every layout evals/files.py reads (ours, POPE's, LLaVA's) and MMHal-Bench's template
+(evals/mmhal.py). Each answer line holds the question's fields, "prompt" (what the model was asked), "text" (the
+answer), "model" and "gen" (template, decoding, suffix, image aspect ratio, recipe): scoring copies the distinct "gen"
+values into the metrics JSON as "protocol", since numbers are only comparable under the same protocol.
+Defaults: model.tokenizer.DEFAULT_TEMPLATE (vicuna_v1, LLaVA-1.5's training and benchmark template), CUDA + bfloat16
+with a GPU (else CPU + float32), pad-to-square when the checkpoint's config says image_aspect_ratio = "pad"
+(--image-aspect-ratio overrides), 128 new tokens; on MMHal-Bench's template, LLaVA-RLHF's protocol: pad-to-square and
+up to 1024 new tokens. The model code (torch) is imported only once there is something to answer.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from chat_api import JsonlAppender, resume_jsonl
+from evals.files import check_images, first_char, question_records, write_json
+from evals.mmhal import fill_template, read_template, template_questions
+
+def _fmt_s(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def cmd_generate(a) -> None:
+    if first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
+        qs = template_questions(a.questions, a.image_root, a.short_answer_suffix)
+        # LLaVA-RLHF's protocol unless told otherwise: long answers, pad-to-square (temperature 0, no suffix: as is)
+        a.max_new_tokens = 1024 if a.max_new_tokens is None else a.max_new_tokens
+        a.image_aspect_ratio = a.image_aspect_ratio or "pad"
+    else:
+        qs = question_records(a.questions, a.image_root, a.short_answer_suffix)
+    a.max_new_tokens = 128 if a.max_new_tokens is None else a.max_new_tokens  # LLaVA's model_vqa default
+    if a.shard:  # every N-th question from the I-th: one process per GPU, answers concatenated afterwards
+        i, n = (int(x) for x in a.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError(f"--shard {a.shard}: expected I/N with 0 <= I < N")
+        qs = qs[i::n]
+    done = {str(r["question_id"]) for r in resume_jsonl(a.output, "question_id")}
+    todo = [q for q in qs if str(q["question_id"]) not in done]
+    print(f"generate: {len(qs)} questions, {len(qs) - len(todo)} already answered in {a.output}, "
+          f"{len(todo)} to go", file=sys.stderr)
+    if todo:
+        check_images(todo, "" if a.image_root else "; pass --image-root, the folder the file names are in")
+        _generate(a, todo)
+    if a.filled_template:
+        answers = {str(r["question_id"]): r["text"] for r in resume_jsonl(a.output, "question_id")}
+        write_json(a.filled_template, fill_template(read_template(a.questions), answers))
+        print(f"generate: the template with model_answer filled in -> {a.filled_template}", file=sys.stderr)
+
+
+def _generate(a, todo: list[dict]) -> None:
+    import torch
+    from model import Llava, Tokenizer, load_image
+    from model.tokenizer import DEFAULT_TEMPLATE, pad_sequences
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    model = Llava.from_pretrained(a.checkpoint, dtype=dtype, device=device, vision_tower=a.vision_tower).eval()
+    cfg = model.config
+    # a liuhaotian tokenizer has no "<image>" token: its model takes the id from the config (vocab size)
+    tok = Tokenizer.from_pretrained(a.tokenizer or a.checkpoint,
+                                    image_token_id=cfg.image_token_id if a.vision_tower else None)
+    pad = tok.pad_id if tok.pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
+                                                     else tok.eos_id)
+    aspect = a.image_aspect_ratio or ("pad" if cfg.image_aspect_ratio == "pad" else "square")
+    template = a.template or DEFAULT_TEMPLATE
+    gen = torch.Generator(device=device).manual_seed(a.seed)
+    # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol (the batch size
+    # too when sampling: it decides which random numbers each answer gets)
+    settings = {"template": template, "temperature": a.temperature, "top_p": a.top_p,
+                "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": dtype_name, "image_aspect_ratio": aspect,
+                "batch_size": a.batch_size}
+    if a.recipe:
+        settings["recipe"] = a.recipe
+    print(f"generate: {a.checkpoint} on {device} ({dtype_name}), template {template}, images {aspect}",
+          file=sys.stderr)
+    start, last, n = time.time(), 0.0, 0
+    with JsonlAppender(a.output) as out:
+        for b in range(0, len(todo), a.batch_size):
+            batch = todo[b:b + a.batch_size]
+            prompts = [tok.encode_prompt(q["prompt"], cfg.num_image_tokens, template=template) for q in batch]
+            input_ids, mask = pad_sequences(prompts, pad, side="left")  # (B, T) each, left-padded
+            px = torch.stack([load_image(q["image_file"], cfg.image_size, pad=aspect == "pad")  # (B, 3, S, S)
+                              for q in batch])
+            new = model.generate(input_ids.to(device), px.to(device, dtype), mask.to(device),
+                                 max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                                 eos_token_id=tok.eos_id, pad_token_id=pad, generator=gen)  # (B, N)
+            for q, row in zip(batch, new.tolist()):
+                if tok.eos_id in row:
+                    row = row[:row.index(tok.eos_id)]
+                out.write({**q["answer_base"], "text": tok.decode(row, skip_special_tokens=True).strip(),
+                           "model": a.checkpoint, "gen": {**settings, "suffix": q["suffix"]}})
+            n += len(batch)
+            if time.time() - last > 10 or n == len(todo):
+                last, el = time.time(), time.time() - start
+                print(f"generate: {n}/{len(todo)} ({100 * n / len(todo):.0f}%), {n / el:.2f} answers/s, "
+                      f"elapsed {_fmt_s(el)}, ETA {_fmt_s(el / n * (len(todo) - n))}", file=sys.stderr)
+
+
+def add_arguments(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--questions", required=True, help="our JSONL, POPE's / LLaVA's JSONL, or MMHal's template")
+    g.add_argument("--output", required=True)
+    g.add_argument("--image-root", default=None, help="folder of the images (default: the question file's)")
+    g.add_argument("--vision-tower", default=None, help="openai CLIP dir, for a liuhaotian LLaVA-1.5 checkpoint")
+    g.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: the checkpoint)")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 for MMHal's template, else 128")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--template", default=None, help="vicuna_v1 | llava_hf (default: the project's default)")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--image-aspect-ratio", default=None, choices=["pad", "square"],
+                   help="pad = LLaVA-1.5's expand-to-square; default: pad for MMHal's template, else the "
+                        "checkpoint config's image_aspect_ratio")
+    g.add_argument("--short-answer-suffix", default=None, action=argparse.BooleanOptionalAction,
+                   help="append LLaVA's '\\nAnswer the question using a single word or phrase.' "
+                        "(default: to POPE-style lines only)")
+    g.add_argument("--shard", default=None, help="I/N: answer questions I, I+N, I+2N, ... (one process per GPU)")
+    g.add_argument("--filled-template", default=None,
+                   help="MMHal: write the template with model_answer filled in here, once all are answered")
+
+
+COMMANDS = {"generate": ("answer a question file (resumable)", add_arguments, cmd_generate)}
