@@ -43,15 +43,16 @@ from collections import Counter
 
 import torch
 
-from hallucinate_data import Summary, out_row, read_items, write_jsonl
-from hallucinate_rules import Cooccurrence, RuleInjector, Vocab, load_annotations, load_json, presence
+from hallucinate_data import Summary, out_row, read_items
+from hallucinate_rules import Cooccurrence, RuleInjector, Vocab, load_annotations, presence
+from model.files import read_json, write_jsonl
 from model.tokenizer import DEFAULT_TEMPLATE, TEMPLATES
 
 
 # ------------------------------------------------------------------------------------------- rules
 def cmd_rules(a):
     s = Summary()
-    vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
+    vocab = Vocab(read_json(a.vocab) if a.vocab else None)
     items = read_items(a.input, s, all_turns=a.all_turns, image_root=a.image_root)
     ann = load_annotations(a.annotations, vocab) if a.annotations else None
     pres = [presence(it, vocab, ann) for it in items]
@@ -434,7 +435,7 @@ def parse_api_reply(text: str, original: str):
 def cmd_api(a):
     from chat_api import ChatClient, failed_path_for, run_jsonl_jobs
     s = Summary()
-    vocab = Vocab(load_json(a.vocab, "vocab") if a.vocab else None)
+    vocab = Vocab(read_json(a.vocab) if a.vocab else None)
     items = read_items(a.input, s, all_turns=a.all_turns, image_root=a.image_root)
     ann = load_annotations(a.annotations, vocab) if a.annotations else None
     client = ChatClient(max_attempts=a.max_attempts, backoff_s=a.backoff)

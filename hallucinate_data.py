@@ -132,10 +132,3 @@ def out_row(item, rejected, strategy, category, output, chosen=None, **extra):
     return {"id": f"{item['id']}:{strategy}", "image": rel, "prompt": item["prompt"],
             "chosen": item["answer"] if chosen is None else chosen, "rejected": rejected, "strategy": strategy,
             "category": category, **extra}
-
-
-def write_jsonl(path, rows):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)

@@ -31,7 +31,7 @@ so a pair's corruption is detectable. Randomness comes from random.Random(f"{see
 output for an item does not depend on the order of, or the other items in, the input.
 
     from hallucinate_rules import Vocab, Cooccurrence, RuleInjector
-    vocab = Vocab(json.load(open("vocab.json")))       # or Vocab() for the built-in COCO-ish lists
+    vocab = Vocab(read_json("vocab.json"))             # or Vocab() for the built-in COCO-ish lists
     cooc = Cooccurrence([{"plate", "fork"}, {"plate", "cup"}, ...])
     edit = RuleInjector(vocab, cooc, seed=0).inject(answer, present={"plate"}, key="img1")
     edit.text, edit.category, edit.detail
@@ -41,12 +41,13 @@ output for an item does not depend on the order of, or the other items in, the i
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+
+from model.files import read_json
 
 DEFAULT_VOCAB = {  # COCO-ish lists for data that brings no vocab file
     "objects": ["person", "bicycle", "car", "motorcycle", "bus", "truck", "boat", "traffic light", "bench", "bird",
@@ -461,17 +462,9 @@ EDITS = {"object": insert_object, "swap": swap_object, "omit": omit_object, "att
 
 
 # ------------------------------------------------------------------------------------------- presence
-def load_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
-
-
 def load_annotations(path, vocab: Vocab):
     """{image_id: {"objects": [...], "instances"?: [...]}} or [{"id"|"image_id", "objects"}] -> {key: (set, list)}."""
-    raw = load_json(path, "annotations")
+    raw = read_json(path)
     if isinstance(raw, list):
         keyed = {}
         for i, r in enumerate(raw):

@@ -60,7 +60,8 @@ from dpo_fused import (dpo_loss_fn, fused_preference_loss, pack, pair_groups, po
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import adapters_disabled, apply_lora
 from train_config import Config, lr_factor, parse_config, resolve_length
-from train_state import export_model, load_checkpoint, reference_cache, save_checkpoint, write_atomic
+from model.files import write_atomic
+from train_state import export_model, load_checkpoint, reference_cache, save_checkpoint
 
 
 # -------------------------------------------------------------------------------------------------------- model

@@ -12,7 +12,6 @@ uninterrupted run (tests/test_train.py): the RNG states and the data position ar
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import random
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from model import Llava
 from model.checkpoint import read_llava_state, stored_dtype
+from model.files import atomic_path, fsync, read_json, sync_tree, write_json
 from model.hf_files import write_hf_files
 from model.lora import merge_lora_state
 from model.tokenizer import DEFAULT_TEMPLATE
@@ -59,16 +59,17 @@ def save_checkpoint(cfg, net, model, opt, step, rank):
     if rank == 0:
         save_file({n: t.contiguous() for n, t in trainable.items()}, os.path.join(tmp, "trainable.safetensors"))
         torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        for name, obj in (("state.json", {"step": step, "data": cfg.data}), ("config.json", asdict(cfg))):
-            with open(os.path.join(tmp, name), "w") as f:
-                json.dump(obj, f, indent=2)
+        write_json(os.path.join(tmp, "state.json"), {"step": step, "data": cfg.data})
+        write_json(os.path.join(tmp, "config.json"), asdict(cfg))
     if ddp:
         dist.barrier()
     if rank == 0:
+        sync_tree(tmp)  # on the disk before the swap: a power loss, not only a kill, leaves one checkpoint whole
         if os.path.exists(final):
             shutil.rmtree(prev, ignore_errors=True)
             os.replace(final, prev)
         os.replace(tmp, final)
+        fsync(cfg.out_dir)
         shutil.rmtree(prev, ignore_errors=True)
     if ddp:
         dist.barrier()
@@ -111,8 +112,7 @@ def load_checkpoint(cfg, net, model, opt, rank) -> int:
             torch.cuda.set_rng_state(rng["cuda"])
     else:
         print(f"rank {rank}: {rng_path} missing (world size changed?): dropout draws will not repeat exactly")
-    with open(os.path.join(d, "state.json")) as f:
-        return json.load(f)["step"]
+    return read_json(os.path.join(d, "state.json"))["step"]
 
 
 def export_model(cfg, net, model, tok, rank, path=None, template=None):
@@ -178,13 +178,6 @@ def _frozen_from_base(state, trainable, base, dtype):
     return out
 
 
-def write_atomic(path, text):
-    """Write a text file through a temp file + rename: a reader never sees half of it."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def reference_cache(cfg, rows, ref_pair_logps, collate, images, tok, device, autocast, rank, world, dtype, print0):
     """Reference log-probs of every pair, (N, 2) = (chosen, rejected), computed once (the reference never changes
     within a stage) and stored as out_dir/refcache-KEY.pt, KEY a hash of the data file, the reference checkpoint and
@@ -229,8 +222,7 @@ def reference_cache(cfg, rows, ref_pair_logps, collate, images, tok, device, aut
         out = {i: v for part in parts for i, v in part.items()}
     logps = torch.tensor([out[i] for i in range(len(rows))], dtype=torch.float32)  # (N, 2)
     if rank == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(logps, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_path(path) as tmp:
+            torch.save(logps, tmp)
         print0(f"reference log-probs of {len(rows)} pairs cached in {path}")
     return logps

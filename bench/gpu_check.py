@@ -38,7 +38,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 sys.path.insert(0, ROOT)
-from train_state import write_atomic  # noqa: E402
+from model.files import write_atomic  # noqa: E402
 
 PARTS = [  # (name, command, seconds)
     ("tests", [PY, "-m", "pytest", "-q", "-x", "tests/test_logprob.py", "tests/test_dpo.py", "tests/test_dpo_fused.py",

@@ -50,7 +50,7 @@ import re
 import shutil
 import sys
 
-from evals.files import load_annotations, protocol, read_json, read_jsonl, write_json, write_jsonl, write_text
+from evals.files import load_annotations, protocol, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 
 # ---------------------------------------------------------------------------------------------- singulariser
 IRREGULAR = {
@@ -345,7 +345,7 @@ def write_chair_gt(out_dir: str, gt: dict[int, dict], images_dir: str, prompt: s
         raise FileNotFoundError(f"{len(missing)} of the {len(gt)} sampled images are not in {images_dir}, "
                                 f"e.g. {missing[:3]}")
     rel = {k: os.path.relpath(p, os.path.abspath(out_dir)) for k, p in paths.items()}  # image paths: as GT files say
-    write_text(os.path.join(out_dir, "sample_ids.txt"), "".join(f"{k}\n" for k in gt))
+    write_atomic(os.path.join(out_dir, "sample_ids.txt"), "".join(f"{k}\n" for k in gt))
     write_json(os.path.join(out_dir, "chair_gt.json"), {str(k): {**v, "image": rel[k]} for k, v in gt.items()})
     write_jsonl(os.path.join(out_dir, "chair_questions.jsonl"),
                 [{"question_id": k, "image_id": k, "image": rel[k], "prompt": prompt} for k in gt])

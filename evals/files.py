@@ -25,6 +25,9 @@ from __future__ import annotations
 import json
 import os
 
+# the JSON reader and the atomic writers of every evals/ module: model/files.py, the whole project's one copy
+from model.files import read_json, write_atomic, write_json, write_jsonl  # noqa: F401
+
 SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
 
 
@@ -58,14 +61,6 @@ def read_jsonl_lines(path: str, required: tuple[str, ...] = (), key: str | None 
     return out
 
 
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def first_char(path: str) -> str:
     """'[' for a JSON list (MMHal's template), '{' for JSONL or a JSON object; '' for an empty file."""
     with open(path, encoding="utf-8") as f:
@@ -73,27 +68,6 @@ def first_char(path: str) -> str:
             c = f.read(1)
             if not c or not c.isspace():
                 return c
-
-
-def _atomic_write(path: str, text: str) -> None:
-    """A killed run never leaves half a file: write beside it, then rename over it."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str, records: list[dict]) -> None:
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def write_text(path: str, text: str) -> None:
-    _atomic_write(path, text)
 
 
 def resolve(base_file: str, path: str) -> str:

@@ -14,7 +14,7 @@ import glob
 import os
 import sys
 
-from evals.files import read_json, write_json, write_text
+from evals.files import read_json, write_atomic, write_json
 from evals.pope import SPLITS
 
 
@@ -89,7 +89,7 @@ def write_report(run_dirs: list[str], out_dir: str) -> str:
         md += [""] + notes
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "report.md")
-    write_text(path, "\n".join(md) + "\n")
+    write_atomic(path, "\n".join(md) + "\n")
     write_json(os.path.join(out_dir, "report.json"), {"runs": runs})
     return path
 

@@ -22,7 +22,6 @@ index) only through torch.load(weights_only=True). Weights are cast to the reque
 """
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -30,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import CLIPConfig, LlavaConfig
+from .files import atomic_path, read_json, write_json
 
 IGNORE_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
@@ -85,8 +85,7 @@ def _tensor_sources(path: str):
     pt_index, pt_single = os.path.join(path, "pytorch_model.bin.index.json"), os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(st_index) or os.path.isfile(pt_index):
         index = st_index if os.path.isfile(st_index) else pt_index
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        weight_map = read_json(index)["weight_map"]
         files = sorted(set(weight_map.values()))
     elif os.path.isfile(st_single) or os.path.isfile(pt_single):
         files = [os.path.basename(st_single if os.path.isfile(st_single) else pt_single)]
@@ -151,11 +150,7 @@ def _read_json(path):
     f = os.path.join(path, "config.json")
     if not os.path.isfile(f):
         raise FileNotFoundError(f"no config.json in {path!r}")
-    with open(f) as fh:
-        try:
-            return json.load(fh)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f}: invalid JSON ({e})") from None
+    return read_json(f)
 
 
 def load_llava(cls, path, dtype=torch.float32, device="cpu", vision_tower=None):
@@ -247,22 +242,15 @@ def save_state(state: dict, path: str, max_shard_bytes: int, config: dict):
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for name, shard in zip(names, shards):
-        tmp = os.path.join(path, name + ".tmp")
-        save_file(shard, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(path, name))
+        with atomic_path(os.path.join(path, name)) as tmp:
+            save_file(shard, tmp, metadata={"format": "pt"})
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        _write_json(os.path.join(path, "model.safetensors.index.json"), index)
+        write_json(os.path.join(path, "model.safetensors.index.json"), index)
     elif os.path.exists(os.path.join(path, "model.safetensors.index.json")):
         os.remove(os.path.join(path, "model.safetensors.index.json"))  # a stale index would shadow the new file
-    _write_json(os.path.join(path, "config.json"), config)
-
-
-def _write_json(fpath, obj):
-    with open(fpath + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(fpath + ".tmp", fpath)
+    write_json(os.path.join(path, "config.json"), config)
 
 
 def llava_hf_keys(state: dict) -> dict:

@@ -12,9 +12,10 @@ Two on-disk formats are read:
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+
+from .files import read_json
 
 
 def _pick(cls, d: dict, **overrides):
@@ -190,11 +191,7 @@ class LlavaConfig:
         f = os.path.join(path, "config.json")
         if not os.path.isfile(f):
             raise FileNotFoundError(f"no config.json in {path!r}")
-        with open(f) as fh:
-            try:
-                d = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: invalid JSON ({e})") from None
+        d = read_json(f)
         return cls.from_dict(d, source=f)
 
     # ---------------------------------------------------------------- writing (llava-hf layout)
@@ -232,11 +229,7 @@ class CLIPConfig:
         f = os.path.join(path, "config.json")
         if not os.path.isfile(f):
             raise FileNotFoundError(f"no config.json in {path!r}")
-        with open(f) as fh:
-            try:
-                d = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: invalid JSON ({e})") from None
+        d = read_json(f)
         if d.get("model_type") == "clip_vision_model":  # a standalone CLIPVisionModel directory
             return cls(vision=_pick(VisionConfig, d), projection_dim=d.get("projection_dim", 512))
         proj = d.get("projection_dim", 512)

@@ -27,14 +27,14 @@ tokenizer files of --tokenizer (pad renamed to <unk> when <pad> lies past the he
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 from .checkpoint import DTYPES, _read_json, stored_dtype
-from .hf_files import TOKENIZER_FILES, write_hf_files, write_json
+from .files import read_json, write_json
+from .hf_files import TOKENIZER_FILES, write_hf_files
 from .llava import Llava
 from .tokenizer import Tokenizer
 
@@ -89,8 +89,7 @@ def convert(src, vision_tower, out, tokenizer=None, dtype=None, pad_to=None, max
         for f in ("tokenizer_config.json", "special_tokens_map.json"):
             path = os.path.join(out, f)
             if os.path.isfile(path):
-                with open(path, encoding="utf-8") as fh:
-                    side = json.load(fh)
+                side = read_json(path)
                 side["pad_token"] = name
                 write_json(path, side)
                 done[f] += f", pad_token -> {name!r}"

@@ -31,6 +31,7 @@ import os
 import shutil
 
 from .config import LlavaConfig
+from .files import atomic_path, write_json
 from .image import CLIP_MEAN, CLIP_STD
 from .tokenizer import DEFAULT_TEMPLATE, VICUNA_SYSTEM, get_template
 
@@ -105,19 +106,12 @@ def generation_config(bos_id, eos_id, pad_id) -> dict:
     return {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id}
 
 
-def write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
 def _copy(src_dir: str, name: str, out: str) -> bool:
     src = os.path.join(src_dir, name)
     if not os.path.isfile(src) or os.path.abspath(src_dir) == os.path.abspath(out):
         return False
-    shutil.copyfile(src, os.path.join(out, name + ".tmp"))
-    os.replace(os.path.join(out, name + ".tmp"), os.path.join(out, name))
+    with atomic_path(os.path.join(out, name)) as tmp:
+        shutil.copyfile(src, tmp)
     return True
 
 

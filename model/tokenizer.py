@@ -51,12 +51,13 @@ Run the tests: .venv/bin/python -m pytest -q tests/test_tokenizer.py
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
+
+from .files import read_json, write_atomic, write_json
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
@@ -93,11 +94,7 @@ def get_template(name: str) -> Template:
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed JSON ({e})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -198,12 +195,9 @@ class Tokenizer:
         os.makedirs(dir_, exist_ok=True)
         cfg = self.hf_tokenizer_config()
         tok_map = {k: v for k, v in cfg.items() if k.endswith("_token")}
-        for name, text in (("tokenizer.json", self.tk.to_str()), ("tokenizer_config.json", json.dumps(cfg, indent=2)),
-                           ("special_tokens_map.json", json.dumps(tok_map, indent=2))):
-            tmp = os.path.join(dir_, name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(dir_, name))
+        write_atomic(os.path.join(dir_, "tokenizer.json"), self.tk.to_str())
+        write_json(os.path.join(dir_, "tokenizer_config.json"), cfg)
+        write_json(os.path.join(dir_, "special_tokens_map.json"), tok_map)
 
     # ---- plain text -------------------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool = False) -> list[int]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import resource
 import shutil
@@ -39,7 +38,8 @@ import torch
 from model import CLIPModel, Llava
 from model.checkpoint import clip_keys, llava_hf_keys, save_state
 from model.config import CLIPConfig, LlavaConfig
-from model.hf_files import LLAVA_HF_CHAT_TEMPLATE, preprocessor_config, processor_config, write_json
+from model.files import write_json
+from model.hf_files import LLAVA_HF_CHAT_TEMPLATE, preprocessor_config, processor_config
 from model.image import CLIP_MEAN, CLIP_STD
 from rehearsal import assets
 

@@ -26,7 +26,6 @@ the README's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -34,6 +33,8 @@ import subprocess
 import sys
 import threading
 import time
+
+from model.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -248,10 +249,7 @@ def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, f
     rep = {"narrow": narrow, "steps": steps, "ngpu": ngpu, "wall_s": round(time.time() - t0, 1),
            "inputs_s": t_inputs, "peak_mb": max(r["peak_mb"] for rs in records.values() for r in rs),
            "variables": changed, "commands": records}
-    tmp = os.path.join(out, "rehearsal.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(rep, f, indent=1)
-    os.replace(tmp, os.path.join(out, "rehearsal.json"))
+    write_json(os.path.join(out, "rehearsal.json"), rep, indent=1)
     print(f"rehearsal: {sum(len(r) for r in records.values())} commands in {rep['wall_s']} s (inputs {t_inputs} s), "
           f"peak {rep['peak_mb']} MiB (the largest process tree) -> {out}/rehearsal.json")
     return rep

@@ -155,7 +155,7 @@ def test_pixels_without_image_tokens(hf_dir):
 
 def test_broken_config_json(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava",')
-    with pytest.raises(ValueError, match=r"config\.json: invalid JSON"):
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
         Llava.from_pretrained(tmp_path)
 
 

@@ -279,7 +279,7 @@ def test_side_files_and_missing_tokens(tmp_path):
     with pytest.raises(ValueError, match=r"bos token '<bos>' \(named in .*special_tokens_map.json\) is not in the"):
         Tokenizer.from_pretrained(d)
     (d / "special_tokens_map.json").write_text("{not json")
-    with pytest.raises(ValueError, match="special_tokens_map.json: malformed JSON"):
+    with pytest.raises(ValueError, match="special_tokens_map.json: not valid JSON"):
         Tokenizer.from_pretrained(d)
     # no <pad>: falls back to <unk> (the original LLaVA's padding); no <s>: sequences start without BOS
     vocab = {"<unk>": 0, "</s>": 1, "<image>": 2, "hi": 3}

@@ -44,9 +44,9 @@ import sys
 import time
 
 from toy import evaluation, pairs, selection, training
-from toy.report import read_json, write_report
+from toy.report import write_report
 from toy.runner import Output, Runner
-from train_state import write_atomic
+from model.files import read_json, write_atomic
 
 # n_val           500 validation scenes (the world's scenes 4,500-4,999): every saved checkpoint, 33 of them, is
 #                 evaluated on them, about 10 s each; 1,000 scenes would put the pipeline over the 20-minute budget

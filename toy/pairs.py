@@ -16,7 +16,7 @@ import json
 import os
 
 from toy.runner import Output
-from train_state import write_atomic
+from model.files import write_atomic
 
 
 def rules_input(pl, world: Output) -> Output:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from toy import train_clip
 from model import Llava, LlavaConfig, load_image
-from train_state import write_atomic
+from model.files import write_atomic
 
 
 @dataclass

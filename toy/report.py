@@ -19,7 +19,7 @@ import platform
 from collections import Counter
 
 from toy import evaluation, selection
-from train_state import write_atomic
+from model.files import read_json, write_atomic
 from toy.figure import curves_png
 
 
@@ -144,22 +144,17 @@ def write_report(pl, made, wall, load_start) -> dict:
     return report
 
 
-def read_json(*parts):
-    """One of the pipeline's JSON outputs (os.path.join of `parts`)."""
-    with open(os.path.join(*parts)) as f:
-        return json.load(f)
-
-
 @functools.lru_cache(maxsize=4)
 def _scenes(world, split):
     """(the split's annotations, scene -> [anchor, companions...]): read once per report, not once per run and table."""
-    return read_json(world, f"{split}_annotations.json"), read_json(world, "vocab.json")["cooccurrence"]
+    return (read_json(os.path.join(world, f"{split}_annotations.json")),
+            read_json(os.path.join(world, "vocab.json"))["cooccurrence"])
 
 
 def _captions(world, run_dir):
     """Per test scene: (its annotation, [anchor, companions...] of its scene type, CHAIR's per-caption entry)."""
     anns, cooc = _scenes(world, "test")
-    per = read_json(run_dir, "chair.json")["per_caption"]
+    per = read_json(os.path.join(run_dir, "chair.json"))["per_caption"]
     return [(anns[iid], cooc[anns[iid]["scene"]], d) for iid, d in per.items()]
 
 
@@ -203,9 +198,9 @@ def examples_png(world, run_dirs, path, names=("baseline", "povid", "clip_dpo"),
     hallucinated words in red."""
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default()
-    per = {name: read_json(run_dirs[name], "chair.json")["per_caption"] for name in names}
+    per = {name: read_json(os.path.join(run_dirs[name], "chair.json"))["per_caption"] for name in names}
     texts = {name: _answers(run_dirs[name]) for name in names}  # read once, not once per scene
-    anns = read_json(world, "test_annotations.json")
+    anns = read_json(os.path.join(world, "test_annotations.json"))
     base = per[names[0]]
     # show scenes where the baseline hallucinated first: that is what the tuning is meant to fix
     ids = sorted(base, key=lambda i: (-len(base[i]["hallucinated"]), i))[:n]

@@ -22,7 +22,7 @@ import time
 
 from toy import selection
 from toy.figure import curves_png
-from train_state import write_atomic
+from model.files import write_atomic
 
 
 def main(argv=None):

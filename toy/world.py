@@ -77,12 +77,13 @@ for choosing settings without looking at the test scenes; drawn last, so they ch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
 
 from PIL import Image, ImageDraw
+
+from model.files import write_atomic, write_json, write_jsonl
 
 SIZE = 64  # default canvas; --size 32..256 draws the same scenes larger or smaller
 CAPTION_PROMPT = "Describe this image."  # CHAIR's caption prompt (eval.py chair-questions default)
@@ -427,16 +428,8 @@ def build_tokenizer(texts, path):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre
     tk.add_special_tokens(specials)
-    tk.save(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, tk.to_str())
     return tk
-
-
-def write_json(path, obj, indent=None):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
 
 
 def configs(out, tk, size=SIZE):
@@ -457,9 +450,7 @@ def configs(out, tk, size=SIZE):
     for sub, cfg in (("llava_config", llava), ("clip_config", clip)):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
         write_json(os.path.join(out, sub, "config.json"), cfg.to_dict(), indent=2)
-        path = os.path.join(out, sub, "tokenizer.json")
-        tk.save(path + ".tmp")
-        os.replace(path + ".tmp", path)
+        write_atomic(os.path.join(out, sub, "tokenizer.json"), tk.to_str())
 
 
 def grammar_words(pretrain: bool = False):
@@ -544,27 +535,22 @@ def build_world(out: str, n_train: int, n_test: int, seed: int = 0, size: int = 
         check_words(iid, [t["value"] for t in conv])
         sft.append({"id": iid, "image": ann["image"], "conversations": conv})
     configs(out, tk, size)
-    write_json(os.path.join(out, "train.json"), train)
+    write_json(os.path.join(out, "train.json"), train, indent=None)
     if n_pretrain:
-        write_json(os.path.join(out, "pretrain_annotations.json"), pretrain_anns)
-    write_json(os.path.join(out, "sft.json"), sft)
+        write_json(os.path.join(out, "pretrain_annotations.json"), pretrain_anns, indent=None)
+    write_json(os.path.join(out, "sft.json"), sft, indent=None)
     for part in ("test", "val"):
-        path = os.path.join(out, f"{part}_questions.jsonl")
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(q) + "\n" for q in questions[part])
-        os.replace(path + ".tmp", path)
-        write_json(os.path.join(out, f"{part}_annotations.json"), {k: anns[k] for k in split[part]})
-    write_json(os.path.join(out, "annotations.json"), anns)
-    with open(os.path.join(out, "synonyms.txt.tmp"), "w") as f:
-        for c in categories():
-            f.write(", ".join([c, *SYNONYMS.get(c, [])]) + "\n")
-    os.replace(os.path.join(out, "synonyms.txt.tmp"), os.path.join(out, "synonyms.txt"))
+        write_jsonl(os.path.join(out, f"{part}_questions.jsonl"), questions[part])
+        write_json(os.path.join(out, f"{part}_annotations.json"), {k: anns[k] for k in split[part]}, indent=None)
+    write_json(os.path.join(out, "annotations.json"), anns, indent=None)
+    write_atomic(os.path.join(out, "synonyms.txt"), "".join(", ".join([c, *SYNONYMS.get(c, [])]) + "\n"
+                                                            for c in categories()))
     write_json(os.path.join(out, "vocab.json"), {
         "objects": categories(), "colors": sorted(COLORS), "sizes": ["small", "large"],
         "relations": ["left of", "right of"], "numbers": list(NUMBERS.values()),
         "synonyms": {s: c for c, ss in SYNONYMS.items() for s in ss},
         "cooccurrence": {sc: [SCENES[sc][1], *[c for c, _ in SCENES[sc][2]]] for sc in SCENES}}, indent=2)
-    write_json(os.path.join(out, "splits.json"), split)  # last: its presence marks a complete world
+    write_json(os.path.join(out, "splits.json"), split, indent=None)  # last: its presence marks a complete world
     return split
 
 
