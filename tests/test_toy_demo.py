@@ -53,6 +53,7 @@ def test_quick_pipeline_end_to_end(quick):
     assert os.path.getsize(out / "examples.png") > 1000 and os.path.getsize(out / "curves.png") > 1000
     text = (out / "report.md").read_text()
     assert "| povid |" in text and "## The selection (validation scenes)" in text
+    assert rep["smoke_run"] and text.startswith("# Toy world") and "**A smoke run (`--quick`)**" in text
     assert len(rep["verdicts"]) == 4 and all("seed 0" in v and "host" in v for v in rep["verdicts"])
     assert "checkpoint step" in rep["verdicts"][1]
 

@@ -49,7 +49,7 @@ def write_report(pl, made, wall, load_start) -> dict:
     where_text = f"host {where['cpu']} x{where['cores']}, seed {pl.seed}"
     lines_v, met = selection.verdicts(res, chosen, val_base, equal, where_text)
     last = {m: curves[m][-1]["step"] for m in selection.METHODS}
-    report = {**res, "split": "test", "n_test_images": pl.p["n_test"], "n_val_images": pl.p["n_val"],
+    report = {**res, "smoke_run": pl.quick, "split": "test", "n_test_images": pl.p["n_test"], "n_val_images": pl.p["n_val"],
               "seed": pl.seed, "host": where, "wall_s": round(wall, 1), "stages_reused": pl.reused,
               "stage_seconds": pl.seconds, "load_avg": {"start": list(load_start), "end": list(os.getloadavg())},
               "guards": selection.GUARDS, "targets": selection.TARGETS, "verdicts": lines_v, "met": met,
@@ -61,8 +61,12 @@ def write_report(pl, made, wall, load_start) -> dict:
             f"{len(pl.reused) + len(pl.ran)} stages reused from an earlier run (not a whole-pipeline time)")
     la = report["load_avg"]
     b = res["baseline"]
-    lines = ["# Toy world: hallucination before and after preference tuning", "",
-             f"{pl.p['n_test']} held-out test scenes; {where_text}; {when} (load average {la['start'][0]:.2f} at the "
+    lines = ["# Toy world: hallucination before and after preference tuning" + (" - a smoke run" if pl.quick else ""),
+             ""]
+    if pl.quick:  # a reader who ran `make demo-quick` must not take these for the demo's results
+        lines += [f"**A smoke run (`--quick`)**: {pl.p['n_test']} test scenes and a few steps per stage check that "
+                  "every stage runs; its numbers say nothing about the methods. `make demo` gives the real ones.", ""]
+    lines += [f"{pl.p['n_test']} held-out test scenes; {where_text}; {when} (load average {la['start'][0]:.2f} at the "
              f"start, {la['end'][0]:.2f} at the end). Each method at the checkpoint the selection took on the "
              f"{pl.p['n_val']} validation scenes (step of its last); rates in %, CHAIR_i change relative to the "
              "baseline.", "",
