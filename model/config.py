@@ -8,14 +8,25 @@ Two on-disk formats are read:
     `mm_*` fields (`mm_vision_select_layer`, `mm_projector_type: mlp2x_gelu`, `mm_vision_select_feature: patch`,
     `image_aspect_ratio: pad`); its CLIP tower lives in a separate openai CLIP directory.
 
+  * MobileVLM / MobileVLM V2 `config.json` (model_type "mobilevlm", Meituan-AutoML/MobileVLM): the same flat LLaMA +
+    `mm_*` layout, with `mm_projector_type` ldpnetv2 (V2) or ldpnet (v1), `rms_norm_eps` 1e-6 (1.7B / 3B) and
+    `vision_tower_type: clip`. The CLIP tower's fixed parts (patch, pixels) come from the `mm_vision_tower` name
+    (openai/clip-vit-large-patch14-336 -> 14, 336); its widths and depth from the weights (model/checkpoint.py).
+    Every field of the file is kept (`LlavaConfig.mobilevlm`) so an export writes them back (`to_mobilevlm_dict`).
+
+Image tokens per image come from the projector (model/projector.py): 576 for LLaVA-1.5's MLP at 336 px, 144 for both
+LDPs. A config that states a count (`image_seq_length`) must agree with it.
+
 `LlavaConfig.to_dict()` writes the llava-hf format with full sub-configs (nothing left to defaults).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .files import read_json
+from .projector import PROJECTOR_TYPES, num_image_tokens
 
 
 def _pick(cls, d: dict, **overrides):
@@ -105,6 +116,18 @@ def _text_config(d: dict, source: str) -> TextConfig:
     return _pick(TextConfig, d)
 
 
+MOBILEVLM_PROJECTORS = ("ldpnetv2", "ldpnet")
+
+
+def tower_patch_and_size(name: str, source: str = "config.json") -> tuple[int, int]:
+    """The fixed parts of an openai CLIP tower from its hub name: "...-patch14-336" -> (14, 336); no size = 224."""
+    m = re.search(r"patch(\d+)(?:-(\d+))?$", name.rstrip("/"))
+    if not m:
+        raise ValueError(f"{source}: mm_vision_tower={name!r}: expected an openai CLIP name ending in "
+                         "patchP[-SIZE], e.g. openai/clip-vit-large-patch14-336")
+    return int(m.group(1)), int(m.group(2) or 224)
+
+
 @dataclass
 class LlavaConfig:
     vision: VisionConfig = field(default_factory=lambda: VisionConfig(
@@ -118,10 +141,16 @@ class LlavaConfig:
     vision_feature_select_strategy: str = "default"  # "default" drops CLS, "full" keeps it
     multimodal_projector_bias: bool = True
     image_aspect_ratio: str = "pad"  # preprocessing hint: "pad" = LLaVA-1.5 expand-to-square
+    projector_type: str = "mlp2x_gelu"  # or MobileVLM's ldpnetv2 / ldpnet (model/projector.py)
+    mobilevlm: dict | None = None  # a MobileVLM config.json's own fields, written back on export; None = LLaVA
 
     def __post_init__(self):
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy={self.vision_feature_select_strategy!r}")
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"projector_type={self.projector_type!r}; known: {', '.join(PROJECTOR_TYPES)}")
+        if self.projector_type != "mlp2x_gelu" and self.vision_feature_select_strategy != "default":
+            raise ValueError(f"{self.projector_type} pools a square patch grid: the CLS token must be dropped")
         if self.projector_hidden_act != "gelu":
             raise ValueError(f"projector_hidden_act={self.projector_hidden_act!r}: LLaVA-1.5 uses exact gelu")
         n = self.vision.num_hidden_layers
@@ -134,7 +163,20 @@ class LlavaConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision.num_patches + (1 if self.vision_feature_select_strategy == "full" else 0)
+        if self.projector_type == "mlp2x_gelu":
+            return self.vision.num_patches + (1 if self.vision_feature_select_strategy == "full" else 0)
+        return num_image_tokens(self.projector_type, self.vision.num_patches)
+
+    @property
+    def is_mobilevlm(self) -> bool:
+        return self.mobilevlm is not None
+
+    def check_image_tokens(self, declared, source: str, key: str = "image_seq_length"):
+        """A count the config file states must be what the projector emits (a file edited by hand, or made for
+        another projector, would otherwise misplace every image)."""
+        if declared is not None and declared != self.num_image_tokens:
+            raise ValueError(f"{source}: {key}={declared}, but the {self.projector_type} projector on "
+                             f"{self.vision.num_patches} patches gives {self.num_image_tokens} image tokens per image")
 
     @property
     def vision_layers_used(self) -> int:
@@ -164,9 +206,12 @@ class LlavaConfig:
                 # llava-hf's config.json does not say; LLaVA-1.5 trained and is benchmarked padded to square
                 image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
             )
+        if d.get("model_type") == "mobilevlm" or d.get("mm_projector_type") in MOBILEVLM_PROJECTORS:
+            return cls._from_mobilevlm(d, source)
         if "mm_projector_type" in d or "mm_vision_tower" in d:
             if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-                raise ValueError(f"{source}: mm_projector_type={d['mm_projector_type']!r}: only mlp2x_gelu")
+                raise ValueError(f"{source}: mm_projector_type={d['mm_projector_type']!r} is not a known projector: "
+                                 "mlp2x_gelu (LLaVA-1.5), ldpnetv2 (MobileVLM V2), ldpnet (MobileVLM v1)")
             feat = d.get("mm_vision_select_feature", "patch")
             if feat not in ("patch", "cls_patch"):
                 raise ValueError(f"{source}: mm_vision_select_feature={feat!r}")
@@ -185,6 +230,65 @@ class LlavaConfig:
                 image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
             )
         raise ValueError(f"{source}: neither a llava-hf config (text_config) nor a liuhaotian one (mm_*)")
+
+    @classmethod
+    def _from_mobilevlm(cls, d: dict, source: str) -> "LlavaConfig":
+        """MobileVLM's config.json. The official code builds transformers' LlamaConfig from it, so only the HF field
+        names count: MobileVLM_V2-3B's file also carries stale lit-gpt keys (`n_head: 16`, `n_query_groups`,
+        `n_embd`, `norm_eps`, `block_size`, `name`) next to `num_attention_heads: 32`, and LlamaConfig never reads
+        them; neither does _text_config (its dataclass picks HF names only). The published numbers are 32 heads."""
+        ptype = d.get("mm_projector_type")
+        if ptype not in MOBILEVLM_PROJECTORS:
+            raise ValueError(f"{source}: mm_projector_type={ptype!r}: a MobileVLM projector is one of "
+                             f"{', '.join(MOBILEVLM_PROJECTORS)}")
+        for key in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+            if d.get(key):  # the published configs say false; true adds tokens and embedding rows not handled here
+                raise ValueError(f"{source}: {key}=true is not supported (MobileVLM's published configs: false)")
+        if d.get("vision_tower_type", "clip") != "clip":
+            raise ValueError(f"{source}: vision_tower_type={d['vision_tower_type']!r}: only clip (the official "
+                             "loader knows no other)")
+        feat = d.get("mm_vision_select_feature", "patch")
+        if feat != "patch":
+            raise ValueError(f"{source}: mm_vision_select_feature={feat!r}: an LDP projector needs 'patch' (CLS "
+                             "dropped, a square grid)")
+        name = d.get("mm_vision_tower")
+        if not isinstance(name, str):
+            raise ValueError(f"{source}: mm_vision_tower is missing (e.g. openai/clip-vit-large-patch14-336)")
+        patch, size = tower_patch_and_size(name, source)
+        c = cls(
+            # widths and depth are placeholders until the weights (v2) or the --vision_tower dir (v1) say
+            vision=VisionConfig(hidden_size=d.get("mm_hidden_size", 1024), intermediate_size=4096,
+                                num_hidden_layers=24, num_attention_heads=16, image_size=size, patch_size=patch,
+                                projection_dim=768),
+            text=_text_config(d, source),
+            image_token_id=d.get("image_token_index", d.get("vocab_size", 32000)),  # -200's stand-in, as liuhaotian
+            pad_token_id=d.get("pad_token_id"),
+            vision_feature_layer=d.get("mm_vision_select_layer", -2),
+            image_aspect_ratio=d.get("image_aspect_ratio", "pad"),
+            projector_type=ptype, mobilevlm=dict(d))
+        c.check_image_tokens(d.get("image_seq_length"), source)
+        return c
+
+    def to_mobilevlm_dict(self) -> dict:
+        """config.json in MobileVLM's layout: the base file's fields (every mm_* among them) with the LLaMA and
+        projector fields of this model written over them; what the official MobileLlamaForCausalLM and llama.cpp's
+        MobileVLM conversion read."""
+        t = self.text
+        d = dict(self.mobilevlm or {})
+        d.update(architectures=["MobileLlamaForCausalLM"], model_type="mobilevlm", vocab_size=t.vocab_size,
+                 hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                 num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+                 num_key_value_heads=t.num_key_value_heads, hidden_act=t.hidden_act,
+                 max_position_embeddings=t.max_position_embeddings, rms_norm_eps=t.rms_norm_eps,
+                 rope_theta=t.rope_theta, rope_scaling=None, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
+                 pad_token_id=self.pad_token_id, tie_word_embeddings=False, mm_projector_type=self.projector_type,
+                 mm_hidden_size=self.vision.hidden_size, mm_vision_select_layer=self.vision_feature_layer,
+                 mm_vision_select_feature="patch", image_aspect_ratio=self.image_aspect_ratio,
+                 mm_use_im_start_end=False, mm_use_im_patch_token=False, vision_tower_type="clip",
+                 image_seq_length=self.num_image_tokens)
+        d.setdefault("mm_vision_tower", "openai/clip-vit-large-patch14-336")
+        d.pop("rope_parameters", None)  # transformers 5's spelling; the official code (4.33) reads rope_theta
+        return d
 
     @classmethod
     def from_dir(cls, path: str) -> "LlavaConfig":

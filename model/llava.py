@@ -1,8 +1,10 @@
-"""LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning"), from scratch.
+"""LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning"), from scratch; MobileVLM and
+MobileVLM V2 (Chu et al. 2023, 2024) are the same network with another projector and a MobileLLaMA (LLaMA) decoder.
 
     image (B_img, 3, S, S) --CLIP ViT, output of block `vision_feature_layer` (-2), CLS dropped--> (B_img, P, Dv)
-                           --projector: linear_1 -> GELU -> linear_2-->                          (B_img, P, D)
-    input_ids (B, T) holding `image_token_id` P times per image (llava-hf convention)
+                           --projector (model/projector.py): LLaVA-1.5's MLP, N = P = 576;
+                             MobileVLM's LDPv2 / LDP, N = 144-->                                  (B_img, N, D)
+    input_ids (B, T) holding `image_token_id` N times per image (llava-hf convention)
                            --embed, then the image features replace the image-token rows-->     (B, T, D)
                            --LLaMA decoder, final RMSNorm-->                                      (B, T, D)
                            --lm_head-->                                                           (B, T, V)
@@ -18,22 +20,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .clip import CLIPVisionTransformer, init_weights
 from .config import LlavaConfig
 from .generate import generate as _generate
 from .llama import LlamaModel
-
-
-class Projector(nn.Module):
-    def __init__(self, c: LlavaConfig):
-        super().__init__()
-        self.linear_1 = nn.Linear(c.vision.hidden_size, c.text.hidden_size, bias=c.multimodal_projector_bias)
-        self.linear_2 = nn.Linear(c.text.hidden_size, c.text.hidden_size, bias=c.multimodal_projector_bias)
-
-    def forward(self, x):
-        return self.linear_2(F.gelu(self.linear_1(x)))  # exact (erf) GELU, as LLaVA's nn.GELU()
+from .projector import build_projector
 
 
 class Llava(nn.Module):
@@ -42,7 +34,8 @@ class Llava(nn.Module):
         self.config = config
         # the whole CLIP tower is held (so checkpoints round-trip), but only the blocks up to the feature layer run
         self.vision_tower = CLIPVisionTransformer(config.vision)
-        self.projector = Projector(config)
+        self.projector = build_projector(config.projector_type, config.vision.hidden_size, config.text.hidden_size,
+                                         config.multimodal_projector_bias)
         self.language_model = LlamaModel(config.text)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         init_weights(self)  # from-scratch training (toy world); from_pretrained overwrites every tensor

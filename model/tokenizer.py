@@ -1,6 +1,10 @@
 """Tokenizer + LLaVA conversation templates: text -> (input_ids, labels) with the image placeholder expanded.
 
-A thin wrapper over the `tokenizers` library (tokenizer.json). It adds what LLaVA needs on top:
+A thin wrapper over the `tokenizers` library: tokenizer.json, or, when a checkpoint ships only SentencePiece's
+tokenizer.model (MobileVLM, the original LLaMA / liuhaotian LLaVA), that file read by model/spm.py into the same
+BPE with identical ids, plus "<image>" as a special token at the first id past the vocabulary (32000 for LLaMA's: the
+id llava-hf gives it and the one model/config.py reads for liuhaotian / MobileVLM configs). pad = <unk> there, as
+MobileVLM and LLaVA train. It adds what LLaVA needs on top:
   - the special ids (bos, eos, pad, unk, <image>) read from tokenizer.json's added tokens and, when present,
     tokenizer_config.json / special_tokens_map.json;
   - two conversation templates;
@@ -55,9 +59,11 @@ import os
 from dataclasses import dataclass
 
 import torch
+from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from .files import read_json, write_atomic, write_json
+from .spm import tokenizer_from_spm
 
 IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
@@ -151,15 +157,22 @@ class Tokenizer:
         """`path` is a directory holding tokenizer.json (+ optional tokenizer_config.json, special_tokens_map.json),
         or the tokenizer.json file itself. image_token_id: see __init__."""
         path = os.fspath(path)
-        dir_ = os.path.dirname(path) if path.endswith(".json") else path
-        file = path if path.endswith(".json") else os.path.join(dir_, "tokenizer.json")
+        dir_ = os.path.dirname(path) if path.endswith((".json", ".model")) else path
+        file = path if path.endswith((".json", ".model")) else os.path.join(dir_, "tokenizer.json")
+        if not path.endswith(".json") and not os.path.isfile(file):  # the original LLaMA / LLaVA / MobileVLM files
+            file = path if path.endswith(".model") else os.path.join(dir_, "tokenizer.model")
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"tokenizer file not found: {file} (povid reads the `tokenizers` tokenizer.json; "
-                                    f"convert a slow tokenizer.model with transformers once)")
-        try:
-            tk = HFTokenizer.from_file(file)
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON / unknown variants
-            raise ValueError(f"{file}: cannot load tokenizer ({e})") from None
+            raise FileNotFoundError(f"tokenizer file not found: {os.path.join(dir_, 'tokenizer.json')} (nor a "
+                                    "SentencePiece tokenizer.model beside it)")
+        if file.endswith(".model"):
+            tk = tokenizer_from_spm(file)
+            if tk.token_to_id(IMAGE_TAG) is None:  # LLaVA's convention: the image id right after the vocabulary
+                tk.add_special_tokens([AddedToken(IMAGE_TAG, special=True, normalized=False)])
+        else:
+            try:
+                tk = HFTokenizer.from_file(file)
+            except Exception as e:  # tokenizers raises a bare Exception on bad JSON / unknown variants
+                raise ValueError(f"{file}: cannot load tokenizer ({e})") from None
         names, origins = {}, {}
         # special_tokens_map.json first, tokenizer_config.json wins (transformers' precedence for the same keys)
         for side in ("special_tokens_map.json", "tokenizer_config.json"):
