@@ -68,7 +68,11 @@ from train_state import export_model, load_checkpoint, reference_cache, save_che
 def build_model(cfg: Config, device, dtype) -> Llava:
     """The base network: a checkpoint, or a seeded random init from a config dir (the toy world's SFT)."""
     if cfg.init_from:
-        return Llava.from_pretrained(cfg.init_from, dtype=dtype, device=device, vision_tower=cfg.vision_tower or None)
+        try:
+            return Llava.from_pretrained(cfg.init_from, dtype=dtype, device=device,
+                                         vision_tower=cfg.vision_tower or None)
+        except (FileNotFoundError, ValueError) as e:  # a bad checkpoint dir: one line that names file and field
+            raise SystemExit(f"train.py: --init_from={cfg.init_from}: {e}") from None
     torch.manual_seed(cfg.seed)  # every rank draws the same weights: FSDP does not broadcast them
     with torch.device(device):
         model = Llava(LlavaConfig.from_dir(cfg.model_config))
@@ -269,7 +273,10 @@ class Run:
             raise SystemExit(f"--max_len={cfg.max_len} leaves no room for text after the {mc.num_image_tokens} image "
                              f"tokens of {cfg.init_from or cfg.model_config} (0 = the checkpoint's "
                              f"{mc.text.max_position_embeddings})")
-        self.tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init_from or cfg.model_config)
+        try:
+            self.tok = Tokenizer.from_pretrained(cfg.tokenizer or cfg.init_from or cfg.model_config)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"train.py: tokenizer: {e}") from None
         model.language_model.gradient_checkpointing = cfg.grad_checkpointing
         self.ref_model = None  # full fine-tuning DPO keeps a frozen copy, loaded afresh (never the trained weights)
         if obj != "sft" and cfg.lora_rank == 0:

@@ -41,6 +41,14 @@ from .files import atomic_path, read_json, write_json
 
 IGNORE_SUFFIXES = ("rotary_emb.inv_freq", "embeddings.position_ids")
 
+
+class CheckpointKeyError(KeyError, ValueError):
+    """A key the checkpoint has and should not, or lacks: a KeyError (what strict loading raises) that is also a
+    ValueError (what the command lines turn into one clean line), printed without KeyError's quotes."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
 CLIP_INNER = [  # inside a CLIP tower: file name -> ours
     ("embeddings.class_embedding", "class_embedding"),
     ("embeddings.patch_embedding.", "patch_embedding."),
@@ -208,10 +216,10 @@ def load_into(module: torch.nn.Module, sources, ignore_prefixes=(), source_name=
                 params[ours].copy_(t.to(params[ours].dtype))
             filled.add(ours)
     if unknown:
-        raise KeyError(f"{source_name}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
+        raise CheckpointKeyError(f"{source_name}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
     missing = sorted(set(params) - filled)
     if missing:
-        raise KeyError(f"{source_name}: {len(missing)} model parameter(s) missing from the checkpoint: "
+        raise CheckpointKeyError(f"{source_name}: {len(missing)} model parameter(s) missing from the checkpoint: "
                        + ", ".join(missing[:10]))
 
 
@@ -264,13 +272,13 @@ def tower_config_from_shapes(shapes: dict, prefix: str, patch: int, size: int, s
     shape says it."""
     def shape(k):
         if prefix + k not in shapes:
-            raise KeyError(f"{source}: the CLIP tower is incomplete: no {prefix + k}")
+            raise CheckpointKeyError(f"{source}: the CLIP tower is incomplete: no {prefix + k}")
         return shapes[prefix + k]
     width = shape("embeddings.class_embedding")[0]
     layers = {int(m.group(1)) for k in shapes for m in [re.match(re.escape(prefix) + r"encoder\.layers\.(\d+)\.", k)]
               if m}
     if not layers:
-        raise KeyError(f"{source}: the CLIP tower has no {prefix}encoder.layers.*")
+        raise CheckpointKeyError(f"{source}: the CLIP tower has no {prefix}encoder.layers.*")
     n_layers = max(layers) + 1
     hidden = shape("encoder.layers.0.mlp.fc1.weight")[0]
     conv = shape("embeddings.patch_embedding.weight")  # (D, 3, p, p)
@@ -294,7 +302,7 @@ def _mobilevlm_sources(path, config: LlavaConfig, vision_tower, cfg_file):
     shapes = tensor_shapes(path)
     ptype = config.projector_type
     if not any(k.startswith("model.mm_projector.") for k in shapes):
-        raise KeyError(f"{path}: no projector weights (model.mm_projector.*) in the checkpoint, which {cfg_file} says "
+        raise CheckpointKeyError(f"{path}: no projector weights (model.mm_projector.*) in the checkpoint, which {cfg_file} says "
                        f"is a MobileVLM ({ptype})")
     has_tower = any(k.startswith(MOBILEVLM_TOWER) for k in shapes)
     name = config.mobilevlm.get("mm_vision_tower")
@@ -312,7 +320,7 @@ def _mobilevlm_sources(path, config: LlavaConfig, vision_tower, cfg_file):
                              f"vision tower argument ({vision_tower}), the checkpoint's own tower is the one it was "
                              "trained with")
         if not has_tower:
-            raise KeyError(f"{path}: no CLIP tower weights ({MOBILEVLM_TOWER}*) in the checkpoint; MobileVLM V2 "
+            raise CheckpointKeyError(f"{path}: no CLIP tower weights ({MOBILEVLM_TOWER}*) in the checkpoint; MobileVLM V2 "
                            f"checkpoints hold theirs")
         patch, size = config.vision.patch_size, config.vision.image_size
         config.vision = tower_config_from_shapes(shapes, MOBILEVLM_TOWER, patch, size, path)
@@ -348,7 +356,7 @@ def read_llava_state(path, vision_tower=None) -> dict:
             else:
                 out[ours] = get()
     if unknown:
-        raise KeyError(f"{os.fspath(path)}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
+        raise CheckpointKeyError(f"{os.fspath(path)}: {len(unknown)} unexpected key(s): " + ", ".join(unknown[:10]))
     return out
 
 

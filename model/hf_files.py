@@ -21,6 +21,9 @@ base's files say (llava-hf's hub files centre-crop and have no system sentence; 
 after "<image>" there is no dummy-prefix "▁" (non-legacy tokenizer.json); the original LLaVA (vicuna_v1 here) has one.
 That one-token difference is llava-hf's own (layout_style.md A6 pitfall 1), not the export's.
 
+A MobileVLM model (config.is_mobilevlm) gets MobileVLM's own side files instead (_mobilevlm_side_files): its
+tokenizer files and generation config, no processor files, which its code does not read.
+
 Tested in tests/test_export.py (AutoProcessor + LlavaForConditionalGeneration on an exported model give the same
 greedy tokens as Llava.generate).
 """
@@ -121,6 +124,8 @@ def write_hf_files(out: str, config: LlavaConfig, tok, template: str = DEFAULT_T
     the missing ones. `tok` is the model's model/tokenizer.Tokenizer; `pad_id` overrides its pad id in the written
     generation config. Returns {file name: "copied from DIR" | "written"}."""
     os.makedirs(out, exist_ok=True)
+    if config.is_mobilevlm:
+        return _mobilevlm_side_files(out, tok, tokenizer_dir, base_dir, pad_id)
     done = {}
     for name in TOKENIZER_FILES:
         if tokenizer_dir and _copy(tokenizer_dir, name, out):
@@ -145,6 +150,27 @@ def write_hf_files(out: str, config: LlavaConfig, tok, template: str = DEFAULT_T
         write_json(os.path.join(out, "chat_template.json"), {"chat_template": chat_template(template, image_token)})
         done["chat_template.json"] = "written"
     if "generation_config.json" not in done:
+        pad = tok.pad_id if pad_id is None else pad_id
+        write_json(os.path.join(out, "generation_config.json"), generation_config(tok.bos_id, tok.eos_id, pad))
+        done["generation_config.json"] = "written"
+    return done
+
+
+def _mobilevlm_side_files(out, tok, tokenizer_dir, base_dir, pad_id) -> dict:
+    """MobileVLM's layout has no processor files: its code builds the image processor from config.json's
+    mm_vision_tower name and the conversation template from its own conversation.py (`v1` = vicuna_v1). What it
+    reads beside the weights is the slow tokenizer (tokenizer.model + tokenizer_config.json, loaded with
+    use_fast=False) and generation_config.json: copied as they are; written only where there is no source."""
+    done = {}
+    for name in TOKENIZER_FILES:
+        if tokenizer_dir and _copy(tokenizer_dir, name, out):
+            done[name] = f"copied from {tokenizer_dir}"
+    if "tokenizer.model" not in done and "tokenizer.json" not in done:  # e.g. a from-scratch tokenizer.json
+        tok.save_pretrained(out)
+        done.update({n: "written" for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")})
+    if base_dir and _copy(base_dir, "generation_config.json", out):
+        done["generation_config.json"] = f"copied from {base_dir}"
+    else:
         pad = tok.pad_id if pad_id is None else pad_id
         write_json(os.path.join(out, "generation_config.json"), generation_config(tok.bos_id, tok.eos_id, pad))
         done["generation_config.json"] = "written"
