@@ -21,12 +21,12 @@ LDPs. A config that states a count (`image_seq_length`) must agree with it.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .files import read_json
-from .projector import PROJECTOR_TYPES, num_image_tokens
 
 
 def _pick(cls, d: dict, **overrides):
@@ -114,6 +114,29 @@ def _text_config(d: dict, source: str) -> TextConfig:
     if "rope_theta" in rope:
         d["rope_theta"] = rope["rope_theta"]
     return _pick(TextConfig, d)
+
+
+# the projectors (model/projector.py) and the image tokens each emits; here, so a config needs no torch
+PROJECTOR_TYPES = ("mlp2x_gelu", "ldpnetv2", "ldpnet")
+LDP_V2_GRID = 12  # TokenDownLayer((12, 12)) in the official code: a fixed output grid, whatever the input grid
+
+
+def grid_side(num_patches: int) -> int:
+    g = math.isqrt(num_patches)
+    if g * g != num_patches:
+        raise ValueError(f"an LDP projector needs a square patch grid, got {num_patches} patches")
+    return g
+
+
+def num_image_tokens(projector_type: str, num_patches: int) -> int:
+    """Image tokens per image the projector emits from `num_patches` CLIP patches (CLS already dropped)."""
+    if projector_type == "mlp2x_gelu":
+        return num_patches
+    if projector_type == "ldpnetv2":
+        return LDP_V2_GRID ** 2
+    if projector_type == "ldpnet":
+        return ((grid_side(num_patches) - 1) // 2 + 1) ** 2  # a 3x3 conv, stride 2, padding 1
+    raise ValueError(f"unknown projector type {projector_type!r}; known: {', '.join(PROJECTOR_TYPES)}")
 
 
 MOBILEVLM_PROJECTORS = ("ldpnetv2", "ldpnet")

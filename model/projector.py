@@ -20,33 +20,11 @@ Tests: tests/test_mobilevlm.py (against a projector written separately from the 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PROJECTOR_TYPES = ("mlp2x_gelu", "ldpnetv2", "ldpnet")
-LDP_V2_GRID = 12  # TokenDownLayer((12, 12)) in the official code: a fixed output grid, whatever the input grid
-
-
-def grid_side(num_patches: int) -> int:
-    g = math.isqrt(num_patches)
-    if g * g != num_patches:
-        raise ValueError(f"an LDP projector needs a square patch grid, got {num_patches} patches")
-    return g
-
-
-def num_image_tokens(projector_type: str, num_patches: int) -> int:
-    """Image tokens per image the projector emits from `num_patches` CLIP patches (CLS already dropped)."""
-    if projector_type == "mlp2x_gelu":
-        return num_patches
-    if projector_type == "ldpnetv2":
-        return LDP_V2_GRID ** 2
-    if projector_type == "ldpnet":
-        return ((grid_side(num_patches) - 1) // 2 + 1) ** 2  # a 3x3 conv, stride 2, padding 1
-    raise ValueError(f"unknown projector type {projector_type!r}; known: {', '.join(PROJECTOR_TYPES)}")
-
+from .config import LDP_V2_GRID, PROJECTOR_TYPES, grid_side
 
 def squeeze_channels(d: int) -> int:
     """torchvision's _make_divisible(d // 4, 8): the squeeze-excite width of MobileNetV3 (512 for D = 2048)."""
