@@ -30,7 +30,7 @@ import sys
 import recipes
 
 # the modules whose COMMANDS make the subcommands, in --help order (evals/__init__.py: the contract)
-MODULES = ("generate", "chair", "pope", "mmhal", "report")
+MODULES = ("generate", "chair", "pope", "mmhal", "objhal", "sqa", "mme", "report")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

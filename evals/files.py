@@ -70,6 +70,19 @@ def first_char(path: str) -> str:
                 return c
 
 
+def first_record(path: str) -> dict | None:
+    """The first line of a JSONL file as a JSON object, or None (not a file, empty, not JSONL): for telling question
+    files apart before reading one whole."""
+    if not os.path.isfile(path) or first_char(path) != "{":
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            rec = json.loads(f.readline())
+        except ValueError:
+            return None
+    return rec if isinstance(rec, dict) else None
+
+
 def resolve(base_file: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(base_file)), path)
 
@@ -140,7 +153,7 @@ def question_records(path: str, image_root: str | None = None, short_answer_suff
 def check_images(records: list[dict], hint: str = "") -> None:
     """Every image a run will open exists, checked before a model is loaded; the first few missing ones are named
     with their record."""
-    missing = [r for r in records if not os.path.isfile(r["image_file"])]
+    missing = [r for r in records if r.get("image_bytes") is None and not os.path.isfile(r["image_file"])]
     if missing:
         shown = "; ".join(f"{r['where']}: {r['image_file']}" for r in missing[:5])
         raise FileNotFoundError(f"{len(missing)} of {len(records)} images not found ({shown}"
@@ -158,3 +171,15 @@ def protocol(answers: list[dict]) -> dict:
                 seen.append(r[key])
         out[key] = seen[:5] + ([f"... {len(seen) - 5} more"] if len(seen) > 5 else [])
     return out
+
+
+def one_protocol(answers: list[dict], where: str) -> None:
+    """Answers scored together must come from one protocol: lines whose "gen" (template, decoding, suffix, ...)
+    differ are an error, since their numbers do not add up to one score."""
+    gens = []
+    for r in answers:
+        if r.get("gen") not in gens:
+            gens.append(r.get("gen"))
+    if len(gens) > 1:
+        raise ValueError(f"{where}: answers from {len(gens)} protocols ('gen' differs between lines, e.g. "
+                         f"{gens[0]} and {gens[1]}); score each protocol's answers separately")

@@ -3,10 +3,13 @@
     python eval.py generate --checkpoint CKPT --questions Q --output RUN/answers.jsonl [--image-root DIR]
                             [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
 
-Question files: every layout evals/files.py reads (ours, POPE's, LLaVA's) and MMHal-Bench's template
-(evals/mmhal.py). Each answer line holds the question's fields, "prompt" (what the model was asked), "text" (the
-answer), "model" and "gen" (template, decoding, suffix, image aspect ratio, recipe): scoring copies the distinct "gen"
-values into the metrics JSON as "protocol", since numbers are only comparable under the same protocol.
+Question files: every layout evals/files.py reads (ours, POPE's, LLaVA's), MMHal-Bench's template
+(evals/mmhal.py), and the benchmark files whose module builds the published prompts: LLaVA's ScienceQA
+llava_test_CQM-A.json (evals/sqa.py), LLaVA's llava_mme.jsonl or MME's folder (evals/mme.py), RLAIF-V's Object
+HalBench file with its images inline (evals/objhal.py). Each answer line holds the question's fields, "prompt"
+(what the model was asked), "text" (the answer), "model" and "gen" (template, decoding, suffix, image aspect ratio,
+recipe): scoring copies the distinct "gen" values into the metrics JSON as "protocol", since numbers are only
+comparable under the same protocol.
 Defaults: model.tokenizer.DEFAULT_TEMPLATE (vicuna_v1, LLaVA-1.5's training and benchmark template), CUDA + bfloat16
 with a GPU (else CPU + float32), pad-to-square when the checkpoint's config says image_aspect_ratio = "pad"
 (--image-aspect-ratio overrides), 128 new tokens; on MMHal-Bench's template, LLaVA-RLHF's protocol: pad-to-square and
@@ -15,11 +18,13 @@ up to 1024 new tokens. The model code (torch) is imported only once there is som
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 
 from chat_api import JsonlAppender, resume_jsonl
 from evals.files import check_images, first_char, question_records, write_json
+from evals import mme, objhal, sqa
 from evals.mmhal import fill_template, read_template, template_questions
 
 def _fmt_s(s: float) -> str:
@@ -28,7 +33,10 @@ def _fmt_s(s: float) -> str:
 
 
 def cmd_generate(a) -> None:
-    if first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
+    bench = next((m for m in (sqa, mme, objhal) if m.is_question_file(a.questions)), None)
+    if bench is not None:  # a benchmark's own file: its module builds the published prompts
+        qs = bench.question_records(a.questions, a.image_root)
+    elif first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
         qs = template_questions(a.questions, a.image_root, a.short_answer_suffix)
         # LLaVA-RLHF's protocol unless told otherwise: long answers, pad-to-square (temperature 0, no suffix: as is)
         a.max_new_tokens = 1024 if a.max_new_tokens is None else a.max_new_tokens
@@ -87,7 +95,7 @@ def _generate(a, todo: list[dict]) -> None:
             batch = todo[b:b + a.batch_size]
             prompts = [tok.encode_prompt(q["prompt"], cfg.num_image_tokens, template=template) for q in batch]
             input_ids, mask = pad_sequences(prompts, pad, side="left")  # (B, T) each, left-padded
-            px = torch.stack([load_image(q["image_file"], cfg.image_size, pad=aspect == "pad")  # (B, 3, S, S)
+            px = torch.stack([load_image(_image(q), cfg.image_size, pad=aspect == "pad")  # (B, 3, S, S)
                               for q in batch])
             new = model.generate(input_ids.to(device), px.to(device, dtype), mask.to(device),
                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
@@ -104,9 +112,18 @@ def _generate(a, todo: list[dict]) -> None:
                       f"elapsed {_fmt_s(el)}, ETA {_fmt_s(el / n * (len(todo) - n))}", file=sys.stderr)
 
 
+def _image(q: dict):
+    """A question's image: its file, or the picture itself where the question file holds it (Object HalBench)."""
+    if q.get("image_bytes") is None:
+        return q["image_file"]
+    from PIL import Image
+    return Image.open(io.BytesIO(q["image_bytes"]))
+
+
 def add_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", required=True)
-    g.add_argument("--questions", required=True, help="our JSONL, POPE's / LLaVA's JSONL, or MMHal's template")
+    g.add_argument("--questions", required=True, help="our JSONL, POPE's / LLaVA's JSONL, MMHal's template, "
+                   "ScienceQA's llava_test_CQM-A.json, MME's llava_mme.jsonl or folder, Object HalBench's JSONL")
     g.add_argument("--output", required=True)
     g.add_argument("--image-root", default=None, help="folder of the images (default: the question file's)")
     g.add_argument("--vision-tower", default=None, help="openai CLIP dir, for a liuhaotian LLaVA-1.5 checkpoint")

@@ -4,13 +4,14 @@ per subtask accuracy (per question) and accuracy+ (images with both right), scor
 = the sum over 10 subtasks (max 2000; LLaVA-1.5-7B 1510.7, POVID 1452.8), Cognition over 4 (max 800).
 
 Files, as published:
-  MME_Benchmark_release_version/<subtask>/   MME's data, in one of two layouts per subtask: images/ + questions_answers_YN/
-                          (<stem>.txt beside each image's name), or image and <stem>.txt side by side. Each .txt line is
+  MME_Benchmark_release_version/<subtask>/
+                          MME's data, in one of two layouts per subtask: images/ + questions_answers_YN/ (a
+                          <stem>.txt named after each image), or image and <stem>.txt side by side. Each .txt line is
                           "question<TAB>Yes|No", the question ending in " Please answer yes or no." (with two spaces
                           before "Please" in places).
   llava_mme.jsonl         LLaVA's question file (eval.zip, playground/data/eval/MME/): {"question_id": "<subtask>/
-                          [images/]<file>", "image": same, "text": question + "\\nAnswer the question using a single word
-                          or phrase.", "category"}. An image's two questions share one question_id.
+                          [images/]<file>", "image": same, "text": question + "\\nAnswer the question using a single
+                          word or phrase.", "category"}. An image's two questions share one question_id.
 
 Answering (haotian-liu/LLaVA scripts/v1_5/eval/mme.sh, llava/eval/model_vqa_loader.py): the "text" as is (MME's own
 " Please answer yes or no." replaced by LLaVA's short-answer suffix), vicuna_v1, temperature 0, 128 new tokens:
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import os
 
-from eval_data import SHORT_ANSWER_SUFFIX, read_jsonl_lines, write_json
+from evals.files import SHORT_ANSWER_SUFFIX, first_record, one_protocol, protocol, read_jsonl_lines, write_json
 
 EVAL_TYPES = {  # calculation.py's eval_type_dict, order kept (it is the order of the printed scores and sums)
     "Perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
@@ -110,6 +111,14 @@ def gt_key(question_id: str, prompt: str, gt: dict) -> tuple[str, str, str]:
 
 def _mme_id(qid: str, k: int) -> str:
     return f"{qid}#q{k}"
+
+
+def is_question_file(path: str) -> bool:
+    """MME's benchmark folder, or a JSONL file whose first line is one of llava_mme.jsonl."""
+    if os.path.isdir(path):
+        return any(os.path.isdir(os.path.join(path, t)) for t in SUBTASKS)
+    first = first_record(path)
+    return first is not None and first.get("category") in SUBTASKS and "/" in str(first.get("question_id"))
 
 
 def question_records(path: str, image_root: str | None = None) -> list[dict]:
@@ -263,10 +272,7 @@ def read_answers(path: str) -> list[dict]:
 
 def cmd_mme(a) -> dict:
     answers = read_answers(a.answers)
-    gens = {repr(r.get("gen")) for r in answers}
-    if len(gens) > 1:
-        raise ValueError(f"{a.answers}: answers from {len(gens)} protocols ('gen' differs between lines); score "
-                         f"each protocol's answers separately")
+    one_protocol(answers, a.answers)
     no_suffix = [r["question_id"] for r in answers if not r["prompt"].endswith(SHORT_ANSWER_SUFFIX)]
     if no_suffix:
         raise ValueError(f"{a.answers}: {len(no_suffix)} answer(s) were asked without LLaVA's short-answer suffix "
@@ -274,10 +280,9 @@ def cmd_mme(a) -> dict:
     gt = read_ground_truth(a.mme_root)
     m = mme_scores([(r["question_id"], r["prompt"], r["text"]) for r in answers], gt, a.answers)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "mme.json")
-    protocol = {"model": sorted({str(r.get("model")) for r in answers}), "gen": [r.get("gen") for r in answers[:1]]}
     write_json(out, {"kind": "mme", "answers": a.answers, "mme_root": a.mme_root,
                      "scorer": "LLaVA convert_answer_to_mme.py + MME eval_tool/calculation.py rules",
-                     "protocol": protocol, "metrics": m})
+                     "protocol": protocol(answers), "metrics": m})
     print("\n".join(official_lines(m)))
     p, c = m["perception"], m["cognition"]
     print(f"MME perception {'n/a' if p is None else f'{p:.1f}'} ({m['perception_subtasks']}/10 subtasks)  "

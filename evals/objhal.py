@@ -28,14 +28,18 @@ Scoring, as eval/eval_gpt_obj_halbench.py then eval/summarize_gpt_obj_halbench_r
                  len(answer.split(" ")) (`objhal_scores`, the official sums, `summary_lines` its printout).
 The official lemmatisers are NLTK's (word_tokenize + WordNet, no POS) for captions and spaCy's en_core_web_trf
 (lemmas + NN* tags) for the chat model's objects; neither model is on the package registries here. In their place:
-  tokenize      lowercase; words split from punctuation; "'s" / "n't" split off; hyphens split (spaCy does; NLTK
-                keeps "teddy-bear" whole, so a hyphenated double word is found here and not by NLTK);
-  lemma         the project's singulariser (evals/chair.py `singularize`), except that "people" stays "people"
-                (both official lemmatisers keep it); no verb or adjective lemmas (spaCy's "parked" -> "park");
-  nouns         every token but a closed list of function words, numbers and common adjectives (colours, sizes,
-                ages, materials, ...), and the last token of an object is a noun unless it is a function word.
+  tokenize      lowercase; words split from punctuation; "'s" / "n't" split off; hyphenated words kept whole in
+                captions (as NLTK's word_tokenize) and split in the chat model's objects (as spaCy);
+  lemma         of the token, its WordNet suffix-rule forms and the project's singularised form
+                (evals/chair.py `singularize`), the shortest that is in the vocabulary (WordNet returns the
+                shortest form it knows), else the singularised form; "people" stays "people" (both official
+                lemmatisers keep it); no verb or adjective lemmas (spaCy's "parked" -> "park");
+  nouns         every token but function words and numbers; before the last token also listed adjectives (colours,
+                sizes, ages, materials, ...) and -ed / -ing modifiers ("parked", "sleeping"): spaCy's JJ / VBN / VBG.
 The cases where this differs from the official path, each checked, are in tests/test_eval_objhal.py
-(test_offline_lemmas_*). Scores with --offline are labelled as not comparable with published ones.
+(LEMMA_CASES: a capitalised "Frisbee", which spaCy takes for a proper noun and we match, and a gerund modifier
+that spaCy tags as a noun, "hiking backpack"). Scores with --offline are labelled as not comparable with published
+ones; the chat path with our stand-in is labelled comparable only with RLAIF-V's own prompt.
 
 Bad input is an error naming the item: a question file that is not Object HalBench's, an answer to no question, a
 question answered twice, an image id that no COCO instances file lists (the official script would give it an empty
@@ -60,8 +64,8 @@ import os
 import re
 
 from chat_api import ChatClient, resume_jsonl, run_jsonl_jobs
-from eval_chair import coco_caption_texts, coco_instance_objects, read_coco_images, singularize
-from eval_data import read_json, read_jsonl_lines, write_json
+from evals.chair import coco_caption_texts, coco_instance_objects, read_coco_images, singularize
+from evals.files import first_record, one_protocol, protocol, read_json, read_jsonl_lines, write_json
 
 log = logging.getLogger("povid.evals.objhal")
 
@@ -209,9 +213,17 @@ class ObjHalVocab:
 
 
 # ---------------------------------------------------------------------------------------------- the files
-def question_records(path: str) -> list[dict]:
+def is_question_file(path: str) -> bool:
+    """A JSONL file whose first line is one of obj_halbench_300_with_image.jsonl's (no question_id, image inline)."""
+    first = first_record(path)
+    return first is not None and "question_id" not in first and \
+        all(isinstance(first.get(k), str) for k in ("question", "image")) and "image_id" in first
+
+
+def question_records(path: str, image_root: str | None = None) -> list[dict]:
     """obj_halbench_300_with_image.jsonl as `generate`'s work list (evals/files.py's record layout), the image as
-    bytes ("image_bytes"; there is no file), question_id = the line's index as muffin_vqa.py numbers answers."""
+    bytes ("image_bytes"; there is no file; image_root is not used), question_id = the line's index as muffin_vqa.py
+    numbers its answers."""
     out = []
     for n, (lineno, rec) in enumerate(read_jsonl_lines(path)):
         where = f"{path}:{lineno}"
@@ -429,10 +441,7 @@ def cmd_objhal(a) -> dict:
     if not answers:
         raise ValueError(f"{a.answers}: no answers")
     raw = [r for _, r in read_jsonl_lines(a.answers)]
-    gens = {repr(r.get("gen")) for r in raw}
-    if len(gens) > 1:
-        raise ValueError(f"{a.answers}: answers from {len(gens)} protocols ('gen' differs between lines); score "
-                         f"each protocol's answers separately")
+    one_protocol(raw, a.answers)
     gt, gt_info = coco_ground_truth(a.coco_dir, {r["image_id"] for r in answers}, vocab)
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "objhal.json")
     if a.offline:
@@ -456,9 +465,8 @@ def cmd_objhal(a) -> dict:
     m = s["metrics"]
     m.update({"n_missing": n_missing, "n_short": sum(len(r["caption"].split()) <= SHORT_WORDS for r in answers),
               "full_benchmark": m["n_images"] == N_IMAGES and n_missing == 0})
-    protocol = {"model": sorted({str(r.get("model")) for r in raw}), "gen": [raw[0].get("gen")]}
     write_json(out, {"kind": "objhal", "answers": a.answers, "questions": a.questions, "coco": gt_info,
-                     "synonyms": a.synonyms, "extractor": how, "protocol": protocol, "metrics": m,
+                     "synonyms": a.synonyms, "extractor": how, "protocol": protocol(raw), "metrics": m,
                      "per_response": s["per_response"]})
     if m["response_hall"] is not None and m["mention_hall"] is not None:
         print("\n".join(summary_lines(m)))

@@ -47,7 +47,7 @@ from __future__ import annotations
 import os
 import re
 
-from eval_data import read_json, read_jsonl_lines, write_json
+from evals.files import first_char, one_protocol, protocol, read_json, read_jsonl_lines, write_json
 
 OPTIONS = ("A", "B", "C", "D", "E")  # eval_science_qa.py --options default
 LETTER_SUFFIX = "\nAnswer with the option's letter from the given choices directly."  # --single-pred-prompt
@@ -95,10 +95,17 @@ def read_problems(base_dir: str, split: str = "test") -> dict[str, dict]:
     return out
 
 
-def is_sqa_question_file(data) -> bool:
-    """LLaVA's llava_test_CQM-A.json: a JSON list of {"id", "conversations"} (MMHal's template has neither)."""
+def _is_sqa_list(data) -> bool:
     return isinstance(data, list) and bool(data) and all(
         isinstance(r, dict) and "id" in r and "conversations" in r for r in data[:3])
+
+
+def is_question_file(path: str) -> bool:
+    """LLaVA's llava_test_CQM-A.json: a JSON list of {"id", "conversations"} (MMHal's template, also a JSON list,
+    has neither)."""
+    if not os.path.isfile(path) or first_char(path) != "[":
+        return False
+    return _is_sqa_list(read_json(path))
 
 
 def question_records(path: str, image_root: str | None = None, image_only: bool = True) -> list[dict]:
@@ -106,7 +113,7 @@ def question_records(path: str, image_root: str | None = None, image_only: bool 
     question_records), prompts built as model_vqa_science.py builds them. image_only: the image questions alone
     (what SQA-IMG needs; text-only questions have no image to give the model)."""
     data = read_json(path)
-    if not is_sqa_question_file(data):
+    if not _is_sqa_list(data):
         raise ValueError(f"{path}: not LLaVA's ScienceQA question file (llava_test_CQM-A.json: a JSON list of "
                          f"{{'id', 'image'?, 'conversations'}})")
     base = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
@@ -229,16 +236,13 @@ def scienceqa_lines(m: dict) -> list[str]:
 def cmd_sqa(a) -> dict:
     problems = read_problems(a.base_dir, a.split)
     answers = read_answers(a.answers)
-    gens = {repr(r.get("gen")) for r in answers.values()}
-    if len(gens) > 1:
-        raise ValueError(f"{a.answers}: answers from {len(gens)} protocols ('gen' differs between lines); score "
-                         f"each protocol's answers separately")
+    one_protocol(list(answers.values()), a.answers)
     s = sqa_scores(problems, answers, a.answers)
     m = s["metrics"]
     out = a.out or os.path.join(os.path.dirname(os.path.abspath(a.answers)), "sqa.json")
     write_json(out, {"kind": "sqa", "answers": a.answers, "base_dir": a.base_dir, "split": a.split,
                      "scorer": "LLaVA llava/eval/eval_science_qa.py rules; breakdown as ScienceQA "
-                               "tools/evaluate_acc.py", "protocol": _protocol(answers.values()), "metrics": m,
+                               "tools/evaluate_acc.py", "protocol": protocol(list(answers.values())), "metrics": m,
                      "results": s["results"], "parsed": s["parsed"]})
     print(llava_line(m))
     print(f"SQA-IMG {100 * m['img_accuracy']:.2f}  ({m['img_total']} image questions; unparseable "
@@ -248,17 +252,6 @@ def cmd_sqa(a) -> dict:
         print(f"sqa: {m['n_missing']} text-only problem(s) without an answer count as wrong in Accuracy "
               f"(as in LLaVA's script); IMG-Accuracy is complete")
     return m
-
-
-def _protocol(answers) -> dict:
-    out = {}
-    for key in ("model", "gen"):
-        seen = []
-        for r in answers:
-            if key in r and r[key] not in seen:
-                seen.append(r[key])
-        out[key] = seen
-    return out
 
 
 def add_arguments(s) -> None:

@@ -20,6 +20,8 @@ from rehearsal.stub_openai import StubServer
 
 from chat_api import ChatClient
 
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "eval.toml")
+
 
 @pytest.fixture(scope="module")
 def oh(tmp_path_factory):
@@ -236,3 +238,35 @@ def test_cli(oh, tmp_path, capsys, monkeypatch):
     assert m["metrics"]["mention_hall"] == 6 / 17 and m["extractor"]["model"] == "stub"
     assert "sk-secret" not in (tmp_path / "chat_extract.jsonl").read_text()
     assert summary_lines(m["metrics"]) == OFFICIAL_CHAT
+
+
+def test_generate_answers_each_benchmark_file(tmp_path, oh):
+    """`eval.py generate` reads ScienceQA's, MME's and Object HalBench's own question files (Object HalBench's images
+    inline), writes answers the scorers take, and resumes by the unique ids (MME's shared ids get #q1 / #q2)."""
+    from rehearsal.public_bench import make_mme, make_sqa
+    from test_eval_generate import make_checkpoint
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(ckpt)
+    p = {**make_sqa(str(tmp_path)), **make_mme(str(tmp_path)), **oh}
+    runs = {"sqa": (p["sqa_questions"], p["sqa_images"]), "mme": (p["mme_questions"], p["mme_root"]),
+            "objhal": (p["objhal_questions"], None)}
+    for name, (q, root) in runs.items():
+        out = tmp_path / f"{name}_answers.jsonl"
+        ev.main(["generate", "--recipe", f"{RECIPE}:{name}", "--checkpoint", str(ckpt), "--questions", q,
+                 "--output", str(out), "--max-new-tokens", "2", "--batch-size", "4"]
+                + (["--image-root", root] if root else []))
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert len(rows) == {"sqa": 5, "mme": 12, "objhal": 6}[name]
+        assert len({r["question_id"] for r in rows}) == len(rows)
+        assert {r["gen"]["recipe"] for r in rows} == {f"{RECIPE}:{name}"}
+        ev.main(["generate", "--checkpoint", str(ckpt), "--questions", q, "--output", str(out), "--max-new-tokens",
+                 "2"] + (["--image-root", root] if root else []))  # resumed: nothing to do, nothing added
+        assert len(out.read_text().splitlines()) == len(rows)
+    ev.main(["sqa", "--recipe", f"{RECIPE}:sqa", "--answers", str(tmp_path / "sqa_answers.jsonl"),
+             "--base-dir", p["sqa_dir"]])
+    assert json.loads((tmp_path / "sqa.json").read_text())["metrics"]["img_total"] == 5
+    ev.main(["mme", "--answers", str(tmp_path / "mme_answers.jsonl"), "--mme-root", p["mme_root"]])
+    assert json.loads((tmp_path / "mme.json").read_text())["metrics"]["n_questions"] == 12
+    ev.main(["objhal", "--answers", str(tmp_path / "objhal_answers.jsonl"), "--coco-dir", oh["objhal_coco"],
+             "--synonyms", oh["objhal_synonyms"], "--questions", oh["objhal_questions"], "--offline"])
+    assert json.loads((tmp_path / "objhal.json").read_text())["metrics"]["n_responses"] == 6
