@@ -27,10 +27,11 @@ import importlib
 import logging
 import sys
 
+import evals
 import recipes
 
 # the modules whose COMMANDS make the subcommands, in --help order (evals/__init__.py: the contract)
-MODULES = ("generate", "chair", "pope", "mmhal", "objhal", "sqa", "mme", "report")
+MODULES = ("generate", *evals.BENCHMARKS, "report")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:

@@ -173,13 +173,16 @@ def protocol(answers: list[dict]) -> dict:
     return out
 
 
-def one_protocol(answers: list[dict], where: str) -> None:
-    """Answers scored together must come from one protocol: lines whose "gen" (template, decoding, suffix, ...)
-    differ are an error, since their numbers do not add up to one score."""
+def one_protocol(answers: list[dict], where: str, ignore: tuple[str, ...] = ()) -> None:
+    """Answers scored together must come from one protocol: lines whose "model" or "gen" (template, decoding,
+    suffix, ...) differ are an error, since their numbers do not add up to one score. Keys of "gen" in `ignore` may
+    vary (e.g. AMBER's suffix, on its yes/no questions only)."""
     gens = []
     for r in answers:
-        if r.get("gen") not in gens:
-            gens.append(r.get("gen"))
+        gen = r.get("gen")
+        key = (r.get("model"), {k: v for k, v in gen.items() if k not in ignore} if isinstance(gen, dict) else gen)
+        if key not in gens:
+            gens.append(key)
     if len(gens) > 1:
-        raise ValueError(f"{where}: answers from {len(gens)} protocols ('gen' differs between lines, e.g. "
+        raise ValueError(f"{where}: answers from {len(gens)} protocols ('model' or 'gen' differs between lines, e.g. "
                          f"{gens[0]} and {gens[1]}); score each protocol's answers separately")

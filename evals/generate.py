@@ -4,7 +4,7 @@
                             [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
 
 Question files: every layout evals/files.py reads (ours, POPE's, LLaVA's), MMHal-Bench's template
-(evals/mmhal.py), and the benchmark files whose module builds the published prompts: LLaVA's ScienceQA
+(evals/mmhal.py), AMBER's query files (evals/amber.py), and the benchmark files whose module builds the published prompts: LLaVA's ScienceQA
 llava_test_CQM-A.json (evals/sqa.py), LLaVA's llava_mme.jsonl or MME's folder (evals/mme.py), RLAIF-V's Object
 HalBench file with its images inline (evals/objhal.py). Each answer line holds the question's fields, "prompt"
 (what the model was asked), "text" (the answer), "model" and "gen" (template, decoding, suffix, image aspect ratio,
@@ -18,14 +18,39 @@ up to 1024 new tokens. The model code (torch) is imported only once there is som
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import io
 import sys
 import time
 
+import evals
 from chat_api import JsonlAppender, resume_jsonl
 from evals.files import check_images, first_char, question_records, write_json
-from evals import mme, objhal, sqa
-from evals.mmhal import fill_template, read_template, template_questions
+from evals.mmhal import fill_template, read_template
+
+
+def read_questions(a) -> list[dict]:
+    """The question file as a work list: the first benchmark module whose is_question_file(path) takes it reads it
+    (its GENERATE_DEFAULTS fill the settings left unset), else a JSONL question file of evals/files.py."""
+    for name in evals.BENCHMARKS:
+        m = importlib.import_module(f"evals.{name}")
+        if not getattr(m, "is_question_file", lambda _: False)(a.questions):
+            continue
+        for key, value in getattr(m, "GENERATE_DEFAULTS", {}).items():
+            if getattr(a, key) is None:
+                setattr(a, key, value)
+        if a.short_answer_suffix is None:
+            return m.question_records(a.questions, a.image_root)
+        if "short_answer_suffix" not in inspect.signature(m.question_records).parameters:
+            raise SystemExit(f"--short-answer-suffix: {a.questions} is a {name} question file, whose prompts are "
+                             f"the published ones; leave the flag out")
+        return m.question_records(a.questions, a.image_root, short_answer_suffix=a.short_answer_suffix)
+    if first_char(a.questions) == "[":
+        raise ValueError(f"{a.questions}: a JSON list that no benchmark reads (the JSON lists generate answers: "
+                         f"MMHal-Bench's response_template.json, AMBER's query_*.json, LLaVA's ScienceQA file)")
+    return question_records(a.questions, a.image_root, a.short_answer_suffix)
+
 
 def _fmt_s(s: float) -> str:
     s = int(s)
@@ -33,16 +58,7 @@ def _fmt_s(s: float) -> str:
 
 
 def cmd_generate(a) -> None:
-    bench = next((m for m in (sqa, mme, objhal) if m.is_question_file(a.questions)), None)
-    if bench is not None:  # a benchmark's own file: its module builds the published prompts
-        qs = bench.question_records(a.questions, a.image_root)
-    elif first_char(a.questions) == "[":  # a JSON list: MMHal-Bench's response template
-        qs = template_questions(a.questions, a.image_root, a.short_answer_suffix)
-        # LLaVA-RLHF's protocol unless told otherwise: long answers, pad-to-square (temperature 0, no suffix: as is)
-        a.max_new_tokens = 1024 if a.max_new_tokens is None else a.max_new_tokens
-        a.image_aspect_ratio = a.image_aspect_ratio or "pad"
-    else:
-        qs = question_records(a.questions, a.image_root, a.short_answer_suffix)
+    qs = read_questions(a)
     a.max_new_tokens = 128 if a.max_new_tokens is None else a.max_new_tokens  # LLaVA's model_vqa default
     if a.shard:  # every N-th question from the I-th: one process per GPU, answers concatenated afterwards
         i, n = (int(x) for x in a.shard.split("/"))

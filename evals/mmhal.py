@@ -46,7 +46,7 @@ import string
 from urllib.parse import urlparse
 
 from chat_api import ChatClient, resume_jsonl, run_jsonl_jobs
-from evals.files import SHORT_ANSWER_SUFFIX, protocol, read_json, read_jsonl, write_json
+from evals.files import SHORT_ANSWER_SUFFIX, first_char, protocol, read_json, read_jsonl, write_json
 
 log = logging.getLogger("povid.evals.mmhal")
 
@@ -102,6 +102,22 @@ def template_questions(path: str, image_root: str | None, short_answer_suffix: b
                     "suffix": SHORT_ANSWER_SUFFIX if short_answer_suffix else "",
                     "answer_base": {"question_id": i, **rec, "prompt": prompt}, "where": f"{path}: record {i}"})
     return out
+
+
+GENERATE_DEFAULTS = {"max_new_tokens": 1024, "image_aspect_ratio": "pad"}  # LLaVA-RLHF's, where unset
+
+
+def is_question_file(path: str) -> bool:
+    """MMHal-Bench's template: a JSON list of records with a question_type."""
+    if first_char(path) != "[":
+        return False
+    data = read_json(path)
+    return bool(data) and isinstance(data[0], dict) and "question_type" in data[0]
+
+
+def question_records(path: str, image_root: str | None = None, short_answer_suffix: bool | None = None) -> list[dict]:
+    """`generate`'s work list (the contract of evals/__init__.py); no suffix unless asked for."""
+    return template_questions(path, image_root, short_answer_suffix)
 
 
 def fill_template(records: list[dict], answers: dict[str, str]) -> list[dict]:

@@ -1,0 +1,88 @@
+"""AMBER's built-in noun matcher: the official scorer's noun extraction (NLTK word_tokenize -> pos_tag -> NN* ->
+WordNetLemmatizer) re-done without NLTK or its data, for AMBER's closed vocabulary only (relation.json's 418 words:
+a noun outside it is dropped by the official scorer anyway). Used by evals/amber.py when the official path is not
+installed; its similarity is equality (the official one is spaCy en_core_web_lg cosine > 0.8).
+
+  tokens    words are runs of letters and digits, joined by inner hyphens ("e-book", "air-conditioning" stay one
+            token, as in NLTK's Treebank tokenizer); a possessive "'s" is split off; punctuation is never a word;
+            case is kept (the official match is case-sensitive: "Dog" at a sentence start is not "dog").
+  lemmas    a word of the vocabulary is itself; a regular plural (-s, -es after s/x/z/ch/sh, -ies, -ves, -men) of a
+            vocabulary word is that word; EXCEPTIONS override both. EXCEPTIONS holds every form, among the vocabulary
+            words and their plurals and WordNet's irregular plurals of them, where WordNetLemmatizer (NLTK 3.10.3,
+            WordNet 3.0) says otherwise: it turns "men" into "men" and "leaves" into "leaf" (neither is in the
+            vocabulary), "sunglasses" into "sunglass", "vases" into "vas", and leaves the plural of a word WordNet
+            does not know ("cooktops") as it is. With it, the lemmas agree with NLTK's on all 858 such forms
+            (docs/amber.md: the command that checks it).
+  nouns     every vocabulary lemma counts as a noun except where a tagger would not tag it NN*: "can" unless a
+            determiner or number comes before it (else the modal), "hot" (an adjective: "hot dog"), and a word
+            right after "to", a modal, or a subject pronoun ("to watch", "they ring"): verbs.
+The tagging rules are the approximate part: NLTK's averaged-perceptron tagger is not on any package registry, so
+they cannot be checked against it here (docs/amber.md lists the cases).
+"""
+from __future__ import annotations
+
+import re
+
+DESCRIPTION = "builtin: evals/amber_words.py nouns (WordNet lemmas exact on the vocabulary, approximate tags), " \
+              "similarity = equality (official: spaCy en_core_web_lg > 0.8); not comparable with published numbers"
+
+# WordNetLemmatizer (NLTK 3.10.3, WordNet 3.0) where the plural rules below say otherwise; None = no vocabulary word
+EXCEPTIONS: dict[str, str | None] = {
+    "men": None, "leaves": None, "vases": None, "caves": None, "TVs": None,
+    "sunglasses": None, "earrings": None, "slippers": None, "chopsticks": None,
+    "children": "child", "geese": "goose", "mice": "mouse", "busses": "bus", "camerae": "camera", "tapes": "tape",
+    # plurals of words WordNet does not know stay as they are, so they never reach the vocabulary
+    "air-conditionings": None, "baconics": None, "bedsheets": None, "canns": None, "catholes": None,
+    "closestools": None, "cooktops": None, "dogholes": None, "e-books": None, "ebooks": None, "earings": None,
+    "electrombiles": None, "kiwifruits": None, "paragliders": None, "pissoirs": None, "rpoes": None,
+    "sanitizers": None, "scoons": None, "seegulls": None, "showerpuffs": None, "streetlamps": None,
+    "waterfonts": None, "hots": None,
+}
+PLURALS = (("ies", "y"), ("ves", "f"), ("ves", "fe"), ("men", "man"), ("ches", "ch"), ("shes", "sh"), ("ses", "s"),
+           ("xes", "x"), ("zes", "z"), ("s", ""))
+DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "one", "two", "three", "four", "five", "some",
+               "each", "every", "his", "her", "its", "their", "our", "my", "your", "another", "any", "no", "A", "An",
+               "The", "This", "That", "One", "Two", "Some", "Each", "Every", "His", "Her", "Its", "Their"}
+VERB_CONTEXT = {"to", "can", "could", "will", "would", "may", "might", "must", "should", "shall", "I", "you", "we",
+                "they", "he", "she", "You", "We", "They", "He", "She"}
+NEVER_NOUNS = {"hot"}
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?:'[A-Za-z]+)?")
+
+
+def tokenize(text: str) -> list[str]:
+    """Word tokens (module docstring); "dog's" -> "dog", "'s" is dropped (it is never a noun of the vocabulary)."""
+    out = []
+    for t in _TOKEN.findall(text.replace("\u2019", "'")):
+        out.append(t.split("'")[0] if "'" in t else t)
+    return out
+
+
+def lemma(token: str, vocabulary: set[str]) -> str | None:
+    """The vocabulary word WordNetLemmatizer would turn `token` into, or None."""
+    if token in EXCEPTIONS:
+        return EXCEPTIONS[token]
+    if token in vocabulary:
+        return token
+    for suffix, repl in PLURALS:
+        if token.endswith(suffix) and token[:-len(suffix)] + repl in vocabulary:
+            return token[:-len(suffix)] + repl
+    return None
+
+
+def noun_finder(vocabulary: set[str]):
+    """nouns(text) -> the vocabulary lemmas that count as nouns, in order, repeats kept."""
+    def nouns(text: str) -> list[str]:
+        toks = tokenize(text)
+        out = []
+        for i, t in enumerate(toks):
+            w = lemma(t, vocabulary)
+            if w is None or w in NEVER_NOUNS:
+                continue
+            prev = toks[i - 1] if i else ""
+            if w == "can" and t == "can" and prev not in DETERMINERS:
+                continue  # the modal: "can be seen"
+            if prev in VERB_CONTEXT and t == w and w != "can":
+                continue  # "to watch", "they ring": a verb
+            out.append(w)
+        return out
+    return nouns
