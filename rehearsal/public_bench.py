@@ -18,9 +18,12 @@ Object HalBench vocabulary lines are RLAIF-V's synonyms_refine.txt lines for the
   mme/llava_mme.jsonl                        LLaVA's question file: {question_id = image path, image, text (+ the
                                              short-answer suffix), category}, an image's two questions one after the
                                              other with the same question_id
-  objhal/obj_halbench_300_with_image.jsonl   RLAIF-V's question file: {image_id, question, image (JPEG, base64)}
-  objhal/synonyms_refine.txt                 its vocabulary lines for the categories used
-  objhal/coco/annotations/{instances,captions}_{val,train}2014.json   COCO 2014 annotations of those images
+  objhal/eval/data/obj_halbench_300_with_image.jsonl   RLAIF-V's question file: {image_id, question, image (the
+                                             JPEG, base64)}, laid out as in a RLAIF-V checkout
+  objhal/eval/data/synonyms_refine.txt       its vocabulary lines for the categories used
+  objhal/eval/eval_gpt_obj_halbench.py       a stand-in holding a `prompt_template` (our wording)
+  objhal/coco/annotations/{instances,captions}_{val,train}2014.json   COCO 2014 annotations of those images (or,
+                                             given make_public_data's paths, that tree's COCO images and files)
 """
 from __future__ import annotations
 
@@ -150,7 +153,8 @@ def make_mme(root: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- Object HalBench
-# RLAIF-V eval/data/synonyms_refine.txt, the lines of the categories used here and in the tests, verbatim
+# RLAIF-V eval/data/synonyms_refine.txt, verbatim: the lines of the categories used here, in the tests and in
+# rehearsal/public_data.py's COCO files
 SYNONYMS_REFINE = (
     "person, girl, boy, man, woman, kid, child, chef, baker, people, adult, rider, children, baby, worker, "
     "passenger, sister, brother, biker, policeman, cop, officer, lady, cowboy, bride, groom, male, female, "
@@ -160,6 +164,7 @@ SYNONYMS_REFINE = (
     "camper, driver, solider, hunter, shopper, villager, pedestrian\n"
     "bicycle, bike, unicycle, minibike, trike\n"
     "car, automobile, van, minivan, sedan, suv, hatchback, cab, jeep, coupe, taxicab, limo, taxi\n"
+    "motorcycle, scooter, motor bike, motor cycle, motorbike, scooter, moped\n"
     "train, locomotive, tramway, caboose\n"
     "traffic light, street light, traffic signal, stop light, streetlight, stoplight\n"
     "bench, pew\n"
@@ -167,12 +172,18 @@ SYNONYMS_REFINE = (
     "dog, puppy, beagle, pup, chihuahua, schnauzer, dachshund, rottweiler, canine, pitbull, collie, pug, "
     "terrier, poodle, labrador, doggie, doberman, mutt, doggy, spaniel, bulldog, sheepdog, weimaraner, "
     "corgi, cocker, greyhound, retriever, brindle, hound, whippet, husky\n"
+    "horse, colt, pony, racehorse, stallion, equine, mare, foal, palomino, mustang, clydesdale, bronc, "
+    "bronco\n"
     "cow, cattle, oxen, ox, calf, cattle, holstein, heifer, buffalo, bull, zebu, bison\n"
     "backpack, knapsack\n"
     "frisbee\n"
     "skis, ski\n"
     "wine glass\n"
+    "cup\n"
     "knife, pocketknife, knive\n"
+    "spoon\n"
+    "bowl, container\n"
+    "chair, seat, stool\n"
     "couch, sofa, recliner, futon, loveseat, settee, chesterfield\n"
     "dining table, table, desk, coffee table\n"
     "toilet, urinal, commode, toilet, lavatory, potty\n"
@@ -180,6 +191,7 @@ SYNONYMS_REFINE = (
     "mouse\n"
     "remote, remote control\n"
     "sink\n"
+    "clock\n"
     "hair drier, hairdryer\n"
 )
 CATEGORIES = {1: "person", 2: "bicycle", 3: "car", 7: "train", 10: "traffic light", 15: "bench", 17: "cat",
@@ -203,13 +215,22 @@ OBJHAL_QUESTIONS = [(101, "Describe this image in detail."), (102, "What is happ
                     (101, "What do you see in this image?")]
 
 
-def make_objhal(root: str) -> dict:
-    d = os.path.join(root, "objhal")
-    ann = os.path.join(d, "coco", "annotations")
+PROMPTS = ("Describe this image in detail.", "What is happening in this picture?",
+           "Provide a thorough description of the given image.", "Explain the visual content of the image.")
+# a stand-in for RLAIF-V's eval/eval_gpt_obj_halbench.py: only its top-level `prompt_template` is read (our wording,
+# not RLAIF-V's, so `objhal` warns that the prompt differs and labels the scores not comparable)
+PROMPT_FILE = '''"""Stand-in for RLAIF-V's eval/eval_gpt_obj_halbench.py (a public-schema fixture)."""
+prompt_template = """Question: {question}
+Answer: {answer}
+List the objects the answer says are in the image, as a JSON list of names."""
+'''
+
+
+def _coco(ann: str) -> None:
+    """COCO 2014 annotation files of OBJHAL_IMAGES (val and train)."""
     os.makedirs(ann, exist_ok=True)
     cats = [{"supercategory": "thing", "id": k, "name": v} for k, v in CATEGORIES.items()]
     by_name = {v: k for k, v in CATEGORIES.items()}
-    jpeg = {}
     for split in ("val", "train"):
         mine = [x for x in OBJHAL_IMAGES if x[1] == split]
         images = [{"license": 1, "file_name": f"COCO_{split}2014_{i:012d}.jpg", "coco_url": "", "height": 56,
@@ -225,21 +246,46 @@ def make_objhal(root: str) -> dict:
                           (f"captions_{split}2014.json", {**head, "images": images, "annotations": caps})):
             with open(os.path.join(ann, name), "w", encoding="utf-8") as f:
                 json.dump(obj, f)
-        for i, *_ in mine:
-            jpeg[i] = _image("", (i % 7 * 30, 200 - i % 5 * 30, 90), fmt="JPEG")
-    p = {"objhal_dir": d, "objhal_questions": os.path.join(d, "obj_halbench_300_with_image.jsonl"),
-         "objhal_synonyms": os.path.join(d, "synonyms_refine.txt"), "objhal_coco": ann}
+
+
+def make_objhal(root: str, coco: dict | None = None) -> dict:
+    """objhal/ laid out like a RLAIF-V checkout (eval/data/, eval/eval_gpt_obj_halbench.py). Without `coco`, its own
+    COCO annotations (objhal/coco/annotations) of the hand-built OBJHAL_IMAGES and OBJHAL_QUESTIONS; with
+    make_public_data's paths, one question per val2014 image of that tree (the prompts in turn), its COCO files."""
+    d = os.path.join(root, "objhal")
+    data = os.path.join(d, "eval", "data")
+    os.makedirs(data, exist_ok=True)
+    if coco is None:
+        ann = os.path.join(d, "coco", "annotations")
+        _coco(ann)
+        jpeg = {i: _image("", (i % 7 * 30, 200 - i % 5 * 30, 90), fmt="JPEG") for i, *_ in OBJHAL_IMAGES}
+        questions = OBJHAL_QUESTIONS
+    else:
+        ann = os.path.dirname(coco["coco_instances_val"])
+        with open(coco["coco_instances_val"], encoding="utf-8") as f:
+            images = sorted((im["id"], im["file_name"]) for im in json.load(f)["images"])
+        jpeg = {}
+        for i, name in images:
+            with open(os.path.join(coco["coco_val_images"], name), "rb") as f:
+                jpeg[i] = f.read()
+        questions = [(i, PROMPTS[n % len(PROMPTS)]) for n, (i, _) in enumerate(images)]
+    p = {"objhal_dir": d, "objhal_questions": os.path.join(data, "obj_halbench_300_with_image.jsonl"),
+         "objhal_synonyms": os.path.join(data, "synonyms_refine.txt"), "objhal_coco": ann,
+         "objhal_prompt_file": os.path.join(d, "eval", "eval_gpt_obj_halbench.py")}
     with open(p["objhal_questions"], "w", encoding="utf-8") as f:
-        for i, q in OBJHAL_QUESTIONS:
+        for i, q in questions:
             f.write(json.dumps({"image_id": i, "question": q, "image": base64.b64encode(jpeg[i]).decode()}) + "\n")
     with open(p["objhal_synonyms"], "w", encoding="utf-8") as f:
         f.write(SYNONYMS_REFINE)
+    with open(p["objhal_prompt_file"], "w", encoding="utf-8") as f:
+        f.write(PROMPT_FILE)
     return p
 
 
-def make_public_bench(root: str) -> dict:
+def make_public_bench(root: str, coco: dict | None = None) -> dict:
+    """All three trees under root; `coco`: make_public_data's paths, to ask Object HalBench about its COCO images."""
     root = str(root)
-    return {**make_sqa(root), **make_mme(root), **make_objhal(root)}
+    return {**make_sqa(root), **make_mme(root), **make_objhal(root, coco)}
 
 
 def shared_bench_dir() -> str | None:
