@@ -113,6 +113,9 @@ def _mme_id(qid: str, k: int) -> str:
     return f"{qid}#q{k}"
 
 
+GENERATE_DEFAULTS = {"max_new_tokens": 128, "image_aspect_ratio": "pad"}  # model_vqa_loader.py, where unset
+
+
 def is_question_file(path: str) -> bool:
     """MME's benchmark folder, or a JSONL file whose first line is one of llava_mme.jsonl."""
     if os.path.isdir(path):

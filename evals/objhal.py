@@ -213,6 +213,9 @@ class ObjHalVocab:
 
 
 # ---------------------------------------------------------------------------------------------- the files
+GENERATE_DEFAULTS = {"max_new_tokens": 1024, "image_aspect_ratio": "pad"}  # muffin_vqa.py, where unset
+
+
 def is_question_file(path: str) -> bool:
     """A JSONL file whose first line is one of obj_halbench_300_with_image.jsonl's (no question_id, image inline)."""
     first = first_record(path)

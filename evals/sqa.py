@@ -95,6 +95,9 @@ def read_problems(base_dir: str, split: str = "test") -> dict[str, dict]:
     return out
 
 
+GENERATE_DEFAULTS = {"max_new_tokens": 1024, "image_aspect_ratio": "pad"}  # model_vqa_science.py, where unset
+
+
 def _is_sqa_list(data) -> bool:
     return isinstance(data, list) and bool(data) and all(
         isinstance(r, dict) and "id" in r and "conversations" in r for r in data[:3])
