@@ -332,7 +332,7 @@ def read_official_prompt(path: str) -> str:
 
 def make_extractor(model: str, template_file: str | None = None) -> dict:
     text = EXTRACT_PROMPT if template_file is None else read_official_prompt(template_file)
-    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    sha = _sha(text)
     if template_file is not None and sha != OFFICIAL_SHA256:
         log.warning("%s: prompt differs from RLAIF-V's (sha256 %s, not %s): numbers may not compare with published "
                     "ones", template_file, sha[:12], OFFICIAL_SHA256[:12])
@@ -361,6 +361,10 @@ def parse_object_list(content: str) -> list:
     return value
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _valid_reply(text: str) -> None:
     parse_object_list(text)  # raises ValueError: the client retries
 
@@ -368,16 +372,22 @@ def _valid_reply(text: str) -> None:
 def extract_objects(answers: list[dict], extractor: dict, log_path: str, workers: int = 4,
                     client: ChatClient | None = None, timeout: float = 100.0) -> dict[str, list]:
     """{question_id (str): object names} for every answer, resumable through log_path (one JSON line per answer).
-    Answers of <= 3 words get [] without a request (official). Items that still fail are listed in the error."""
+    Answers of <= 3 words get [] without a request (official). Items that still fail are listed in the error. A log
+    line made by another model or prompt, or from another answer text (a re-generated answers file), is an error."""
     client = client or ChatClient()
+    text_sha = {str(a["question_id"]): _sha(a["caption"]) for a in answers}
     for r in resume_jsonl(log_path, "question_id"):
         if (r.get("model"), r.get("prompt_sha256")) != (extractor["model"], extractor["sha256"]):
             raise ValueError(f"{log_path}:{r['question_id']}: extracted by {r.get('model')!r} with prompt "
                              f"{str(r.get('prompt_sha256'))[:12]}, not {extractor['model']!r} / "
                              f"{extractor['sha256'][:12]}: use another --extract-log")
+        if str(r["question_id"]) in text_sha and r.get("answer_sha256") != text_sha[str(r["question_id"])]:
+            raise ValueError(f"{log_path}: question {r['question_id']!r} was extracted from another answer text "
+                             f"(answers regenerated?): use another --extract-log, or delete this one")
 
     def work(a):
-        rec = {"question_id": a["question_id"], "model": extractor["model"], "prompt_sha256": extractor["sha256"]}
+        rec = {"question_id": a["question_id"], "model": extractor["model"], "prompt_sha256": extractor["sha256"],
+               "answer_sha256": text_sha[str(a["question_id"])]}
         if len(a["caption"].strip().split()) <= SHORT_WORDS:
             return {**rec, "objects": [], "short": True}
         messages = [{"role": "system", "content": extract_prompt(a["question"], a["caption"], extractor)}]

@@ -167,6 +167,9 @@ def test_extraction_retries_resumes_and_refuses_other_logs(oh, tmp_path):
         assert len(srv.requests) == 4
         with pytest.raises(ValueError, match="extracted by 'stub'.*not 'other'"):
             extract_objects(answers[:2], make_extractor("other"), log, client=client)
+        changed = [{**answers[0], "caption": "A different answer about a dog and a cat."}, answers[1]]
+        with pytest.raises(ValueError, match="question 0 was extracted from another answer text"):
+            extract_objects(changed, make_extractor("stub"), log, client=client)
         srv.failure_fn = lambda i, body: "text:no objects here"
         bad = ChatClient(base_url=srv.url, api_key="sk-x", sleep=lambda s: None, max_attempts=2)
         with pytest.raises(RuntimeError, match="failed for 1 answer"):
