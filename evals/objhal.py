@@ -217,10 +217,13 @@ GENERATE_DEFAULTS = {"max_new_tokens": 1024, "image_aspect_ratio": "pad"}  # muf
 
 
 def is_question_file(path: str) -> bool:
-    """A JSONL file whose first line is one of obj_halbench_300_with_image.jsonl's (no question_id, image inline)."""
+    """A JSONL file whose first line is one of obj_halbench_300_with_image.jsonl's: "image_id", "question" and the
+    picture itself in "image" (base64, not a file name)."""
     first = first_record(path)
-    return first is not None and "question_id" not in first and \
-        all(isinstance(first.get(k), str) for k in ("question", "image")) and "image_id" in first
+    if first is None or "image_id" not in first or not isinstance(first.get("question"), str):
+        return False
+    image = first.get("image")
+    return isinstance(image, str) and len(image) > 256 and not image.lower().endswith((".jpg", ".jpeg", ".png"))
 
 
 def question_records(path: str, image_root: str | None = None) -> list[dict]:

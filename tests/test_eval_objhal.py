@@ -12,9 +12,9 @@ import os
 import pytest
 
 import eval as ev
-from evals.objhal import (ObjHalVocab, coco_ground_truth, extract_objects, make_extractor, objhal_scores,
-                          parse_object_list, question_records, read_answers, read_official_prompt, summary_lines,
-                          tokenize)
+from evals.objhal import (ObjHalVocab, coco_ground_truth, extract_objects, is_question_file, make_extractor,
+                          objhal_scores, parse_object_list, question_records, read_answers, read_official_prompt,
+                          summary_lines, tokenize)
 from rehearsal.public_bench import make_objhal
 from rehearsal.stub_openai import StubServer
 
@@ -204,6 +204,10 @@ def test_question_reader_and_bad_inputs(oh, tmp_path):
                                "category": "color"}) + "\n")
     with pytest.raises(ValueError, match="not an Object HalBench question line"):
         question_records(str(mme))
+    assert is_question_file(oh["objhal_questions"]) and not is_question_file(str(mme))
+    with_id = tmp_path / "with_id.jsonl"  # a question_id of its own does not hide the file's kind
+    with_id.write_text(json.dumps({"question_id": 7, **json.loads(open(oh["objhal_questions"]).readline())}) + "\n")
+    assert is_question_file(str(with_id)) and question_records(str(with_id))[0]["question_id"] == 0
     a = write_answers(oh, tmp_path / "a.jsonl")
     lines = open(a).read().splitlines()
     (tmp_path / "twice.jsonl").write_text("\n".join(lines + lines[:1]) + "\n")
