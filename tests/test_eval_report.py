@@ -1,5 +1,5 @@
-"""eval.py report: one row per run dir from its metrics JSONs, percent formatting, missing cells, the POPE F1 mean
-only over all three splits, errors."""
+"""eval.py report: one row per metric, one column per run, the change from the first run and the published numbers;
+percent formatting, missing cells, the POPE F1 mean only over all three splits, not-comparable marks, errors."""
 import json
 
 import pytest
@@ -29,17 +29,28 @@ def test_report(tmp_path, capsys):
     _write(povid, "chair.json", {"kind": "chair", "metrics": {"chair_s": 0.25, "chair_i": 0.05, "recall": 0.75,
                                                               "length": 30.0}})
     _write(povid, "pope_random.json", _pope("random", 0.92, 0.9, 0.5))
+    _write(povid, "amber.json", {"kind": "amber", "matcher": "builtin: ...", "comparable": False,
+                                 "metrics": {"chair": 0.061, "f1": 0.75, "n_unparsed": 3}})
     ev.main(["report", str(base), str(povid)])
     md = (tmp_path / "runs" / "report.md").read_text()  # default: the run dirs' common parent
     assert md == capsys.readouterr().out
-    lines = md.splitlines()
-    head = lines[4]
-    assert head.startswith("| run | CHAIR_s | CHAIR_i | recall | len | POPE-random acc | F1 | yes |")
-    assert "POPE F1 mean | MMHal score | MMHal hall. |" in head
-    assert lines[6] == ("| base | 50.0 | 12.5 | 80.0 | 42.2 | 90.0 | 88.0 | 45.0 | 80.0 | 78.0 | 55.0 | 70.0 | "
-                        "71.0 | 60.0 | 79.0 | 2.50 | 40.0 |")
-    # LLaVA's POPE number is the mean F1 of the three splits: with one split scored there is none
-    assert lines[7] == "| povid | 25.0 | 5.0 | 75.0 | 30.0 | 92.0 | 90.0 | 50.0 | – | – | – | – | – | – | – | – | – |"
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
+    assert rows["benchmark"] == ("| benchmark | base | povid | change vs base | published LLaVA-1.5-7B | "
+                                 "published POVID | published CLIP-DPO |")
+    # the change in the row's units, ✓ where it moved the right way (CHAIR down, recall up)
+    assert rows["CHAIR_s"] == "| CHAIR_s | 50.0 | 25.0 | -25.0 ✓ | 66.8 | 31.8 |  |"
+    assert rows["CHAIR recall"] == "| CHAIR recall | 80.0 | 75.0 | -5.0 ✗ |  |  |  |"
+    assert rows["CHAIR words per caption"].startswith("| CHAIR words per caption | 42.2 | 30.0 | -12.2")
+    # LLaVA's POPE number is the mean F1 of the three splits: the povid run scored one split, so it has none
+    assert rows["POPE F1 mean"] == "| POPE F1 mean | 79.0 | – |  | 85.9 | 86.9 |  |"
+    assert rows["POPE random F1"].startswith("| POPE random F1 | 88.0 | 90.0 | +2.0 ✓ |")
+    assert rows["MMHal score"].startswith("| MMHal score | 2.50 | – |")
+    # a benchmark only the tuned run has, marked not comparable (the built-in AMBER matcher), beside the papers
+    assert rows["AMBER CHAIR*"] == "| AMBER CHAIR* | – | 6.1 |  | 7.8 | 5.3 | 3.7 |"
+    assert rows["AMBER yes/no answers not exactly Yes/No*"].startswith("| AMBER yes/no answers not exactly "
+                                                                         "Yes/No* | – | 3 |")
+    assert "- povid: amber: builtin: ..." in md and "AMBER CHAIR CLIP-DPO: CLIP-DPO via SENTINEL Tab. 1" in md
+    assert "POPE all acc" not in md  # rows no run has are left out
     rj = json.loads((tmp_path / "runs" / "report.json").read_text())
     assert [r["run"] for r in rj["runs"]] == [str(base), str(povid)]
     assert rj["runs"][0]["pope"]["adversarial"]["f1"] == 0.71 and rj["runs"][1]["mmhal"] is None
