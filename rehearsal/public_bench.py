@@ -286,14 +286,3 @@ def make_public_bench(root: str, coco: dict | None = None) -> dict:
     """All three trees under root; `coco`: make_public_data's paths, to ask Object HalBench about its COCO images."""
     root = str(root)
     return {**make_sqa(root), **make_mme(root), **make_objhal(root, coco)}
-
-
-def shared_bench_dir() -> str | None:
-    """The project's shared/data/official/bench (verbatim subsets of the official files, with LLaVA-v1.5-13b's real
-    answers; outside the repository, beside the checkout), or None where it is not laid out."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for up in (here, os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
-        d = os.path.join(up, "shared", "data", "official", "bench")
-        if os.path.isdir(d):
-            return d
-    return None

@@ -11,7 +11,9 @@ import pytest
 import eval as ev
 from evals.sqa import (LETTER_SUFFIX, llava_line, parse_answer, pred_index, question_records, read_answers,
                        read_problems, scienceqa_lines, sqa_scores)
-from rehearsal.public_bench import make_sqa, shared_bench_dir
+from rehearsal.public_bench import make_sqa
+
+OFFICIAL_DIR = os.path.join(os.path.dirname(__file__), "data", "official")  # verbatim subsets: SOURCES.md
 
 
 @pytest.mark.parametrize("text,letter,rule", [
@@ -99,9 +101,7 @@ def test_counts_beside_the_accuracy(sqa):
 def test_llava_13b_real_answers():
     """LLaVA-v1.5-13b's answers to the shared 26 problems; eval_science_qa.py prints the line below, and the
     per-item correctness agrees with the `correct` flag stored with each answer."""
-    d = shared_bench_dir()
-    if d is None:
-        pytest.skip("shared/data/official/bench is not laid out beside this checkout")
+    d = OFFICIAL_DIR
     problems, answers = read_problems(os.path.join(d, "SQA")), read_answers(
         os.path.join(d, "SQA", "llava-v1.5-13b_answers.jsonl"))
     s = sqa_scores(problems, answers)
