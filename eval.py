@@ -75,4 +75,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a user's file or flag: one line naming it, no traceback
+        sys.exit(f"eval.py: error: {e}")

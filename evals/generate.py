@@ -57,30 +57,63 @@ def _fmt_s(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def check_settings(a) -> None:
+    """Flags that would crash mid-run or write answers that are not answers: refused before any work."""
+    if a.batch_size < 1:
+        raise SystemExit(f"generate: --batch-size must be at least 1, got {a.batch_size}")
+    if a.max_new_tokens is not None and a.max_new_tokens < 1:
+        raise SystemExit(f"generate: --max-new-tokens must be at least 1, got {a.max_new_tokens} (empty answers "
+                         f"would be written and then kept by every resume)")
+    if a.temperature < 0 or not 0 < a.top_p <= 1:
+        raise SystemExit(f"generate: --temperature must be >= 0 and --top-p in (0, 1], got {a.temperature} and "
+                         f"{a.top_p}")
+
+
+def check_resume(path: str, done: list[dict], model: str, settings: dict) -> None:
+    """Answers already in --output must come from the same checkpoint and generation settings as this run (the
+    suffix may differ between questions, the recipe's name is only a note); anything else would mix two runs."""
+    def key(g):
+        return {k: v for k, v in g.items() if k not in ("suffix", "recipe")} if isinstance(g, dict) else g
+    for r in done:
+        if r.get("model") != model or key(r.get("gen")) != key(settings):
+            old = key(r.get("gen")) if isinstance(r.get("gen"), dict) else {}
+            diff = [k for k in sorted(set(old) | set(key(settings))) if old.get(k) != settings.get(k)]
+            what = (["model: " + repr(r.get("model")) + " -> " + repr(model)] if r.get("model") != model else []) + \
+                [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff]
+            raise SystemExit(f"generate: {path} holds answers of another run (question {r.get('question_id')!r}; "
+                             f"{'; '.join(what)}); give another --output, or delete it to start over")
+
+
 def cmd_generate(a) -> None:
+    check_settings(a)
     qs = read_questions(a)
+    if not qs:
+        raise SystemExit(f"generate: {a.questions} holds no questions")
     a.max_new_tokens = 128 if a.max_new_tokens is None else a.max_new_tokens  # LLaVA's model_vqa default
+    check_settings(a)  # again: a benchmark's defaults are in now
     if a.shard:  # every N-th question from the I-th: one process per GPU, answers concatenated afterwards
         i, n = (int(x) for x in a.shard.split("/"))
         if not 0 <= i < n:
             raise ValueError(f"--shard {a.shard}: expected I/N with 0 <= I < N")
         qs = qs[i::n]
-    done = {str(r["question_id"]) for r in resume_jsonl(a.output, "question_id")}
+    previous = resume_jsonl(a.output, "question_id")
+    done = {str(r["question_id"]) for r in previous}
     todo = [q for q in qs if str(q["question_id"]) not in done]
     print(f"generate: {len(qs)} questions, {len(qs) - len(todo)} already answered in {a.output}, "
           f"{len(todo)} to go", file=sys.stderr)
     if todo:
         check_images(todo, "" if a.image_root else "; pass --image-root, the folder the file names are in")
-        _generate(a, todo)
+        _generate(a, todo, previous)
     if a.filled_template:
         answers = {str(r["question_id"]): r["text"] for r in resume_jsonl(a.output, "question_id")}
         write_json(a.filled_template, fill_template(read_template(a.questions), answers))
         print(f"generate: the template with model_answer filled in -> {a.filled_template}", file=sys.stderr)
 
 
-def _generate(a, todo: list[dict]) -> None:
+def _generate(a, todo: list[dict], previous: list[dict]) -> None:
     import torch
     from model import Llava, Tokenizer, load_image
+    from model.generate import row_generators
     from model.tokenizer import DEFAULT_TEMPLATE, pad_sequences
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -95,14 +128,14 @@ def _generate(a, todo: list[dict]) -> None:
                                                      else tok.eos_id)
     aspect = a.image_aspect_ratio or ("pad" if cfg.image_aspect_ratio == "pad" else "square")
     template = a.template or DEFAULT_TEMPLATE
-    gen = torch.Generator(device=device).manual_seed(a.seed)
-    # recorded with every answer: CHAIR/POPE numbers are only comparable under the same protocol (the batch size
-    # too when sampling: it decides which random numbers each answer gets)
+    # recorded with every answer: numbers are only comparable under the same protocol. A sampled answer's random
+    # numbers come from (seed, question id) alone, so the batch size and a resume do not change it
     settings = {"template": template, "temperature": a.temperature, "top_p": a.top_p,
                 "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": dtype_name, "image_aspect_ratio": aspect,
-                "batch_size": a.batch_size}
+                "sampling": "per-item seeds (model.generate.row_generators)"}
     if a.recipe:
         settings["recipe"] = a.recipe
+    check_resume(a.output, previous, a.checkpoint, settings)
     print(f"generate: {a.checkpoint} on {device} ({dtype_name}), template {template}, images {aspect}",
           file=sys.stderr)
     start, last, n = time.time(), 0.0, 0
@@ -115,7 +148,7 @@ def _generate(a, todo: list[dict]) -> None:
                               for q in batch])
             new = model.generate(input_ids.to(device), px.to(device, dtype), mask.to(device),
                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                                 eos_token_id=tok.eos_id, pad_token_id=pad, generator=gen)  # (B, N)
+                                 eos_token_id=tok.eos_id, pad_token_id=pad, generator=row_generators(a.seed, [q["question_id"] for q in batch], device))  # (B, N)
             for q, row in zip(batch, new.tolist()):
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]

@@ -70,8 +70,8 @@ def test_generate_and_resume(tmp_path, capsys):
     for a, q in zip(answers, qs):
         assert {k: a[k] for k in q} == q and a["model"] == str(ckpt)  # the question's fields are kept
         assert a["gen"] == {"template": "vicuna_v1", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 6,
-                            "seed": 0, "dtype": "float32", "image_aspect_ratio": "pad", "batch_size": 2,
-                            "suffix": ""}  # CPU defaults; pad: the checkpoint config's image_aspect_ratio
+                            "seed": 0, "dtype": "float32", "image_aspect_ratio": "pad",
+                            "sampling": "per-item seeds (model.generate.row_generators)", "suffix": ""}  # CPU defaults; pad: the checkpoint config's image_aspect_ratio
         assert isinstance(a["text"], str) and "<pad>" not in a["text"] and "</s>" not in a["text"]
     assert len({a["text"] for a in answers}) > 1  # the images/prompts actually matter
     err = capsys.readouterr().err
@@ -221,3 +221,87 @@ def test_liuhaotian_with_vision_tower(tmp_path):
     assert square[0]["gen"]["image_aspect_ratio"] == "square"
     assert [a["text"] for a in orig] == [a["text"] for a in twin]
     assert any(a["text"] for a in orig)
+
+
+def _small_run(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    make_checkpoint(ckpt)
+    (tmp_path / "img").mkdir()
+    g = torch.Generator().manual_seed(1)
+    qs = []
+    for i in range(5):
+        Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()).save(
+            tmp_path / "img" / f"{i}.png")
+        qs.append({"question_id": i, "image": f"img/{i}.png", "prompt": "Describe this image ."})
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    return ["generate", "--checkpoint", str(ckpt), "--questions", str(tmp_path / "q.jsonl"), "--max-new-tokens", "6"]
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    (["--max-new-tokens", "-3"], "--max-new-tokens must be at least 1, got -3"),
+    (["--top-p", "0"], "--top-p in"),
+])
+def test_bad_flags_refused_before_any_work(tmp_path, flags, match):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "image": "x.png", "prompt": "hi"}\n')
+    with pytest.raises(SystemExit, match=match):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(tmp_path / "q.jsonl"), "--output",
+                 str(tmp_path / "a.jsonl"), *flags])
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_empty_question_file(tmp_path):
+    (tmp_path / "q.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match="q.jsonl holds no questions"):
+        ev.main(["generate", "--checkpoint", "nowhere", "--questions", str(tmp_path / "q.jsonl"), "--output",
+                 str(tmp_path / "a.jsonl")])
+
+
+def test_resume_refuses_another_checkpoint_or_settings(tmp_path):
+    args = _small_run(tmp_path)
+    out = tmp_path / "a.jsonl"
+    ev.main(args + ["--output", str(out)])
+    out.write_text("".join(open(out).readlines()[:2]))  # a run stopped after two answers
+    with pytest.raises(SystemExit, match=r"holds answers of another run .*max_new_tokens: 6 -> 5"):
+        ev.main(args[:-1] + ["5", "--output", str(out)])
+    with pytest.raises(SystemExit, match=r"holds answers of another run .*temperature: 0.0 -> 0.7"):
+        ev.main(args + ["--temperature", "0.7", "--output", str(out)])
+    import shutil
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "other")
+    with pytest.raises(SystemExit, match=r"model: .*ckpt' -> .*other'"):
+        ev.main(["generate", "--checkpoint", str(tmp_path / "other"), *args[3:], "--output", str(out)])
+    assert len(open(out).readlines()) == 2  # nothing was added
+    ev.main(args + ["--batch-size", "3", "--output", str(out)])  # the batch size may change
+    assert len(open(out).readlines()) == 5
+
+
+def test_sampled_answers_resume_byte_for_byte(tmp_path):
+    args = _small_run(tmp_path) + ["--temperature", "1.0", "--seed", "3"]
+    full, part, single = tmp_path / "full.jsonl", tmp_path / "part.jsonl", tmp_path / "single.jsonl"
+    ev.main(args + ["--batch-size", "2", "--output", str(full)])
+    lines = open(full).readlines()
+    part.write_text(lines[0] + lines[1] + lines[2][:20])  # killed inside the third answer
+    ev.main(args + ["--batch-size", "2", "--output", str(part)])
+    assert open(part).read() == open(full).read()
+    ev.main(args + ["--batch-size", "1", "--output", str(single)])  # another batching, the same draws per item
+    assert open(single).read() == open(full).read()
+    greedy = tmp_path / "greedy.jsonl"
+    ev.main(_small_run(tmp_path / "g") + ["--output", str(greedy)])
+    assert [json.loads(x)["text"] for x in lines] != [json.loads(x)["text"] for x in open(greedy)]  # it samples
+
+
+def test_help_and_scoring_import_no_torch(tmp_path):
+    """eval.py --help and a scoring command start without torch or the model code (3-5 s of imports)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, eval\n"
+            "try:\n    eval.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('model.') and m != 'model.files'))")
+    for argv in (["--help"], ["report", str(tmp_path)]):
+        (tmp_path / "chair.json").write_text(json.dumps({"kind": "chair", "metrics": {"chair_s": 0.5}}))
+        r = subprocess.run([sys.executable, "-c", code, *argv], cwd=root, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == "[]", (argv, r.stdout[-300:])
