@@ -114,6 +114,7 @@ def test_builtin_matcher_rules():
     assert nouns("You can see a can.") == ["can"]            # the modal is no noun; after a determiner it is
     assert nouns("They watch a hot dog and a watch.") == ["dog", "watch"]  # verb after a pronoun; "hot" an adjective
     assert amber_words.lemma("tapes", vocab | {"tap", "tape"}) == "tape"  # WordNet's choice over the -es rule
+    assert amber_words.lemma("potatoes", {"potato"}) == "potato" and amber_words.lemma("vases", {"vase"}) is None
 
 
 def test_questions_for_generate(tmp_path):
