@@ -43,7 +43,7 @@ from collections import Counter
 
 import torch
 
-from hallucinate_data import Summary, out_row, read_items
+from hallucinate_data import ItemLog, Summary, out_row, read_items
 from hallucinate_rules import Cooccurrence, RuleInjector, Vocab, load_annotations, presence
 from model.files import read_json, write_jsonl
 from model.tokenizer import DEFAULT_TEMPLATE, TEMPLATES
@@ -78,7 +78,7 @@ def cmd_rules(a):
         s.done += 1
     write_jsonl(a.output, rows)
     print(f"rules -> {a.output}: {dict(cats)}; objects present from {dict(sources)}\n{s}")
-    return 0
+    return nothing_written(s) if not rows else 0
 
 
 # ------------------------------------------------------------------------------------------- noise-triggered
@@ -120,63 +120,139 @@ def load_llava(a):
 
 
 def generate_answers(model, tok, prompts, pixels, template, max_new_tokens, temperature=0.0, top_p=1.0,
-                     generator=None):
-    """One generated answer per (prompt, image); pixels (N, 3, S, S)."""
+                     generators=None, samples=1, cache_gb=None):
+    """`samples` generated answers per (prompt, image), prompt-major; pixels (N, 3, S, S). Each prompt is run once
+    and its samples share its KV cache; prompts go to the model in groups whose cache fits `cache_gb` GiB. With
+    one generator per answer (generators, N * samples of them) an answer does not depend on the grouping."""
+    from model.llama import KVCache
     from model.tokenizer import pad_sequences
-    n_img = model.config.num_image_tokens
-    ids, mask = pad_sequences([tok.encode_prompt(p, n_img, template=template) for p in prompts], tok.pad_id,
-                              side="left")
-    dev = next(model.parameters()).device
-    gen = model.generate(ids.to(dev), pixels.to(dev, next(model.parameters()).dtype), mask.to(dev),
-                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                         eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, generator=generator)
-    return [tok.decode(g.tolist()).strip() for g in gen.cpu()]
+    c, n_img = model.config.text, model.config.num_image_tokens
+    p0 = next(model.parameters())
+    enc = [tok.encode_prompt(p, n_img, template=template) for p in prompts]
+    budget = float("inf") if cache_gb is None else cache_gb * 2 ** 30
+    groups, start = [], 0
+    for i in range(1, len(enc) + 1):  # the longest run of prompts from `start` whose cache fits (at least one)
+        T = max(len(e) for e in enc[start:i + 1]) if i < len(enc) else 0
+        if i == len(enc) or KVCache.nbytes(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, p0.dtype,
+                                           i + 1 - start, T, samples, max_new_tokens) > budget:
+            groups.append((start, i))
+            start = i
+    answers = []
+    for a, b in groups:
+        ids, mask = pad_sequences(enc[a:b], tok.pad_id, side="left")  # (n, T) each
+        gen = model.generate(ids.to(p0.device), pixels[a:b].to(p0.device, p0.dtype), mask.to(p0.device),
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                             eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, samples=samples,
+                             generator=None if generators is None else generators[a * samples:b * samples])
+        answers += [tok.decode(g.tolist()).strip() for g in gen.cpu()]
+    return answers
 
 
-def pixels_for(items, size, pad, s: Summary, transform=None):
-    """(usable items, (N, 3, S, S) pixels); unreadable images are counted, not fatal."""
+def pixels_for(items, size, pad, transform=None):
+    """(usable items, (N, 3, S, S) pixels or None, [(item, why)] of the unreadable ones). transform(img, item)
+    edits an image before preprocessing (the noise command's noising)."""
     from model import load_image
     from model.image import open_image
-    ok, px = [], []
+    ok, px, bad = [], [], []
     for it in items:
         try:
             img = open_image(it["image"]).convert("RGB")
         except (OSError, ValueError) as e:
-            s.skip("unreadable image", f"{it['image']} ({e})")
+            bad.append((it, f"{it['image']} ({e})"))
             continue
         ok.append(it)
-        px.append(load_image(transform(img) if transform else img, size, pad=pad))
-    return ok, (torch.stack(px) if px else None)
+        px.append(load_image(transform(img, it) if transform else img, size, pad=pad))
+    return ok, (torch.stack(px) if px else None), bad
+
+
+def _distributed():
+    """(rank, world, local_rank) under torchrun (a gloo group for the barriers), else (0, 1, 0)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def run_items(a, name, items, work, transform=None):
+    """The resumable loop of the long jobs: the items not yet in OUTPUT.parts/ (hallucinate_data.ItemLog), split
+    over the torchrun ranks item by item, in batches of --batch-size images; work(a, model, tok, chunk, px) -> one
+    record per item of the chunk. Returns the ItemLog on rank 0 (every rank finished), None on the others."""
+    rank, world, local = _distributed()
+    resolve_runtime(a, local)
+    log = ItemLog(a.output, rank)
+    done = log.read()
+    if world > 1:  # every rank reads the same progress before any rank adds to it
+        import torch.distributed as dist
+        dist.barrier()
+    todo = [it for it in items if it["id"] not in done]
+    mine = todo[rank::world]
+    if rank == 0:
+        print(f"{name}: {len(items)} items, {len(items) - len(todo)} done before, {len(todo)} to go over {world} "
+              f"process(es)", flush=True)
+    if mine:
+        model, tok = load_llava(a)
+        t0 = time.time()
+        with log.appender() as out:
+            for k in range(0, len(mine), a.batch_size):
+                chunk, px, bad = pixels_for(mine[k:k + a.batch_size], model.config.image_size, a.pad, transform)
+                recs = work(a, model, tok, chunk, px) if chunk else []
+                recs += [{"id": it["id"], "rows": [], "skips": [["unreadable image", why]]} for it, why in bad]
+                for r in recs:
+                    out.write(r)
+                if rank == 0:
+                    print(f"{name} rank 0: {min(k + a.batch_size, len(mine))}/{len(mine)} items "
+                          f"({time.time() - t0:.0f}s)", flush=True)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+    return log if rank == 0 else None
+
+
+def nothing_written(s: Summary) -> int:
+    print(f"error: no rows written: {sum(s.skipped.values())} items skipped, {sum(s.failed.values())} failed "
+          "(see above)", file=sys.stderr)
+    return 1
+
+
+def finish(a, name, items, s: Summary, log, **extra) -> int:
+    """Write OUTPUT, print the summary (every input item: done, skipped with why, or failed); exit status 1 when
+    nothing was written or an item failed."""
+    rows, filters = log.finish(items, s)
+    if filters:
+        extra["filters removed"] = ", ".join(f"{r}: {n}" for r, n in sorted(filters.items()))
+    print(f"{name} -> {a.output}" + "".join(f"\n{k}: {v}" for k, v in extra.items()) + f"\n{s}")
+    return nothing_written(s) if not rows else 1 if s.failed else 0
 
 
 @torch.no_grad()
 def cmd_noise(a):
+    """Greedy answers under DDPM-noised images. Each image's noise comes from its own generator, seeded from
+    (--seed, item id), so a killed and resumed run writes what an uninterrupted one does."""
+    from model.generate import row_seed
     from noise import NoiseSchedule, noise_image
     s = Summary()
     items = read_items(a.input, s, image_root=a.image_root)
-    resolve_runtime(a)
-    model, tok = load_llava(a)
     sched = NoiseSchedule(a.schedule, 1000, 1e-5, 5e-3)
-    gen = torch.Generator().manual_seed(a.seed)  # noise on the CPU: the same pairs on any device
-    cfg = model.config
-    rows = []
-    for k in range(0, len(items), a.batch_size):
-        chunk, px = pixels_for(items[k:k + a.batch_size], cfg.image_size, a.pad, s,
-                               transform=lambda img: noise_image(img, a.t, sched, gen))
-        if not chunk:
-            continue
-        answers = generate_answers(model, tok, [it["prompt"] for it in chunk], px, a.template, a.max_new_tokens)
+
+    def noisy(img, it):  # noise drawn on the CPU: the same pairs on any device
+        return noise_image(img, a.t, sched, torch.Generator().manual_seed(row_seed(a.seed, it["id"])))
+
+    def work(a, model, tok, chunk, px):
+        answers = generate_answers(model, tok, [it["prompt"] for it in chunk], px, a.template, a.max_new_tokens,
+                                   cache_gb=a.kv_cache_gb)
+        recs = []
         for it, ans in zip(chunk, answers):
-            if not ans.strip():
-                s.skip("empty answer under the noisy image", it["id"])
-            elif ans.strip() == it["answer"].strip():
-                s.skip("answer under the noisy image equals the ground truth", it["id"])
-            else:
-                rows.append(out_row(it, ans, "noise", "noise", a.output, t=a.t))
-                s.done += 1
-    write_jsonl(a.output, rows)
-    print(f"noise t={a.t} -> {a.output}\n{s}")
-    return 0
+            why = ("empty answer under the noisy image" if not ans.strip() else
+                   "answer under the noisy image equals the ground truth" if ans.strip() == it["answer"].strip()
+                   else None)
+            rows = [] if why else [out_row(it, ans, "noise", "noise", a.output, t=a.t)]
+            recs.append({"id": it["id"], "rows": rows, "skips": [[why, it["id"]]] if why else []})
+        return recs
+
+    log = run_items(a, "noise", items, work, transform=noisy)
+    return finish(a, f"noise t={a.t}", items, s, log) if log else 0
 
 
 # ------------------------------------------------------------------------------------------- clip-rank
@@ -268,97 +344,67 @@ def rank_pairs(answers, scores, min_score, min_margin, max_len_ratio, counts: Co
     return None
 
 
-def _distributed():
-    """(rank, world, local_rank) under torchrun (a gloo group for the final barrier), else (0, 1, 0)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-
-
 @torch.no_grad()
-def rank_batch(a, model, tok, clip, ctok, chunk, px, generator):
-    """K sampled answers per image of one batch, CLIP-scored and filtered -> (rows, filter counts, skips)."""
+def rank_batch(a, model, tok, chunk, px):
+    """K sampled answers per image of one batch, CLIP-scored and filtered -> one ItemLog record per image. Answer k
+    of an image samples with its own generator, seeded from (--seed, image id, k): the pairs do not depend on the
+    batch, on how many processes share the work or on where a killed run stopped."""
     import torch.nn.functional as F
-    counts, rows, skips = Counter(), [], []
-    rep = torch.arange(len(chunk)).repeat_interleave(a.samples)  # K samples per image
-    answers = generate_answers(model, tok, [chunk[i]["prompt"] for i in rep], px[rep], a.template,
-                               a.max_new_tokens, a.temperature, a.top_p, generator)
+    from model.generate import row_generators
+    clip, ctok = a.clip_model
+    gens = row_generators(a.seed, [f"{it['id']}#{k}" for it in chunk for k in range(a.samples)])
+    answers = generate_answers(model, tok, [it["prompt"] for it in chunk], px, a.template, a.max_new_tokens,
+                               a.temperature, a.top_p, gens, samples=a.samples, cache_gb=a.kv_cache_gb)
     # CLIP sees each image padded to square too: the whole image the answers describe, no edge cropped away
-    _, cpx = pixels_for(chunk, clip.config.vision.image_size, True, Summary())
-    img = F.normalize(clip.encode_image(cpx.to(a.device, clip.logit_scale.dtype)).float(), dim=-1)  # (n, P)
-    scores = clip_scores(clip, ctok, img[rep.to(img.device)], answers, a.unit, a.pool)
+    _, cpx, _ = pixels_for(chunk, clip.config.vision.image_size, True)
+    recs = []
     for i, it in enumerate(chunk):
+        # scored image by image: a batch's padding would move the scores' last digits with the batch
+        img = F.normalize(clip.encode_image(cpx[i:i + 1].to(a.device, clip.logit_scale.dtype)).float(), dim=-1)
         sl = slice(i * a.samples, (i + 1) * a.samples)
-        pair = rank_pairs(answers[sl], scores[sl].tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
-        if pair is None:
-            skips.append(("no pair passed the filters", it["id"]))
-            continue
-        rows.append(out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0],
-                            chosen_score=round(pair[2], 4), rejected_score=round(pair[3], 4)))
-    return rows, counts, skips
+        scores = clip_scores(clip, ctok, img.expand(a.samples, -1), answers[sl], a.unit, a.pool)  # (K,)
+        counts = Counter()
+        pair = rank_pairs(answers[sl], scores.tolist(), a.min_score, a.min_margin, a.max_len_ratio, counts)
+        rows = [] if pair is None else [out_row(it, pair[1], "clip-rank", "clip", a.output, chosen=pair[0],
+                                                chosen_score=round(pair[2], 4), rejected_score=round(pair[3], 4))]
+        recs.append({"id": it["id"], "rows": rows, "filters": dict(counts),
+                     "skips": [["no pair passed the filters", it["id"]]] if pair is None else []})
+    return recs
 
 
 def cmd_clip_rank(a):
-    """Batches of images, each sampled with its own seeded generator (seed, batch index), so the pairs do not depend
-    on how many processes share the work or on where a killed run stopped. Under torchrun each rank takes every
-    world-th batch. Finished batches are appended, one line each, to OUTPUT.parts/rank{r}.jsonl; a rerun skips the
-    batches any rank finished; at the end rank 0 writes OUTPUT in batch order (atomically)."""
-    from chat_api import JsonlAppender, resume_jsonl
+    """Batches of images, under torchrun split item by item over the ranks; each finished image is appended to
+    OUTPUT.parts/ (ItemLog), so a rerun skips the images any rank finished, with any --batch-size or world size;
+    at the end rank 0 writes OUTPUT in input order (atomically) and removes the parts."""
     from model import CLIPModel, Tokenizer
     s = Summary()
-    items = read_items(a.input, s, need_answer=False, image_root=a.image_root)[: a.limit or None]
-    rank, world, local = _distributed()
-    resolve_runtime(a, local)
-    parts = a.output + ".parts"
-    os.makedirs(parts, exist_ok=True)
-    done = {}  # batch index -> its record, from every rank's part file (the world size may have changed)
-    for name in sorted(os.listdir(parts)):
-        if name.endswith(".jsonl"):
-            done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, name), "batch")})
-    batches = list(range(0, len(items), a.batch_size))
-    todo = [b for b in range(len(batches)) if b % world == rank and b not in done]
-    if rank == 0:
-        print(f"clip-rank: {len(items)} images in {len(batches)} batches, {len(done)} done before, "
-              f"{sum(b not in done for b in range(len(batches)))} to go over {world} process(es)", flush=True)
-    if todo:
-        model, tok = load_llava(a)
-        clip = CLIPModel.from_pretrained(a.clip, dtype=getattr(torch, a.dtype), device=a.device).eval()
-        ctok = Tokenizer.from_pretrained(a.clip)
-        t0 = time.time()
-        with JsonlAppender(os.path.join(parts, f"rank{rank}.jsonl")) as out:
-            for n, b in enumerate(todo, 1):
-                bs = Summary()
-                chunk, px = pixels_for(items[batches[b]:batches[b] + a.batch_size], model.config.image_size,
-                                       a.pad, bs)
-                gen = torch.Generator(device=a.device).manual_seed(a.seed * 1_000_003 + b)
-                rows, counts, skips = rank_batch(a, model, tok, clip, ctok, chunk, px, gen) if chunk else ([], {}, [])
-                skips += [(r, w) for r, ws in bs.where.items() for w in ws]
-                out.write({"batch": b, "rows": rows, "filters": dict(counts), "skips": skips})  # one line: atomic
-                if rank == 0:
-                    print(f"clip-rank rank 0: {n}/{len(todo)} batches ({time.time() - t0:.0f}s)", flush=True)
-    if world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        for name in sorted(os.listdir(parts)):
-            if name.endswith(".jsonl"):
-                done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, name), "batch")})
-    else:
-        done.update({r["batch"]: r for r in resume_jsonl(os.path.join(parts, f"rank{rank}.jsonl"), "batch")})
-    if rank != 0:
-        return 0
-    counts = Counter()
-    for b in sorted(done):
-        counts.update(done[b]["filters"])
-        s.done += len(done[b]["rows"])
-        for reason, where in done[b]["skips"]:
-            s.skip(reason, where)
-    write_jsonl(a.output, [r for b in sorted(done) for r in done[b]["rows"]])
-    removed = ", ".join(f"{r}: {n}" for r, n in sorted(counts.items())) or "nothing"
-    print(f"clip-rank -> {a.output}\nfilters removed: {removed}\n{s}")
-    return 0
+    items = read_items(a.input, s, need_answer=False, image_root=a.image_root)
+    if a.limit:
+        for it in items[a.limit:]:
+            s.skip(f"beyond --limit {a.limit}", it["id"])
+        items = items[:a.limit]
+
+    def work(a, model, tok, chunk, px):
+        if not hasattr(a, "clip_model"):  # loaded once, by the ranks that have work
+            a.clip_model = (CLIPModel.from_pretrained(a.clip, dtype=getattr(torch, a.dtype), device=a.device).eval(),
+                            Tokenizer.from_pretrained(a.clip))
+        return rank_batch(a, model, tok, chunk, px)
+
+    log = run_items(a, "clip-rank", items, work)
+    return finish(a, "clip-rank", items, s, log) if log else 0
+
+
+def check_args(a):
+    """Values argparse's types let through, refused before any work: one line naming the flag."""
+    checks = [(k, "must be at least 1", lambda v: v >= 1)
+              for k in ("batch_size", "max_new_tokens", "workers", "max_attempts", "max_tokens")]
+    checks += [("samples", "must be at least 2 (a pair needs two answers per image)", lambda v: v >= 2),
+               ("limit", "must be 0 (every image) or a positive number of images", lambda v: v >= 0),
+               ("t", "the noise step must be in [0, 1000)", lambda v: 0 <= v < 1000),
+               ("kv_cache_gb", "must be positive", lambda v: v > 0)]
+    for key, why, ok in checks:
+        if hasattr(a, key) and not ok(getattr(a, key)):
+            raise ValueError(f"--{key.replace('_', '-')} {getattr(a, key)}: {why}")
 
 
 # ------------------------------------------------------------------------------------------- api
@@ -458,7 +504,7 @@ def cmd_api(a):
     print(f"api -> {a.output}: {job.skipped} already done before this run\n{s}")
     if job.failed:
         print("rerun the same command to retry the failed items (finished ones are not asked again)")
-    return 1 if job.failed else 0
+    return nothing_written(s) if not items else 1 if job.failed else 0
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -502,6 +548,8 @@ def main(argv=None) -> int:
             q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                            help="auto = bfloat16 on CUDA, float32 on the CPU")
             q.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
+            q.add_argument("--kv-cache-gb", type=float, default=16.0, help="bound on the generation KV cache: a "
+                           "batch that would need more is generated in parts (a 7B's 16 images x 6 samples: 11)")
         if name == "noise":
             q.add_argument("--t", type=int, default=500, help="noise step (POVID: 500 of 1000)")
             q.add_argument("--schedule", default="sigmoid", choices=["sigmoid", "linear", "cosine"])
@@ -524,6 +572,7 @@ def main(argv=None) -> int:
         from recipes import apply_to_parser
         apply_to_parser(subs[argv[0]], pre.parse_known_args(argv[1:])[0].recipe)
     a = p.parse_args(argv)
+    check_args(a)
     return {"api": cmd_api, "rules": cmd_rules, "noise": cmd_noise, "clip-rank": cmd_clip_rank}[a.cmd](a)
 
 

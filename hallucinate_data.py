@@ -5,7 +5,7 @@ are counted as "no image"), COCO's `captions_*.json` (one record per image, CLIP
 JSON / JSONL of {id, image, prompt|question, answer?}. Relative image paths are joined to an image root. Every bad
 record is counted in a Summary with its place (file:line or item), never silently dropped.
 Written: preference JSONL rows {id, image (relative to the output), prompt, chosen, rejected, strategy, category},
-atomically.
+atomically. The long jobs (noise, clip-rank) keep per-item progress in OUTPUT.parts/ (ItemLog) until they finish.
 
     items = read_items(path, Summary(), need_answer=False, image_root=COCO + "/train2014")
 """
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
+
+from model.files import write_jsonl
 
 
 class Summary:
@@ -132,3 +135,47 @@ def out_row(item, rejected, strategy, category, output, chosen=None, **extra):
     return {"id": f"{item['id']}:{strategy}", "image": rel, "prompt": item["prompt"],
             "chosen": item["answer"] if chosen is None else chosen, "rejected": rejected, "strategy": strategy,
             "category": category, **extra}
+
+
+class ItemLog:
+    """Per-item progress of a long job (noise, clip-rank), so a killed run resumes by item: each finished item is
+    one JSON line {id, rows, skips: [[reason, where]], filters} appended to OUTPUT.parts/rank{r}.jsonl (one write,
+    so a kill loses at most the batch in flight). `read()` gathers every rank's file (the world size, the batch
+    size may differ between runs); `finish()` writes OUTPUT in input order, atomically, and removes the parts."""
+
+    def __init__(self, output: str, rank: int = 0):
+        self.output, self.dir = output, output + ".parts"
+        self.path = os.path.join(self.dir, f"rank{rank}.jsonl")
+
+    def read(self) -> dict:
+        from chat_api import resume_jsonl
+        done = {}
+        if os.path.isdir(self.dir):
+            for name in sorted(os.listdir(self.dir)):
+                if name.endswith(".jsonl"):
+                    done.update({r["id"]: r for r in resume_jsonl(os.path.join(self.dir, name), "id")})
+        return done
+
+    def appender(self):
+        from chat_api import JsonlAppender
+        os.makedirs(self.dir, exist_ok=True)
+        return JsonlAppender(self.path)
+
+    def finish(self, items, summary: Summary) -> tuple[list, Counter]:
+        """Every item counted in `summary` (done = rows written, skipped with its reasons, failed when no rank
+        recorded it); OUTPUT written in input order. -> (rows, filter counts)."""
+        done, rows, filters = self.read(), [], Counter()
+        for it in items:
+            rec = done.get(it["id"])
+            if rec is None:
+                summary.skip("not processed (rerun the same command)", it["id"], failed=True)
+                continue
+            rows += rec["rows"]
+            summary.done += len(rec["rows"])
+            filters.update(rec.get("filters", {}))
+            for reason, where in rec["skips"]:
+                summary.skip(reason, where)
+        write_jsonl(self.output, rows)
+        if not summary.failed:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return rows, filters

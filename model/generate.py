@@ -2,7 +2,9 @@
 Holtzman et al. 2020). Bound to `Llava.generate`.
 
 The prompt (left-padded, with its image features spliced in) is run once to fill the cache; then each step feeds
-one token per row. A row that emitted EOS keeps receiving padding, which it alone sees, and stops changing.
+one token per row. With `samples=K` (CLIP-DPO's K answers per image) the K rows of a prompt share its prefill and
+its cached keys and values (model/llama.py KVCache). A row that emitted EOS keeps receiving padding, which it alone
+sees, and stops changing.
 
 Sampling is inverse-CDF: a row's token at step i is the first one whose cumulative probability exceeds u[row, i],
 a uniform drawn before the loop. With one generator per row (`row_generators(seed, keys)`, keys = item ids) a
@@ -65,40 +67,41 @@ def sample_next(logits, temperature: float, top_p: float, u=None):
 @torch.no_grad()
 def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None,
-             generator=None, min_new_tokens: int = 0):
-    """Return the new tokens only, (B, N) with N <= max_new_tokens; after a row's EOS the rest is padding.
-    generator: None, one torch.Generator, or a list of B of them (one per row; see the module docstring)."""
+             generator=None, min_new_tokens: int = 0, samples: int = 1):
+    """Return the new tokens only, (B * samples, N) with N <= max_new_tokens, the `samples` rows of prompt b at
+    b*samples ...; after a row's EOS the rest is padding. Each prompt (and its image) is run once; its samples
+    share its cache (KVCache). generator: None, one torch.Generator, or a list of B * samples of them (one per
+    row; see the module docstring)."""
     cfg = model.config
     eos = cfg.text.eos_token_id if eos_token_id is None else eos_token_id
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else eos)
     B, T = input_ids.shape
+    R = B * samples
     if max_new_tokens <= 0:
-        return input_ids.new_empty(B, 0)
+        return input_ids.new_empty(R, 0)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     lm = model.language_model
     x = model.embed(input_ids, pixel_values)  # (B, T, D)
-    u = uniforms(B, max_new_tokens, generator, x.device) if temperature > 0 else None  # (B, N)
+    u = uniforms(R, max_new_tokens, generator, x.device) if temperature > 0 else None  # (R, N)
     c = cfg.text
-    cache = KVCache(c.num_hidden_layers, B, c.num_key_value_heads, T + max_new_tokens, c.head_dim,
-                    x.dtype, x.device)
-    key_mask = torch.ones(B, T + max_new_tokens, dtype=torch.long, device=x.device)
-    key_mask[:, :T] = attention_mask
+    cache = KVCache(c.num_hidden_layers, attention_mask, samples, max_new_tokens, c.num_key_value_heads,
+                    c.head_dim, x.dtype)
     pos = model.position_ids(attention_mask)  # (B, T)
-    h = lm(x, key_mask[:, :T], pos, cache)  # (B, T, D)
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    h = lm(x, attention_mask, pos, cache)[:, -1].repeat_interleave(samples, 0)  # (R, D): a prompt's last state
+    next_pos = (pos[:, -1:] + 1).repeat_interleave(samples, 0)  # (R, 1)
+    done = torch.zeros(R, dtype=torch.bool, device=x.device)
     out = []
     for step in range(max_new_tokens):
-        logits = model.lm_head(h[:, -1])  # (B, V)
+        logits = model.lm_head(h)  # (R, V)
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
         tok = sample_next(logits, temperature, top_p, None if u is None else u[:, step])
         tok = torch.where(done, torch.full_like(tok, pad), tok)
         out.append(tok)
         done |= tok == eos
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or step == max_new_tokens - 1:  # one host sync per token: the early stop
             break
-        h = lm(lm.embed_tokens(tok[:, None]), key_mask[:, : T + step + 1], next_pos, cache)
+        h = lm(lm.embed_tokens(tok[:, None]), None, next_pos, cache)[:, -1]  # (R, D)
         next_pos = next_pos + 1
-    return torch.stack(out, dim=1)  # (B, N)
+    return torch.stack(out, dim=1)  # (R, N)

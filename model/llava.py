@@ -79,10 +79,13 @@ class Llava(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
-        """Final-normed decoder states (B, T, D); logits = self.lm_head(hidden_states)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """Final-normed decoder states (B, T, D); logits = self.lm_head(hidden_states). attention_mask (B, T) is for
+        left padding; None = no padding before a real token (unpadded or right-padded): causal attention alone is
+        exact at every real position and SDPA can take its flash kernel (pass None for right-padded training)."""
         x = self.embed(input_ids, pixel_values)
+        if attention_mask is None:
+            B, T = input_ids.shape
+            return self.language_model(x, None, torch.arange(T, device=x.device).expand(B, T))
         return self.language_model(x, attention_mask, self.position_ids(attention_mask))
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None):

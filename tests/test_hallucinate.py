@@ -312,6 +312,22 @@ def test_noise_cli_writes_noisy_generations(world, tiny, tmp_path, capsys):
     assert read_rows(tmp_path / "n2.jsonl") == rows  # same seed: same noise, same greedy answers
 
 
+def test_noise_resumes_a_killed_run_byte_for_byte(world, tiny, tmp_path, monkeypatch):
+    """Killed after its first batch of 8, rerun with --batch-size 5: only the 22 images left are answered, and the
+    file equals an uninterrupted run's (each image's noise is seeded from (seed, item id), not drawn in turn)."""
+    args = ["noise", "--checkpoint", str(tiny[0]), "--input", f"{world}/train.json", "--max-new-tokens", "4"]
+    assert H.main(args + ["--output", str(tmp_path / "full.jsonl"), "--batch-size", "8"]) == 0
+    calls = kill_after(monkeypatch, "generate_answers", 1)
+    with pytest.raises(KeyboardInterrupt):
+        H.main(args + ["--output", str(tmp_path / "part.jsonl"), "--batch-size", "8"])
+    assert calls == [8] and not (tmp_path / "part.jsonl").exists()
+    calls.clear()
+    assert H.main(args + ["--output", str(tmp_path / "part.jsonl"), "--batch-size", "5"]) == 0
+    assert calls == [5, 5, 5, 5, 2]
+    full = (tmp_path / "full.jsonl").read_bytes()
+    assert full and (tmp_path / "part.jsonl").read_bytes() == full and not (tmp_path / "part.jsonl.parts").exists()
+
+
 # ------------------------------------------------------------------------------------------- clip-rank
 def test_rank_pairs_filters():
     c = Counter()
@@ -379,26 +395,42 @@ def clip_rank(tiny, inp, out, *extra):
                    "--output", str(out), *CLIP_ARGS, *extra])
 
 
-def test_clip_rank_resumes_a_killed_run_to_the_same_pairs(world, tiny, tmp_path, monkeypatch):
-    """Each batch samples with its own seeded generator and is appended once finished: a run killed after its
-    first batch, run again, writes the pairs an uninterrupted run writes."""
-    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "full.jsonl") == 0
-    real, calls = H.rank_batch, []
+def kill_after(monkeypatch, name, n_calls):
+    """Make H.<name> raise KeyboardInterrupt (a kill between batches) once, on call n_calls + 1; returns the log of
+    the batch sizes it was called with (the kill's call not included)."""
+    real, calls, fired = getattr(H, name), [], []
 
-    def dies_on_the_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # a kill between batches
+    def dies(*a, **k):
+        if len(calls) == n_calls and not fired:
+            fired.append(1)
+            raise KeyboardInterrupt
+        calls.append(len(next(x for x in a if isinstance(x, list))))  # the batch's items
         return real(*a, **k)
-    monkeypatch.setattr(H, "rank_batch", dies_on_the_second)
+    monkeypatch.setattr(H, name, dies)
+    return calls
+
+
+def test_clip_rank_resumes_a_killed_run_by_item_byte_for_byte(world, tiny, tmp_path, monkeypatch, capsys):
+    """A run killed after its first batch of 4 images, resumed with --batch-size 3 (a batch index would point
+    elsewhere now), writes the file an uninterrupted run writes, byte for byte; the resume samples only the 8
+    images left; the summary accounts for every input item; the parts are removed."""
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "full.jsonl") == 0
+    full_summary = capsys.readouterr().out
+    calls = kill_after(monkeypatch, "rank_batch", 1)
     with pytest.raises(KeyboardInterrupt):
         clip_rank(tiny, f"{world}/train.json", tmp_path / "part.jsonl")
     assert not (tmp_path / "part.jsonl").exists()  # nothing half-written where the pairs go
-    monkeypatch.setattr(H, "rank_batch", real)
-    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "part.jsonl") == 0
-    full, part = read_rows(tmp_path / "full.jsonl"), read_rows(tmp_path / "part.jsonl")
-    assert full and [r["id"] for r in part] == [r["id"] for r in full]
-    assert [(r["chosen"], r["rejected"]) for r in part] == [(r["chosen"], r["rejected"]) for r in full]
+    calls.clear()
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "part.jsonl", "--batch-size", "3") == 0
+    assert calls == [3, 3, 2]  # the 8 images the killed run had not finished
+    full = (tmp_path / "full.jsonl").read_bytes()
+    assert full and (tmp_path / "part.jsonl").read_bytes() == full
+    assert not (tmp_path / "part.jsonl.parts").exists() and not (tmp_path / "full.jsonl.parts").exists()
+    summary = capsys.readouterr().out
+    done, skipped, failed = map(int, re.search(r"done (\d+), skipped (\d+), failed (\d+)", summary).groups())
+    assert done == len(full.splitlines()) and done + skipped == N and failed == 0  # every input item counted
+    assert f"skipped {N - 12} x beyond --limit 12" in summary and "no pair passed the filters" in summary
+    assert summary.split("-> ")[1].split("\n", 1)[1] == full_summary.split("-> ")[1].split("\n", 1)[1]
 
 
 def test_clip_rank_under_torchrun_two_ranks_gives_the_one_process_pairs(world, tiny, tmp_path):
@@ -412,7 +444,7 @@ def test_clip_rank_under_torchrun_two_ranks_gives_the_one_process_pairs(world, t
     one, two = read_rows(tmp_path / "one.jsonl"), read_rows(tmp_path / "two.jsonl")
     assert one and [(x["id"], x["chosen"], x["rejected"]) for x in two] == \
         [(x["id"], x["chosen"], x["rejected"]) for x in one]
-    assert sorted(os.listdir(tmp_path / "two.jsonl.parts")) == ["rank0.jsonl", "rank1.jsonl"]
+    assert "rank 0: 6/6 items" in r.stdout and not (tmp_path / "two.jsonl.parts").exists()  # half each
 
 
 def test_clip_rank_reads_coco_captions_and_llava_mix_with_image_root(world, tiny, tmp_path, capsys):
@@ -441,6 +473,39 @@ def test_clip_rank_reads_coco_captions_and_llava_mix_with_image_root(world, tiny
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"bad.json: images\[6\]: needs 'id' and a 'file_name'"):
         HD.read_items(str(tmp_path / "bad.json"), HD.Summary(), need_answer=False)
+
+
+@pytest.mark.parametrize("cmd,flag,value,message", [
+    ("clip-rank", "--batch-size", "0", "--batch-size 0: must be at least 1"),
+    ("clip-rank", "--samples", "0", "--samples 0: must be at least 2"),
+    ("clip-rank", "--limit", "-1", "--limit -1: must be 0 (every image) or a positive number"),
+    ("clip-rank", "--max-new-tokens", "0", "--max-new-tokens 0: must be at least 1"),
+    ("noise", "--batch-size", "-2", "--batch-size -2: must be at least 1"),
+    ("noise", "--max-new-tokens", "-1", "--max-new-tokens -1: must be at least 1"),
+    ("noise", "--t", "1000", "--t 1000: the noise step must be in [0, 1000)"),
+])
+def test_bad_values_are_refused_before_any_work(cmd, flag, value, message, tmp_path):
+    args = [cmd, "--checkpoint", "nowhere", "--input", "nothing.json", "--output", str(tmp_path / "o.jsonl"),
+            flag, value] + (["--clip", "nowhere"] if cmd == "clip-rank" else [])
+    with pytest.raises(ValueError) as e:  # before reading the input or loading a model: neither exists
+        H.main(args)
+    assert str(e.value).startswith(message)
+
+
+def test_bad_value_and_empty_input_exit_nonzero_with_one_line(world, tiny, tmp_path):
+    """From the shell: a bad value is one line naming the flag, exit 1; an input whose every record is skipped
+    writes nothing and exits 1 with the count."""
+    r = subprocess.run([sys.executable, "hallucinate.py", "clip-rank", "--checkpoint", "x", "--clip", "y", "--input",
+                        "z", "--output", str(tmp_path / "o.jsonl"), "--batch-size", "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stderr) == (1, "hallucinate.py: error: --batch-size 0: must be at least 1\n")
+    (tmp_path / "gone.jsonl").write_text("".join(json.dumps({"id": f"g{i}", "image": f"gone{i}.png", "prompt": "Hi",
+                                                             "answer": "a cup ."}) + "\n" for i in range(3)))
+    for cmd in ("clip-rank", "noise"):
+        assert (H.main([cmd, "--checkpoint", str(tiny[0]), "--input", str(tmp_path / "gone.jsonl"), "--output",
+                        str(tmp_path / f"{cmd}.jsonl")] + (["--clip", str(tiny[1])] if cmd == "clip-rank" else []))
+                == 1)
+        assert (tmp_path / f"{cmd}.jsonl").read_text() == ""
 
 
 def test_recipe_sets_defaults_and_rejects_unknown_keys(world, tiny, tmp_path):

@@ -104,3 +104,23 @@ def test_per_row_generators_make_each_item_independent_of_its_batch(model):
     assert row_seed(0, "q1") == row_seed(0, "q1") != row_seed(0, "q2") and 0 <= row_seed(5, "x") < 2 ** 63
     with pytest.raises(ValueError, match="3 per-row generators for 4 rows"):
         run(keys, row_generators(7, keys[:3]))
+
+
+def test_samples_share_one_prefill_and_give_the_repeated_prompt_tokens(model, monkeypatch):
+    """samples=3: each prompt (and image) is run once and its three rows share its cached keys; the tokens equal
+    those of the prompt repeated three times (three prefills, three full caches), row for row."""
+    ids, mask = prompts()
+    px = pixels(2)
+    keys = [f"{i}#{k}" for i in range(2) for k in range(3)]
+    kw = dict(max_new_tokens=8, min_new_tokens=8, temperature=1.0, top_p=0.95)
+    rep = torch.arange(2).repeat_interleave(3)
+    repeated = model.generate(ids[rep], px[rep], mask[rep], generator=row_generators(1, keys), **kw)
+    rows = []
+    real = model.vision_tower.forward
+    monkeypatch.setattr(model.vision_tower, "forward", lambda p, **k: rows.append(len(p)) or real(p, **k))
+    shared = model.generate(ids, px, mask, samples=3, generator=row_generators(1, keys), **kw)
+    assert rows == [2] and torch.equal(shared, repeated)
+    assert len(set(map(tuple, shared.tolist()))) > 2  # the samples of one prompt differ
+    greedy = model.generate(ids, px, mask, samples=2, max_new_tokens=8, min_new_tokens=8)  # (4, 8)
+    one = model.generate(ids, px, mask, max_new_tokens=8, min_new_tokens=8)  # (2, 8)
+    assert torch.equal(greedy[::2], one) and torch.equal(greedy[1::2], one)
