@@ -475,6 +475,29 @@ def test_clip_rank_reads_coco_captions_and_llava_mix_with_image_root(world, tiny
         HD.read_items(str(tmp_path / "bad.json"), HD.Summary(), need_answer=False)
 
 
+def test_generation_is_split_to_fit_the_kv_cache_budget(world, tiny, monkeypatch):
+    """A budget that holds two prompts' cache: five prompts go to the model as 2 + 2 + 1, and every answer is the
+    one the unbounded call gives (each answer samples from its own generator)."""
+    from model import Llava, Tokenizer
+    from model.generate import row_generators
+    from model.llama import KVCache
+    model, tok = Llava.from_pretrained(str(tiny[0])), Tokenizer.from_pretrained(str(tiny[0]))
+    items = HD.read_items(f"{world}/train.json", HD.Summary())[:5]
+    _, px, _ = H.pixels_for(items, 32, True)
+    prompts = [it["prompt"] for it in items]
+    T = max(len(tok.encode_prompt(p, 16, template="vicuna_v1")) for p in prompts)
+    c = model.config.text
+    two = KVCache.nbytes(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, torch.float32, 2, T, 3, 6)
+
+    def answers(cache_gb):
+        return H.generate_answers(model, tok, prompts, px, "vicuna_v1", 6, 1.0, 0.9,
+                                  row_generators(0, range(15)), samples=3, cache_gb=cache_gb)
+    whole = answers(None)
+    sizes, real = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda ids, *a, **k: sizes.append(len(ids)) or real(ids, *a, **k))
+    assert answers(two / 2 ** 30) == whole and sizes == [2, 2, 1]
+
+
 @pytest.mark.parametrize("cmd,flag,value,message", [
     ("clip-rank", "--batch-size", "0", "--batch-size 0: must be at least 1"),
     ("clip-rank", "--samples", "0", "--samples 0: must be at least 2"),
