@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import hallucinate as H
+import hallucinate_clip as HC
 import hallucinate_data as HD
 from toy import world as toyworld
 from hallucinate_rules import Cooccurrence, RuleInjector, Vocab
@@ -332,12 +333,12 @@ def test_noise_resumes_a_killed_run_byte_for_byte(world, tiny, tmp_path, monkeyp
 def test_rank_pairs_filters():
     c = Counter()
     answers = ["a cup .", "", "a cup .", "a cup and a dog .", "a plate with many many many many many words ."]
-    pair = H.rank_pairs(answers, [30.0, 99, 29, 20.0, 10.0], min_score=5, min_margin=2, max_len_ratio=2.0,
+    pair = HC.rank_pairs(answers, [30.0, 99, 29, 20.0, 10.0], min_score=5, min_margin=2, max_len_ratio=2.0,
                         counts=c)
     assert pair == ("a cup .", "a cup and a dog .", 30.0, 20.0)
     assert c == {"empty": 1, "duplicate": 1, "length ratio": 1}
-    assert H.rank_pairs(["a", "b"], [10, 9.5], 0, 1.0, 2.0, c) is None and c["item: margin below minimum"] == 1
-    assert H.rank_pairs(["a", "b"], [10, 5], 11, 1.0, 2.0, c) is None and c["item: best below min score"] == 1
+    assert HC.rank_pairs(["a", "b"], [10, 9.5], 0, 1.0, 2.0, c) is None and c["item: margin below minimum"] == 1
+    assert HC.rank_pairs(["a", "b"], [10, 5], 11, 1.0, 2.0, c) is None and c["item: best below min score"] == 1
 
 
 def test_clip_text_ids_and_sentence_average(tiny):
@@ -345,20 +346,20 @@ def test_clip_text_ids_and_sentence_average(tiny):
     from model import CLIPModel, Tokenizer
     clip, ctok = CLIPModel.from_pretrained(str(tiny[1])), Tokenizer.from_pretrained(str(tiny[1]))
     cfg = clip.config.text
-    ids = H.clip_text_ids(cfg, ctok, " ".join(["the cup"] * 40))
+    ids = HC.clip_text_ids(cfg, ctok, " ".join(["the cup"] * 40))
     assert len(ids) == cfg.max_position_embeddings and ids[0] == cfg.bos_token_id and ids[-1] == cfg.eos_token_id
     img = F.normalize(clip.encode_image(torch.randn(1, 3, 32, 32)), dim=-1).detach()
     a, b = "a red cup .", "the fork is left of the plate ."
-    s = H.clip_scores(clip, ctok, img.repeat(3, 1), [a, b, f"{a} {b}"])
+    s = HC.clip_scores(clip, ctok, img.repeat(3, 1), [a, b, f"{a} {b}"])
     assert s[2].item() == pytest.approx((s[0].item() + s[1].item()) / 2, abs=1e-4)  # mean over sentences
-    assert H.clip_scores(clip, ctok, img, [" . "])[0].item() == float("-inf")
+    assert HC.clip_scores(clip, ctok, img, [" . "])[0].item() == float("-inf")
     # phrases: a listing is cut into its object phrases; min pooling keeps the worst-supported one
-    assert H.split_phrases("a scene with a cup , a red fork and a plate . the cup is left of the plate .") == [
+    assert HC.split_phrases("a scene with a cup , a red fork and a plate . the cup is left of the plate .") == [
         "a scene with a cup", "a red fork", "a plate .", "the cup is left of the plate ."]
     units = ["a scene with a cup", "a red fork", "a plate ."]
-    one = H.clip_scores(clip, ctok, img.repeat(3, 1), units)
+    one = HC.clip_scores(clip, ctok, img.repeat(3, 1), units)
     for pool, want in (("min", one.min()), ("mean", one.mean())):
-        got = H.clip_scores(clip, ctok, img, ["a scene with a cup , a red fork and a plate ."], "phrase", pool)
+        got = HC.clip_scores(clip, ctok, img, ["a scene with a cup , a red fork and a plate ."], "phrase", pool)
         assert got.item() == pytest.approx(want.item(), abs=1e-4), pool
 
 
@@ -378,7 +379,7 @@ def test_clip_rank_pairs_satisfy_filters(world, tiny, tmp_path, capsys):
     for r in rows:
         px = load_image(str(out.parent / r["image"]), 32).unsqueeze(0)
         img = torch.nn.functional.normalize(clip.encode_image(px), dim=-1).detach().repeat(2, 1)
-        sc = H.clip_scores(clip, ctok, img, [r["chosen"], r["rejected"]])  # recomputed, not read from the row
+        sc = HC.clip_scores(clip, ctok, img, [r["chosen"], r["rejected"]])  # recomputed, not read from the row
         assert sc[0] - sc[1] >= margin - 1e-3 and sc[0] == max(sc)
         assert r["chosen"] != r["rejected"] and r["rejected"].strip() and r["chosen"].strip()
         lc, lr = len(r["chosen"].split()), len(r["rejected"].split())
