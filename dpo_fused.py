@@ -28,7 +28,8 @@ preference losses, written from scratch; the loss itself stays plain torch (any 
                  a sequence in at most one group, every scored sequence in one
       ref_logps  (S,) the reference's summed log-probs per sequence (no gradient)
       loss_fn    (pi (g, M), ref (g, M), n_tokens (g, M)) -> (g,) per-group losses, plain torch, differentiable in
-                 pi; n_tokens = each sequence's scored-target count. Builders: dpo_loss_fn, povid_loss_fn.
+                 pi; n_tokens = each sequence's scored-target count (train.preference_loss_fn builds train.py's from
+                 dpo.py's losses).
       -> loss    scalar = the sum of the per-group losses, differentiable wrt hidden and weight
          pi      (S,) the policy's summed log-probs (detached; for rewards / logging)
 
@@ -41,19 +42,20 @@ each vocabulary block's softmax and puts dZ's row scales on the small GEMM opera
 makes a pass over the logits (_chunk_kept). On CUDA with triton the chunk's row passes run as Triton kernels
 (dpo_fused_triton.py) around cuBLAS GEMMs.
 
-What train.py has maps onto it with `pack`, the group builders and the loss builders:
+What a trainer has maps onto it with `pack` and the group builders (train.py's Net.preference_loss):
 
+    def loss_fn(pi, ref, n):                                # DPO; dpo.povid_loss for POVID's (g, 3) groups
+        return dpo.dpo_loss(pi[:, 0], pi[:, 1], ref[:, 0], ref[:, 1], beta)[0]
     rows, tgt, seq = pack(h, labels)                        # DPO / CLIP-DPO: h (2P, T, D), labels (2P, T)
-    loss, pi = fused_preference_loss(rows, lm_head.weight, tgt, seq, pair_groups(P), torch.cat([rc, rr]),
-                                     dpo_loss_fn(beta, loss_type, label_smoothing, rpo_alpha))
+    loss, pi = fused_preference_loss(rows, lm_head.weight, tgt, seq, pair_groups(P), torch.cat([rc, rr]), loss_fn)
     rows, tgt, seq = pack(h, labels, noise_targets)          # POVID: noise targets (P, T) on the chosen rows
-    loss, pi = fused_preference_loss(rows, lm_head.weight, tgt, seq, povid_groups(P), torch.cat([rc, rr, rn]),
-                                     povid_loss_fn(beta, (w_inj, w_noise), rpo_alpha))
+    loss, pi = fused_preference_loss(rows, lm_head.weight, tgt, seq, povid_groups(P), torch.cat([rc, rr, rn]), ...)
     chosen_rewards, rejected_rewards = rewards(pi, ref, groups, beta)
 
-The reference log-probs are an input, so the reference pass (no grad) runs before the policy's. Under DDP / FSDP
-call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in forward, backward
-scales them once; a second backward through the same graph is an error).
+The reference log-probs are an input, so the reference pass (no grad) runs before the policy's; preference_logps
+scores it with this module's kernels, so a reference with the policy's weights gets the policy's pi bit for bit.
+Under DDP / FSDP call it inside the module's forward: it is one ordinary autograd Function (dH, dW computed in
+forward, backward scales them once; a second backward through the same graph is an error).
 
     .venv/bin/python -m pytest -q tests/test_dpo_fused.py        # = the unfused composition, every loss
     .venv/bin/python bench/preference_loss.py [--device cuda]    # vs naive and vs sequence_logprobs + loss
@@ -62,7 +64,7 @@ from __future__ import annotations
 
 import torch
 
-from dpo import chosen_nll, dpo_loss, povid_loss, shift_labels
+from dpo import shift_labels
 from model.logprob import _hits, _linear, _triton_ok
 
 IGNORE = -100
@@ -104,22 +106,6 @@ def povid_groups(P: int, device=None):
     them. (P, 3)"""
     i = torch.arange(P, device=device)
     return torch.stack([i, i + P, i + 2 * P], 1)
-
-
-def dpo_loss_fn(beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, rpo_alpha: float = 0.0):
-    """dpo.dpo_loss of (chosen, rejected) groups, + rpo_alpha x the chosen answer's per-token NLL (dpo.chosen_nll)."""
-    def fn(pi, ref, n):  # (g, 2) each
-        losses, _, _ = dpo_loss(pi[:, 0], pi[:, 1], ref[:, 0], ref[:, 1], beta, loss_type, label_smoothing)
-        return losses + rpo_alpha * chosen_nll(pi[:, 0], n[:, 0]) if rpo_alpha else losses
-    return fn
-
-
-def povid_loss_fn(beta: float = 0.1, weights=(0.5, 0.5), rpo_alpha: float = 0.0):
-    """dpo.povid_loss of (chosen, injected, noise) groups, + rpo_alpha x the chosen answer's per-token NLL."""
-    def fn(pi, ref, n):  # (g, 3) each
-        losses, _, _ = povid_loss(pi[:, 0], pi[:, 1], pi[:, 2], ref[:, 0], ref[:, 1], ref[:, 2], beta, weights)
-        return losses + rpo_alpha * chosen_nll(pi[:, 0], n[:, 0]) if rpo_alpha else losses
-    return fn
 
 
 def rewards(pi, ref, groups, beta: float):
@@ -437,9 +423,22 @@ def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_
                                       budget)
 
 
+def preference_logps(hidden, weight, targets, seq, groups, budget_bytes: int | None = None,
+                     use_triton: bool | None = None):
+    """pi (S,) alone, S = groups.numel(), with no gradient: the forward of fused_preference_loss (the same chunks and
+    kernels), so it equals the pi that call returns on the same inputs bit for bit. train.py's reference pass."""
+    ref = torch.zeros(groups.numel(), device=hidden.device)
+    with torch.no_grad():
+        return fused_preference_loss(hidden, weight, targets, seq, groups, ref, _no_loss, budget_bytes, use_triton)[1]
+
+
+def _no_loss(pi, ref, n):
+    return (pi * 0).sum(1)  # zero, yet a function of pi: the chunk's autograd call stays well-formed
+
+
 def unfused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_fn, use_triton: bool | None = None):
     """The same loss composed from model/logprob.py's sequence_logprobs (one call per target set) and loss_fn, for
-    tests and benchmarks: what train.py computes today."""
+    tests and benchmarks: what train.py's --fused_loss=False runs."""
     from model.logprob import sequence_logprobs
     if targets.dim() == 1:
         targets, seq = targets[:, None], seq[:, None]

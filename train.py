@@ -28,6 +28,9 @@ Modes
             in the same command (into out_dir/stage1/).
   clip-dpo  an alias of dpo: CLIP-DPO (Ouali et al. 2024) is DPO on hallucinate.py clip-rank pairs.
   --rpo_alpha=A (dpo, povid, clip-dpo) adds A x the chosen answer's per-token NLL to every pair's loss (RPO; dpo.py).
+The loss of dpo / povid / clip-dpo is preference_loss_fn below, in dpo.py's terms. By default the policy runs it
+fused (dpo_fused.py: the LM head's gradients formed in the forward, no (B, T, V) logits); --fused_loss=False runs the
+plain composition (summed log-probs, then the loss), the readable cross-check. Net names each pass of the network.
 
 Length: --max_epochs (default 1) over the usable samples, or --max_steps=N (> 0 wins; what a rehearsal cuts).
 Warmup --warmup_ratio of the steps (or --warmup_steps), then cosine to lr * min_lr_ratio. --projector_lr: the
@@ -54,9 +57,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import train_data as D
-from dpo import sequence_sums
-from dpo_fused import (dpo_loss_fn, fused_preference_loss, pack, pair_groups, povid_groups, povid_loss_fn,
-                       rewards)
+from dpo import chosen_nll, dpo_loss, povid_loss, sequence_sums, shift_labels
+from dpo_fused import fused_preference_loss, pack, pair_groups, povid_groups, preference_logps, rewards
 from model import Llava, LlavaConfig, Tokenizer
 from model.lora import adapters_disabled, apply_lora
 from train_config import Config, lr_factor, parse_config, resolve_length
@@ -116,37 +118,85 @@ def make_optimizer(cfg: Config, model: Llava):
                              betas=(cfg.adam_beta1, cfg.adam_beta2))
 
 
+# -------------------------------------------------------------------------------------------------------- the loss
+def preference_loss_fn(cfg: Config, objective: str):
+    """The loss of each group of sequences, in dpo.py's terms: pi, ref (g, M) the policy's and the reference's summed
+    response log-probs, n (g, M) each sequence's scored-token count -> (g,) losses. M = 2 (chosen, rejected): DPO of
+    any --loss_type; M = 3 (chosen, injected, noise-triggered): POVID's two-term objective; + --rpo_alpha x the
+    chosen answer's per-token NLL (RPO). The fused pass takes it as it is (dpo_fused.py forms the LM head's
+    gradients from it); the plain pass (--fused_loss=False) sums the log-probs first and calls it on them."""
+    weights = (cfg.povid_weight_injected, cfg.povid_weight_noise)
+
+    def loss_fn(pi, ref, n):
+        if objective == "povid":
+            losses, _, _ = povid_loss(pi[:, 0], pi[:, 1], pi[:, 2], ref[:, 0], ref[:, 1], ref[:, 2], cfg.beta, weights)
+        else:
+            losses, _, _ = dpo_loss(pi[:, 0], pi[:, 1], ref[:, 0], ref[:, 1], cfg.beta, cfg.loss_type,
+                                    cfg.label_smoothing)
+        return losses + cfg.rpo_alpha * chosen_nll(pi[:, 0], n[:, 0]) if cfg.rpo_alpha else losses
+    return loss_fn
+
+
+def scored_tokens(b, noise_targets=None):
+    """(B,) scored tokens of each row, + (P,) of POVID's noise-triggered answers: the n of preference_loss_fn."""
+    n = (shift_labels(b["labels"]) != -100).sum(1)
+    return n if noise_targets is None else torch.cat([n, (shift_labels(noise_targets) != -100).sum(1)])
+
+
 class Net(nn.Module):
-    """Every pass of the loop goes through forward(), so DDP and FSDP see (and gather parameters for) each use: the
-    policy with grad, the reference, POVID's noisy pass. The LM head is applied to the scored rows only, so
-    (B, T, V) logits are never built: for the policy's preference loss by dpo_fused.py (its head gradients formed in
-    the forward), for SFT and the reference by the sequence-log-prob kernel (model/logprob.py)."""
+    """The network as the loop runs it: named passes, each called through forward - net("logps", b) - so that DDP
+    and FSDP see every use (FSDP gathers the parameters for each; DDP readies its gradient hooks for the pass with
+    grad). `b` is a collated batch (train_data.py). The LM head is applied to the scored rows only: (B, T, V) logits
+    are never built.
 
-    def __init__(self, llava: Llava):
+      logps            (B,) summed log-probs of each row's labelled tokens: SFT's loss, the reference, and the policy
+                       under --fused_loss=False. POVID's noise targets (P, T), scored on the first P rows' (the
+                       chosen answers') clean hidden states, append one sum per chosen row: (B + P,)
+      preference_loss  the policy's whole preference loss, its LM-head gradients formed in the forward
+                       (dpo_fused.py) -> (loss, pi (S,))
+      noise_tokens     POVID: the greedy token at every answer position under the noisy image, the chosen answer
+                       teacher-forced (hallucinate.noise_triggered_tokens) -> (B, T)
+
+    With fused=True and the groups given, logps runs preference_loss's own kernel: a reference whose weights equal
+    the policy's scores exactly what the policy scores, so every run starts at ln 2."""
+
+    PASSES = ("logps", "preference_loss", "noise_tokens")
+
+    def __init__(self, llava: Llava, fused: bool = True):
         super().__init__()
-        self.llava = llava
+        self.llava, self.fused = llava, fused
 
-    def forward(self, input_ids, pixel_values, attention_mask, labels, noise_targets=None, pick_noise=False,
-                loss=None):
-        if pick_noise:  # POVID: greedy tokens under the noisy image, teacher-forced on `labels`: (B, T)
-            from hallucinate import noise_triggered_tokens
-            return noise_triggered_tokens(self.llava, input_ids, labels, pixel_values, attention_mask)
-        h = self.llava.hidden_states(input_ids, pixel_values, attention_mask)  # (B, T, D)
-        w = self.llava.lm_head.weight  # (V, D)
-        if loss is not None:  # the policy's whole preference loss, its head gradients formed now (dpo_fused.py)
-            groups, ref, loss_fn = loss
-            rows, tgt, seq = pack(h, labels, noise_targets)  # the scored rows only; noise = a 2nd target set
-            return fused_preference_loss(rows, w, tgt, seq, groups, ref, loss_fn)  # (scalar, pi (S,))
-        lp = sequence_sums(h, w, labels)  # (B,) summed log-probs of the labelled tokens
+    def forward(self, name: str, *args):
+        if name not in self.PASSES:
+            raise ValueError(f"unknown pass {name!r}; one of {self.PASSES}")
+        return getattr(self, name)(*args)
+
+    def _hidden(self, b):
+        return self.llava.hidden_states(b["input_ids"], b["pixel_values"], b["attention_mask"])  # (B, T, D)
+
+    def logps(self, b, noise_targets=None, groups=None):
+        h, w = self._hidden(b), self.llava.lm_head.weight  # (B, T, D), (V, D)
+        if self.fused and groups is not None:
+            rows, tgt, seq = pack(h, b["labels"], noise_targets)
+            return preference_logps(rows, w, tgt, seq, groups)  # (S,)
+        lp = sequence_sums(h, w, b["labels"])  # (B,)
         if noise_targets is None:
             return lp
-        # the noise-triggered tokens on the first rows' (the chosen answers') clean hidden states: (B_pairs,)
-        return lp, sequence_sums(h[: noise_targets.shape[0]], w, noise_targets)
+        return torch.cat([lp, sequence_sums(h[: noise_targets.shape[0]], w, noise_targets)])  # (B + P,)
+
+    def preference_loss(self, b, noise_targets, groups, ref, loss_fn):
+        rows, tgt, seq = pack(self._hidden(b), b["labels"], noise_targets)  # the scored rows only
+        return fused_preference_loss(rows, self.llava.lm_head.weight, tgt, seq, groups, ref, loss_fn)
+
+    def noise_tokens(self, b):
+        from hallucinate import noise_triggered_tokens
+        return noise_triggered_tokens(self.llava, b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"])
 
 
 def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int):
-    """(net, ref_net): Net around the policy (DDP or FSDP2 over ranks) and around the frozen copy, if any."""
-    net, ref_net = Net(model), (Net(ref_model) if ref_model is not None else None)
+    """(net, ref_net): Net around the policy (DDP or FSDP2 over ranks), and the reference's: around the frozen copy
+    (full fine-tuning), else the policy's own (its adapters switched off by Run.reference)."""
+    net, ref_net = Net(model, cfg.fused_loss), (Net(ref_model, cfg.fused_loss) if ref_model is not None else None)
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
         for m in ([net] if ref_net is None else [net, ref_net]):
@@ -156,17 +206,10 @@ def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int
     elif ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(net, device_ids=[local] if cuda else None)
-    return net, ref_net
+    return net, ref_net or net
 
 
-def pair_logps(net, b, noise_targets=None):
-    """One forward of [chosen; injected-rejected] (2B, T) -> pi_c, pi_r (B,), and pi_noise (B,) or None."""
-    B = len(b["ids"])
-    out = net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"], noise_targets)
-    lp, noise = out if noise_targets is not None else (out, None)
-    return lp[:B], lp[B:], noise
-
-
+# -------------------------------------------------------------------------------------------------------- MFU
 def model_flops(mc: LlavaConfig, n_layer_params: int, n_trained_layer_params: int, tokens: int, seq_len: int,
                 images: int, scored: int, backward: bool) -> float:
     """Model FLOPs of one pass (nanoGPT/PaLM convention: 2 per multiply-add, attention as T x T, no recompute).
@@ -193,6 +236,38 @@ def peak_flops(cfg: Config, device: str):
         if key in name:
             return tf * 1e12
     return None
+
+
+def estimate_flops(mc: LlavaConfig, n_layer: int, n_trained: int, work: dict, ref_pass: bool,
+                   noise_passes: int) -> float:
+    """Model FLOPs of the steps whose micro-batches summed to `work` (count_work; model_flops is linear in each
+    count): the policy's forward and backward, the reference's forward (unless its
+    log-probs are cached) and POVID's no-grad passes, which read the chosen half of each batch. Called at log time
+    (as nanoGPT's estimate_mfu), so the step itself only adds up counts collation already knows."""
+    tokens = max(work["tokens"], 1.0)
+    length = work["tokens_x_len"] / tokens  # the token-weighted mean padded length: exact for the T x T term
+
+    def passes(share, trained, backward):
+        return model_flops(mc, n_layer, trained, share * tokens, length, share * work["images"],
+                           share * work["targets"], backward)
+    return (passes(1, n_trained, True) + (passes(1, 0, False) if ref_pass else 0)
+            + noise_passes * passes(0.5, 0, False))
+
+
+WORK = ("tokens", "tokens_x_len", "images", "targets")
+
+
+def count_work(batches) -> dict:
+    """What a step's micro-batches hold, counted from collation's CPU tensors: tokens, tokens x padded length,
+    images, scored targets (the rows the LM head runs on; SFT's loss is normalised by their global count)."""
+    work = dict.fromkeys(WORK, 0.0)
+    for b in batches:
+        n_tok = float(b["attention_mask"].sum())
+        work["tokens"] += n_tok
+        work["tokens_x_len"] += n_tok * b["input_ids"].shape[1]
+        work["images"] += 0 if b["pixel_values"] is None else len(b["pixel_values"])
+        work["targets"] += float((b["labels"][:, 1:] != -100).sum())
+    return work
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -226,6 +301,12 @@ def global_batch(cfg: Config, step: int, n_rows: int):
         out += perm[off:off + take].tolist()
         pos += take
     return out
+
+
+def noise_seed(cfg: Config, step: int, sample: int) -> int:
+    """The seed of POVID's noise for one sample at one step, `sample` its place in the global batch: a pure function
+    of them, so a resumed run, and any split into ranks and micro-batches, draws the same noise."""
+    return cfg.seed * 1_000_003 + step * 10_007 + sample
 
 
 def _to(b, device):
@@ -297,13 +378,15 @@ class Run:
             self.schedule = NoiseSchedule(cfg.noise_schedule, cfg.noise_steps, cfg.noise_beta_start,
                                           cfg.noise_beta_end)
         self.ref_logps = None
+        self.loss_fn = preference_loss_fn(cfg, obj)
         if cfg.ref_cache and obj == "dpo":
-            ref = self.ref_net or self.net
-            with self.ref_ctx():
-                self.ref_logps = reference_cache(cfg, self.rows, lambda b: pair_logps(ref, b)[:2], self.collate,
+            def ref_pair_logps(b):  # (2, P): chosen, rejected
+                return self.ref_net("logps", b, None, pair_groups(len(b["ids"]), self.device)).view(2, -1)
+            with self.reference():
+                self.ref_logps = reference_cache(cfg, self.rows, ref_pair_logps, self.collate,
                                                  self.images, self.tok, self.device, self.autocast, self.rank,
                                                  self.world, next(model.parameters()).dtype, self.print0)
-            self.ref_net = self.ref_model = None  # the copy (full fine-tuning) is no longer needed
+            self.ref_net, self.ref_model = self.net, None  # the copy (full fine-tuning) is no longer needed
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(cfg, model)
         self.start = load_checkpoint(cfg, self.net, model, self.opt, self.rank) if cfg.resume else 0
@@ -320,56 +403,45 @@ class Run:
         self.peak = peak_flops(cfg, self.device)
         return self
 
-    def ref_ctx(self):
-        """The reference: the policy with adapters off, or (full fine-tuning) the frozen copy as it is."""
-        return adapters_disabled(self.model) if self.ref_net is None else nullcontext()
+    def reference(self):
+        """The reference's context: the policy with its adapters off, or (full fine-tuning) the frozen copy as is."""
+        return adapters_disabled(self.model) if self.ref_model is None else nullcontext()
 
     def noise_targets(self, b, step, k):
         """POVID: the noise-triggered answers of the micro-batch's pairs, made now by the current policy (and, with
         --noise_tokens_from=each, by the reference too): (P, T) targets each, -100 = unscored."""
         cfg, P = self.cfg, len(b["ids"])
+        first = self.rank * self.per_rank + k * cfg.micro_batch_size  # the micro-batch's place in the global batch
         noisy = torch.stack([self.images.noisy(path, cfg.noise_t, self.schedule, torch.Generator().manual_seed(
-            cfg.seed * 1_000_003 + step * 10_007 + self.rank * self.per_rank + k * cfg.micro_batch_size + j))
-            for j, path in enumerate(b["images"]) if path is not None]).to(self.device)  # (P_img, 3, S, S)
-        chosen = (b["input_ids"][:P], noisy, b["attention_mask"][:P], b["labels"][:P])
+            noise_seed(cfg, step, first + j))) for j, path in enumerate(b["images"])]).to(self.device)  # (P, 3, S, S)
+        chosen = {"input_ids": b["input_ids"][:P], "pixel_values": noisy, "attention_mask": b["attention_mask"][:P],
+                  "labels": b["labels"][:P]}
         with torch.no_grad():
-            pol = ref = self.net(*chosen, pick_noise=True)
+            pol = ref = self.net("noise_tokens", chosen)
             if cfg.noise_tokens_from == "each":
-                with self.ref_ctx():
-                    ref = (self.ref_net or self.net)(*chosen, pick_noise=True)
+                with self.reference():
+                    ref = self.ref_net("noise_tokens", chosen)
         return pol, ref
 
     def pair_loss(self, b, step, k, micro_ids):
-        """One micro-batch of pairs -> (summed loss of its pairs, chosen rewards (P,), rejected rewards (P,), extra
-        FLOPs). The reference first (no grad), then the policy's fused loss: DPO (any loss type) or POVID's
-        objective, + the RPO term, its head gradients formed in the forward (dpo_fused.py)."""
-        cfg, mc, flops, P = self.cfg, self.mc, 0.0, len(b["ids"])
-        T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())
-        n_img = 0 if b["pixel_values"] is None else len(b["pixel_values"])
-        scored = int((b["labels"] != -100).sum())
-        noise_pol = noise_ref = None
-        if self.objective == "povid":
-            noise_pol, noise_ref = self.noise_targets(b, step, k)
-            passes = 2 if cfg.noise_tokens_from == "each" else 1
-            flops += passes * model_flops(mc, self.n_layer, 0, n_tok / 2, T, n_img / 2, scored / 2, False)
+        """One micro-batch of pairs -> (summed loss of its pairs, chosen rewards (P,), rejected rewards (P,)). The
+        reference first (no grad), then the policy: DPO (any loss type) or POVID's objective, + the RPO term."""
+        cfg, P = self.cfg, len(b["ids"])
+        povid = self.objective == "povid"
+        groups = povid_groups(P, self.device) if povid else pair_groups(P, self.device)  # (P, 3) or (P, 2)
+        noise_pol, noise_ref = self.noise_targets(b, step, k) if povid else (None, None)
         if self.ref_logps is not None:
-            ref = self.ref_logps[torch.tensor(micro_ids)].to(self.device)  # (P, 2)
-            ref = torch.cat([ref[:, 0], ref[:, 1]])  # (2P,) chosen then rejected
+            ref = self.ref_logps[torch.tensor(micro_ids)].to(self.device).T.reshape(-1)  # (2P,) chosen, rejected
         else:
-            with torch.no_grad(), self.ref_ctx():
-                rc, rr, rn = pair_logps(self.ref_net or self.net, b, noise_ref)
-            ref = torch.cat([rc, rr] + ([rn] if rn is not None else []))  # (2P,) or POVID's (3P,)
-            flops += model_flops(mc, self.n_layer, 0, n_tok, T, n_img, scored, backward=False)
-        if self.objective == "povid":
-            groups = povid_groups(P, self.device)
-            fn = povid_loss_fn(cfg.beta, (cfg.povid_weight_injected, cfg.povid_weight_noise), cfg.rpo_alpha)
-        else:
-            groups = pair_groups(P, self.device)
-            fn = dpo_loss_fn(cfg.beta, cfg.loss_type, cfg.label_smoothing, cfg.rpo_alpha)
-        loss, pi = self.net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"], noise_pol,
-                            loss=(groups, ref, fn))
+            with torch.no_grad(), self.reference():
+                ref = self.ref_net("logps", b, noise_ref, groups)  # (2P,) or POVID's (3P,)
+        if cfg.fused_loss:  # the same loss, the LM head's gradients formed in the forward (dpo_fused.py)
+            loss, pi = self.net("preference_loss", b, noise_pol, groups, ref, self.loss_fn)
+        else:  # the plain composition: summed log-probs with grad, then the loss on them
+            pi = self.net("logps", b, noise_pol)
+            loss = self.loss_fn(pi[groups], ref[groups], scored_tokens(b, noise_pol)[groups]).sum()
         cr, rj = rewards(pi, ref, groups, cfg.beta)  # (P,) each, the first two sequences of every group
-        return loss, cr, rj, flops
+        return loss, cr, rj
 
     # ------------------------------------------------------------------------------------ BEGIN training step
     def step(self, step: int):
@@ -381,37 +453,32 @@ class Run:
         mine = global_batch(cfg, step, len(self.rows))[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
         micro = [mine[k:k + cfg.micro_batch_size] for k in range(0, self.per_rank, cfg.micro_batch_size)]
         batches = [self.collate([self.rows[i] for i in m], self.tok.pad_id, self.images) for m in micro]  # CPU
+        work = count_work(batches)  # on the CPU from collation: no sync
         if self.objective == "sft":  # normalise by the global answer-token count: ranks and accumulation agree
-            n_scored = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)), device=dev)
+            n_scored = torch.tensor(work["targets"], device=dev)
             if self.ddp:
                 dist.all_reduce(n_scored)
             denom = n_scored / self.world  # DDP averages gradients over ranks
         stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss, chosen, rejected, accuracy, non-finite
-        tokens = flops = 0.0
         finite_flags = []
         for k, b in enumerate(batches):
             if self.ddp and not cfg.fsdp:
                 self.net.require_backward_grad_sync = k == len(batches) - 1  # all-reduce gradients on the last only
-            T, n_tok = b["input_ids"].shape[1], float(b["attention_mask"].sum())  # before the copy: no sync
-            n_img = 0 if b["pixel_values"] is None else len(b["pixel_values"])
-            tokens += n_tok
-            flops += model_flops(self.mc, self.n_layer, self.n_layer_trained, n_tok, T, n_img,
-                                 int((b["labels"] != -100).sum()), backward=True)
             b = _to(b, dev)
             with self.autocast:
                 if self.objective == "sft":
-                    loss = -self.net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"]).sum() / denom
+                    loss = -self.net("logps", b).sum() / denom
                     cr = rj = torch.zeros(1, device=dev)
                 else:
-                    loss, cr, rj, extra = self.pair_loss(b, step, k, micro[k])
-                    flops += extra
+                    loss, cr, rj = self.pair_loss(b, step, k, micro[k])
                     loss = loss / self.per_rank  # summed over micro-batches: the mean over this rank's share
             loss.backward()
             finite = torch.isfinite(loss.detach())
             finite_flags.append(finite)
             stats += torch.stack([loss.detach(), cr.sum() / self.per_rank, rj.sum() / self.per_rank,
                                   (cr > rj).sum() / self.per_rank, (~finite).float()]).double()
-        stats = torch.cat([stats[:4] / self.world, stats[4:], torch.tensor([tokens, flops], device=dev).double()])
+        counts = torch.tensor([work[k] for k in WORK], dtype=torch.float64, device=dev)
+        stats = torch.cat([stats[:4] / self.world, stats[4:], counts])  # the work: summed over ranks below
         if self.ddp:
             dist.all_reduce(stats)  # one collective for every logged number
         if stats[4] > 0:  # a NaN/inf loss: stop before the optimizer touches the weights
@@ -430,24 +497,35 @@ class Run:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         s = stats.tolist()
-        return {"loss": s[0], "chosen": s[1], "rejected": s[2], "accuracy": s[3], "tokens": s[5], "flops": s[6],
-                "lr": cfg.lr * lr, "grad_norm": norm}
+        return {"loss": s[0], "chosen": s[1], "rejected": s[2], "accuracy": s[3], "lr": cfg.lr * lr,
+                "grad_norm": norm, "work": dict(zip(WORK, s[5:]))}
     # ------------------------------------------------------------------------------------ END training step
 
-    def log(self, done, s, since, tokens, flops, t_run):
-        """One line of metrics.jsonl (and stdout) for the steps since the last log."""
+    def mfu(self, work: dict, seconds: float):
+        """Model FLOPs utilisation of `work` done in `seconds` over every rank (None without a known peak)."""
+        if not self.peak:
+            return None
+        flops = estimate_flops(self.mc, self.n_layer, self.n_layer_trained, work,
+                               self.objective != "sft" and self.ref_logps is None,
+                               {"povid": 1 + (self.cfg.noise_tokens_from == "each")}.get(self.objective, 0))
+        return flops / seconds / (self.peak * self.world)
+
+    def log(self, done, s, since, work, t_run):
+        """One line of metrics.jsonl (and stdout) for the steps since the last log (their work summed)."""
         cfg, el = self.cfg, max(time.time() - since, 1e-9)
-        rec = {"step": done, "loss": s["loss"], "lr": s["lr"], "grad_norm": s["grad_norm"], "tokens/s": tokens / el}
+        rec = {"step": done, "loss": s["loss"], "lr": s["lr"], "grad_norm": s["grad_norm"],
+               "tokens/s": work["tokens"] / el}
         if self.objective != "sft":
             rec.update({"rewards/chosen": s["chosen"], "rewards/rejected": s["rejected"],
                         "rewards/margin": s["chosen"] - s["rejected"], "rewards/accuracy": s["accuracy"]})
-        if self.peak:
-            rec["mfu"] = flops / el / (self.peak * self.world)
+        mfu = self.mfu(work, el)
+        if mfu is not None:
+            rec["mfu"] = mfu
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         eta = (time.time() - t_run) / (done - self.start) * (cfg.max_steps - done)
         extra = "" if self.objective == "sft" else f" margin {rec['rewards/margin']:.3f} acc {s['accuracy']:.2f}"
-        mfu = f" mfu {100 * rec['mfu']:.1f}%" if self.peak else ""
+        mfu = f" mfu {100 * mfu:.1f}%" if mfu is not None else ""
         self.print0(f"step {done}/{cfg.max_steps} ({100 * done / cfg.max_steps:.0f}%) loss {s['loss']:.4f}{extra} "
                     f"|g| {s['grad_norm']:.3f} lr {s['lr']:.2e} {rec['tokens/s']:.0f} tok/s{mfu} ETA {eta:.0f}s")
 
@@ -456,13 +534,14 @@ class Run:
         the final model's directory, or None when stopped early by --stop_after."""
         cfg = self.cfg
         t_run = t_log = time.time()
-        done, tokens, flops = self.start, 0.0, 0.0
+        done, work = self.start, Counter()
         for step in range(self.start, cfg.max_steps):
             s = self.step(step)
-            done, tokens, flops = step + 1, tokens + s["tokens"], flops + s["flops"]
+            done = step + 1
+            work.update(s["work"])
             if self.master and (step % cfg.log_every == 0 or done == cfg.max_steps):
-                self.log(done, s, t_log, tokens, flops, t_run)
-                t_log, tokens, flops = time.time(), 0.0, 0.0
+                self.log(done, s, t_log, work, t_run)
+                t_log, work = time.time(), Counter()
             if cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps:  # the last is model/
                 export_model(cfg, self.net, self.model, self.tok, self.rank,
                              os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))

@@ -61,6 +61,7 @@ class Config:
     loss_type: str = "sigmoid"  # sigmoid | hinge | ipo | robust (dpo.py)
     label_smoothing: float = 0.0
     rpo_alpha: float = 0.0  # dpo / povid / clip-dpo: + alpha x the chosen answer's per-token NLL (RPO; dpo.py)
+    fused_loss: bool = True  # dpo_fused.py's loss; False = summed log-probs, then dpo.py's loss (the plain composition)
     ref_cache: bool = False  # dpo: reference log-probs computed once, stored on disk
     ref_cache_dir: str = ""  # default: out_dir
     povid_stage1_steps: int = 0  # povid: run stage 1 (dpo + merge) first for this many steps

@@ -187,7 +187,7 @@ def reference_cache(cfg, rows, ref_pair_logps, collate, images, tok, device, aut
     with open(cfg.data, "rb") as f:
         key.update(f.read())
     for k in ("init_from", "vision_tower", "model_config", "template", "max_len", "on_bad_sample", "image_root",
-              "image_aspect_ratio"):
+              "image_aspect_ratio", "fused_loss"):  # fused_loss: which kernel scores (float rounding)
         key.update(f"{k}={getattr(cfg, k)};".encode())
     # bf16 and fp32 references give different numbers
     key.update(f"seed={'' if cfg.init_from else cfg.seed};{device.split(':')[0]};{dtype}".encode())

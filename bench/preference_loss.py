@@ -82,7 +82,8 @@ def method(name, a):
     if name == "unfused":
         return lambda h, w, t, seq, groups, ref: _loss_from_logps(sequence_logprobs(h, w, t), seq, groups, ref, S)
     if name == "fused":
-        fn = dpo_fused.dpo_loss_fn(0.1)
+        def fn(pi, ref, n):  # sigmoid DPO of each (chosen, rejected) group, beta 0.1
+            return dpo_loss(pi[:, 0], pi[:, 1], ref[:, 0], ref[:, 1], 0.1)[0]
         budget = a.budget_mb and int(a.budget_mb * 2 ** 20)
         return lambda h, w, t, seq, groups, ref: dpo_fused.fused_preference_loss(h, w, t, seq, groups, ref, fn,
                                                                                  budget_bytes=budget)[0]

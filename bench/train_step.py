@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 import train  # noqa: E402
 from bench.memory import reset_peak_rss, rss_mb  # noqa: E402
 from dpo import dpo_loss, shift_labels  # noqa: E402
-from dpo_fused import dpo_loss_fn, pair_groups  # noqa: E402
+from dpo_fused import pair_groups  # noqa: E402
 from model import Llava, LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from model.lora import adapters_disabled, apply_lora  # noqa: E402
 
@@ -121,8 +121,8 @@ def run_one(name: str, a):
 
     def logps(m):
         if fused:
-            pc, pr, _ = train.pair_logps(train.Net(m) if m is not model else net, b)
-            return pc, pr
+            lp = (train.Net(m) if m is not model else net)("logps", b)  # (2P,)
+            return lp[:a.pairs], lp[a.pairs:]
         return naive_pair_logps(m, b)
 
     def step():
@@ -135,8 +135,8 @@ def run_one(name: str, a):
                     rc, rr = logps(ref)
             if fused:  # train.py's policy pass: the whole DPO loss, its head gradients formed in the forward
                 P = len(b["ids"])
-                loss, _ = net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"],
-                              loss=(pair_groups(P, dev), torch.cat([rc, rr]), dpo_loss_fn(0.1)))
+                loss, _ = net("preference_loss", b, None, pair_groups(P, dev), torch.cat([rc, rr]),
+                              train.preference_loss_fn(train.Config(beta=0.1), "dpo"))
                 loss = loss / P
             else:
                 pc, pr = logps(model)

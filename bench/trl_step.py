@@ -126,7 +126,7 @@ def trl_logps(trainer, b):
 def our_step_fn(ckpt: str, a, fused: bool):
     import train
     from dpo import dpo_loss
-    from dpo_fused import dpo_loss_fn, pair_groups
+    from dpo_fused import pair_groups
     from model import Llava
     model = Llava.from_pretrained(ckpt, dtype=torch.float32)
     ref = Llava.from_pretrained(ckpt, dtype=torch.float32).eval().requires_grad_(False)
@@ -142,14 +142,14 @@ def our_step_fn(ckpt: str, a, fused: bool):
 
     def step(b):
         with torch.no_grad():
-            rc, rr, _ = train.pair_logps(rnet, b)
+            rc, rr = rnet("logps", b).view(2, -1)
         if fused:
-            loss, pi = net(b["input_ids"], b["pixel_values"], b["attention_mask"], b["labels"],
-                           loss=(pair_groups(P), torch.cat([rc, rr]), dpo_loss_fn(0.1)))  # as train.py's pair_loss
+            loss, pi = net("preference_loss", b, None, pair_groups(P), torch.cat([rc, rr]),
+                           train.preference_loss_fn(train.Config(beta=0.1), "dpo"))  # as train.py's pair_loss
             loss = loss / P
             pc = pi[:P]
         else:
-            pc, pr, _ = train.pair_logps(net, b)
+            pc, pr = net("logps", b).view(2, -1)
             loss = dpo_loss(pc, pr, rc, rr, 0.1)[0].mean()
             pi = torch.cat([pc, pr]).detach()
         loss.backward()

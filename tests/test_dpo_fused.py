@@ -9,6 +9,7 @@ import torch
 
 import dpo_fused as F
 from dpo import chosen_nll, dpo_loss, povid_loss, sequence_sums
+from train import Config, preference_loss_fn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 P, T, D, V = 4, 13, 24, 101
@@ -59,11 +60,17 @@ def unfused(h, w, labels, noise, ref, kind, beta=0.1, eps=0.0, alpha=0.0):
 def fused(h, w, labels, noise, ref, kind, beta=0.1, eps=0.0, alpha=0.0, **kw):
     if kind == "povid":
         rows, tgt, seq = F.pack(h, labels, noise)
-        groups, fn = F.povid_groups(P, DEVICE), F.povid_loss_fn(beta, (0.3, 0.7), alpha)
+        groups, fn = F.povid_groups(P, DEVICE), loss_fn("povid", beta=beta, povid_weight_injected=0.3,
+                                                        povid_weight_noise=0.7, rpo_alpha=alpha)
         return F.fused_preference_loss(rows, w, tgt, seq, groups, ref, fn, **kw)
     rows, tgt, seq = F.pack(h, labels)
-    fn = F.dpo_loss_fn(beta, kind, eps, alpha)
+    fn = loss_fn("dpo", beta=beta, loss_type=kind, label_smoothing=eps, rpo_alpha=alpha)
     return F.fused_preference_loss(rows, w, tgt, seq, F.pair_groups(P, DEVICE), ref[:2 * P], fn, **kw)
+
+
+def loss_fn(objective, **kw):
+    """train.py's loss closure (dpo.py's losses) for these settings."""
+    return preference_loss_fn(Config(**kw), objective)
 
 
 def grads(fn, h, w, trainable):
@@ -137,10 +144,13 @@ def test_chunk_plan_uneven_with_fallback():
     assert all(len(c["rows"]) > 11 for c in chunks if c["fallback"])
     assert sorted(g for c in chunks for g in c["groups"].tolist()) == list(range(P))  # each group once
     assert torch.equal(n_tok[:P], (labels[:P, 1:] != -100).sum(1))
-    _, pi = F.fused_preference_loss(rows, w, tgt, seq, F.povid_groups(P), ref, F.povid_loss_fn(), budget_bytes=11 * V * 4)
+    _, pi = F.fused_preference_loss(rows, w, tgt, seq, F.povid_groups(P), ref, loss_fn("povid"),
+                                    budget_bytes=11 * V * 4)
     with torch.no_grad():
         want = torch.cat([sequence_sums(h, w, labels), sequence_sums(h[:P], w, noise)])
     assert torch.allclose(pi, want, atol=1e-5, rtol=1e-6)
+    # the reference's pass (no grad) gives this call's pi bit for bit: a run starts at exactly ln 2
+    assert torch.equal(F.preference_logps(rows, w, tgt, seq, F.povid_groups(P), budget_bytes=11 * V * 4), pi)
 
 
 def test_rows_that_score_nothing_and_rows_in_two_chunks(impl):
@@ -156,7 +166,7 @@ def test_rows_that_score_nothing_and_rows_in_two_chunks(impl):
     tgt[1::7, 1] = -100
     groups = torch.tensor([[0, 1], [2, 3]])
     ref = torch.randn(4, generator=g) - 40
-    fn = F.dpo_loss_fn(0.2, rpo_alpha=0.3)
+    fn = loss_fn("dpo", beta=0.2, rpo_alpha=0.3)
     chunks, _ = F.plan_chunks(tgt, seq, groups, 4, V, budget_rows=20)
     assert len(chunks) == 2 and set(chunks[0]["rows"].tolist()) & set(chunks[1]["rows"].tolist())
     outs = []
@@ -196,7 +206,7 @@ def test_no_grad_errors_and_single_backward():
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
     rows, tgt, seq = F.pack(h.detach(), labels)
-    fn, groups = F.dpo_loss_fn(), F.pair_groups(P)
+    fn, groups = loss_fn("dpo"), F.pair_groups(P)
     with pytest.raises(ValueError, match="more than one group"):
         F.fused_preference_loss(rows, w, tgt, seq, torch.tensor([[0, 4], [0, 5]]), ref[:2 * P], fn)
     with pytest.raises(ValueError, match="in no group"):
@@ -210,9 +220,9 @@ def test_no_grad_errors_and_single_backward():
 # --------------------------------------------------------------------------------------------- one optimizer step
 @pytest.mark.parametrize("kind", ["sigmoid", "povid"])
 def test_dpo_step_equals_unfused_step(kind):
-    """A tiny Llava with LoRA adapters and a trainable LM head: one AdamW step through train.Net + the unfused loss
-    (as train.py's step) and one through the fused loss give the same loss, the same gradients and the same
-    weights after the step."""
+    """A tiny Llava with LoRA adapters and a trainable LM head: one AdamW step through train.Net's plain composition
+    (--fused_loss=False: summed log-probs, then the loss) and one through its fused loss give the same loss, the same
+    gradients and the same weights after the step."""
     import train
     from model import Llava, LlavaConfig, TextConfig, VisionConfig
     from model.lora import adapters_disabled, apply_lora
@@ -232,7 +242,7 @@ def test_dpo_step_equals_unfused_step(kind):
     px = torch.randn(P, 3, 16, 16, generator=g).repeat(2, 1, 1, 1)
     noise = torch.where(labels[:P] != -100, torch.randint(1, V - 1, labels[:P].shape, generator=g), -100)
     results = []
-    for use_fused in (False, True):
+    for fused in (False, True):
         torch.manual_seed(0)
         m = Llava(cfg)
         m.requires_grad_(False)
@@ -242,28 +252,19 @@ def test_dpo_step_equals_unfused_step(kind):
                 if "lora_B" in n:
                     p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
         m.lm_head.weight.requires_grad_(True)
-        net = train.Net(m)
+        net = train.Net(m, fused)
         params = [p for p in m.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-2)
         nt = noise if kind == "povid" else None
+        b = dict(input_ids=ids, pixel_values=px, attention_mask=mask, labels=labels, ids=list(range(P)))
+        groups = F.povid_groups(P) if kind == "povid" else F.pair_groups(P)
+        fn = loss_fn("povid" if kind == "povid" else "dpo", rpo_alpha=1.0)
         with torch.no_grad(), adapters_disabled(m):
-            rc, rr, rn = train.pair_logps(net, dict(input_ids=ids, pixel_values=px, attention_mask=mask,
-                                                    labels=labels, ids=list(range(P))), nt)
-        ref = torch.cat([rc, rr] + ([rn] if rn is not None else []))
-        if use_fused:
-            h = m.hidden_states(ids, px, mask)
-            rows, tgt, seq = F.pack(h, labels, nt)
-            groups = F.povid_groups(P) if kind == "povid" else F.pair_groups(P)
-            fn = F.povid_loss_fn(0.1, (0.5, 0.5), 1.0) if kind == "povid" else F.dpo_loss_fn(0.1, rpo_alpha=1.0)
-            loss, _ = F.fused_preference_loss(rows, m.lm_head.weight, tgt, seq, groups, ref, fn, budget_bytes=9 * V * 4)
+            ref = net("logps", b, nt, groups)
+        if fused:  # train.py's two branches of Run.pair_loss
+            loss, _ = net("preference_loss", b, nt, groups, ref, fn)
         else:
-            pc, pr, pn = train.pair_logps(net, dict(input_ids=ids, pixel_values=px, attention_mask=mask,
-                                                    labels=labels, ids=list(range(P))), nt)
-            if kind == "povid":
-                losses, _, _ = povid_loss(pc, pr, pn, rc, rr, rn, 0.1, (0.5, 0.5))
-            else:
-                losses, _, _ = dpo_loss(pc, pr, rc, rr, 0.1)
-            loss = (losses + chosen_nll(pc, (labels[:P, 1:] != -100).sum(1))).sum()
+            loss = fn(net("logps", b, nt)[groups], ref[groups], train.scored_tokens(b, nt)[groups]).sum()
         (loss / P).backward()
         grads_ = [p.grad.clone() for p in params]
         opt.step()

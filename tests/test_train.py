@@ -64,9 +64,12 @@ def test_dpo_step0_is_ln2_and_learns_separable_pairs(setup, tmp_path):
     Llava.from_pretrained(str(tmp_path / "a/model"))
 
 
-def test_micro_batch_accumulation_equivalence(setup, tmp_path):
+def test_micro_batch_accumulation_and_the_plain_loss_agree(setup, tmp_path):
+    """Micro-batches of 1 accumulated = one of 4; the DPO run with 1 also takes the plain composition
+    (--fused_loss=False: summed log-probs, then dpo.py's loss), the other the fused loss."""
     for mode in ("dpo", "sft"):
-        a = run(setup, tmp_path / f"{mode}1", "--micro_batch_size=1", mode=mode)
+        plain = ["--fused_loss=False"] if mode == "dpo" else []
+        a = run(setup, tmp_path / f"{mode}1", "--micro_batch_size=1", *plain, mode=mode)
         b = run(setup, tmp_path / f"{mode}4", "--micro_batch_size=4", mode=mode)
         for x, y in zip(a, b):
             assert x["loss"] == pytest.approx(y["loss"], abs=1e-5), mode
@@ -198,7 +201,7 @@ def test_bad_input(setup, tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_ids(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "dpo_loss_fn", lambda *a, **k: lambda pi, ref, n: pi[:, 0] * float("nan"))
+    monkeypatch.setattr(train, "dpo_loss", lambda pc, pr, rc, rr, *a: (pc * float("nan"), pc, pr))
     with pytest.raises(SystemExit, match=r"non-finite loss at step 0 \(batch ids \['"):
         run(setup, tmp_path / "n", "--lora_rank=4")
 

@@ -116,7 +116,8 @@ def test_povid_json_format_scores_the_last_answer_only(world):
 def test_missing_and_unreadable_images_name_their_path(world):
     d, tok = world
     (d / "broken.png").write_bytes(b"\x89PNG not really")
-    path = write(d / "img.jsonl", [pair(), pair(id="gone", image="nope/missing.png"), pair(id="junk", image="broken.png")])
+    path = write(d / "img.jsonl", [pair(), pair(id="gone", image="nope/missing.png"),
+                                   pair(id="junk", image="broken.png")])
     rows, skips = load(path, tok)
     images = D.ImageStore(size=32, pad=True)
     with pytest.raises(ValueError, match=r"gone: missing image: .*nope/missing.png"):
@@ -131,7 +132,8 @@ def test_missing_and_unreadable_images_name_their_path(world):
 def test_sft_conversations_multi_turn_and_item_errors(world):
     d, tok = world
     recs = json.loads((d / "train.json").read_text())
-    recs.append({"id": "text-only", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "a ."}]})
+    recs.append({"id": "text-only", "conversations": [{"from": "human", "value": "Hi"},
+                                                      {"from": "gpt", "value": "a ."}]})
     recs.append({"id": "silent", "image": recs[0]["image"], "conversations": [{"from": "human", "value": "Hi"},
                                                                               {"from": "gpt", "value": " "}]})
     recs.append({"id": "broken", "image": recs[0]["image"], "conversations": [{"from": "gpt", "value": "a ."}]})
