@@ -4,7 +4,7 @@ PY      := .venv/bin/python
 RUNTIME := .venv/.runtime
 STAMP   := .venv/.installed
 
-.PHONY: test test-compat demo demo-quick demo-seeds bench bench-fused rehearsal clean-venv
+.PHONY: test test-compat demo demo-quick demo-seeds bench bench-fused rehearsal rehearsal-mobilevlm clean-venv
 
 # the runtime packages alone: all the demo needs
 $(RUNTIME): requirements.txt constraints.txt
@@ -46,6 +46,11 @@ test: $(STAMP) $(ASSETS)
 # the README's real recipe on real-shape inputs (LLaVA-1.5-7B's config with 2 layers), on the CPU: rehearsal/run.py
 rehearsal: $(STAMP) $(ASSETS)
 	$(PY) -m rehearsal.run --out out/rehearsal
+
+# the same README blocks on mtgv/MobileVLM_V2-1.7B's full shape (24 layers, 1.7 B parameters, the hub's file layout),
+# one process per torchrun command (two 1.7 B fp32 copies would not leave room on a 24 GiB machine)
+rehearsal-mobilevlm: $(STAMP) $(ASSETS)
+	$(PY) -m rehearsal.run --out out/rehearsal_mobilevlm --model mobilevlm --ngpu 1 --no-fsdp
 
 demo: $(RUNTIME)
 	$(PY) -m toy.demo

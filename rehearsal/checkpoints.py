@@ -11,8 +11,14 @@
   narrow  the same files with narrow widths (text 256 / 688 / 4 heads, vision 128 / 512 / 2 heads, CLIP text 128):
           still 336 px, 576 image tokens, the real vocabularies and tokenizers. The CI-speed version of the same path.
 
-    python -m rehearsal.checkpoints --out out/rehearsal [--narrow] [--layers 2]
+  mobilevlm  mtgv/MobileVLM_V2-1.7B at full size: its config.json verbatim (24 layers, 1.7 B parameters), one bf16
+          pytorch_model.bin under the published key names with the 24-layer CLIP tower inside, LLaMA's tokenizer.model
+          (SentencePiece, rebuilt from the same vocabulary and merges) and no tokenizer.json.
+
+    python -m rehearsal.checkpoints --out out/rehearsal [--narrow] [--layers 2] [--check]
     -> out/rehearsal/llava-1.5-7b-hf[-narrow]/, out/rehearsal/clip-vit-large-patch14-336[-narrow]/
+    python -m rehearsal.checkpoints --out out/rehearsal --mobilevlm --layers 24 --check
+    -> out/rehearsal/MobileVLM_V2-1.7B/
 
     from rehearsal.checkpoints import build_llava, build_clip
     d = build_llava("out/rehearsal", narrow=True)   # cached: an existing build with the same stamp is reused
@@ -31,6 +37,7 @@ import dataclasses
 import os
 import resource
 import shutil
+import struct
 import time
 
 import torch
@@ -75,6 +82,29 @@ CLIP_L336_CONFIG = {
 CLIP_PREPROCESSOR = {"crop_size": 336, "do_center_crop": True, "do_normalize": True, "do_resize": True,
                      "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN),
                      "image_std": list(CLIP_STD), "resample": 3, "size": 336}
+
+# mtgv/MobileVLM_V2-1.7B config.json, as on the hub (commit 302257f)
+MOBILEVLM_V2_1P7B_CONFIG = {
+    "_name_or_path": "mtgv/MobileVLM_V2-1.7B", "architectures": ["MobileLlamaForCausalLM"], "bos_token_id": 1,
+    "eos_token_id": 2, "freeze_mm_mlp_adapter": False, "hidden_act": "silu", "hidden_size": 2048,
+    "image_aspect_ratio": "pad", "image_grid_pinpoints": None, "initializer_range": 0.02, "intermediate_size": 5632,
+    "max_position_embeddings": 2048, "max_sequence_length": 2048, "mm_hidden_size": 1024, "mm_projector_lr": None,
+    "mm_projector_type": "ldpnetv2", "mm_use_im_patch_token": False, "mm_use_im_start_end": False,
+    "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2,
+    "mm_vision_tower": "openai/clip-vit-large-patch14-336", "model_type": "mobilevlm", "num_attention_heads": 16,
+    "num_hidden_layers": 24, "num_key_value_heads": 16, "pad_token_id": 0, "pretraining_tp": 1, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.33.1", "tune_mm_mlp_adapter": False, "use_cache": True, "use_mm_proj": True,
+    "vision_tower_type": "clip", "vocab_size": 32000}
+# openai/clip-vit-large-patch14-336's vision tower, which MobileVLM V2 holds inside its file (not named by its config)
+CLIP_L336_TOWER = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+                   "image_size": 336, "patch_size": 14}
+# MobileLLaMA's tokenizer side files (mtgv/MobileLLaMA-2.7B-Chat's special_tokens_map.json: pad = <unk>)
+MOBILEVLM_TOKENIZER_CONFIG = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+                              "clean_up_tokenization_spaces": False, "eos_token": "</s>", "legacy": False,
+                              "model_max_length": 2048, "pad_token": "<unk>", "padding_side": "right",
+                              "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>"}
+MOBILEVLM_GENERATION = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "transformers_version": "4.33.1"}
 
 NARROW_TEXT = {"hidden_size": 256, "intermediate_size": 688, "num_attention_heads": 4}
 NARROW_VISION = {"hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 2}
@@ -167,6 +197,91 @@ def build_llava(out: str, narrow: bool = False, layers: int = 2, seed: int = 0, 
     return _finish(tmp, final, stamp)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, value) -> bytes:
+    """One protobuf field: int -> varint, float -> fixed32, bytes / str -> length-delimited."""
+    if isinstance(value, float):
+        return _varint(num << 3 | 5) + struct.pack("<f", value)
+    if isinstance(value, int):
+        return _varint(num << 3) + _varint(value)
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
+
+
+def llama_sentencepiece_model(pieces, merges) -> bytes:
+    """LLaMA's tokenizer.model (a SentencePiece BPE ModelProto) rebuilt from the vocabulary and the ranked merges of
+    rehearsal/assets.py: <unk> UNKNOWN, <s> </s> CONTROL, <0x00>..<0xFF> BYTE, the rest NORMAL with score -(rank of
+    the first merge that builds the piece), single characters below every merge; trainer spec BPE + byte fallback,
+    normalizer identity with the dummy prefix and spaces kept, as LLaMA's. `check` compares its ids with the
+    tokenizer.json built from the same data."""
+    score = {}
+    for rank, (a, b) in enumerate(merges):
+        score.setdefault(a + b, -float(rank))
+    body = b""
+    for i, p in enumerate(pieces):
+        kind = 2 if i == 0 else 3 if i in (1, 2) else 6 if 3 <= i < 259 else 1
+        sc = 0.0 if kind != 1 else score.get(p, -float(len(merges) + i))
+        body += _field(1, _field(1, p) + _field(2, sc) + _field(3, kind))
+    trainer = _field(3, 2) + _field(4, len(pieces)) + _field(25, 1) + _field(35, 1) + _field(40, 0) + \
+        _field(41, 1) + _field(42, 2)
+    normalizer = _field(1, "identity") + _field(3, 1) + _field(4, 0) + _field(5, 1)
+    return body + _field(2, trainer) + _field(3, normalizer)
+
+
+def mobilevlm_config(layers: int = 24, narrow: bool = False) -> dict:
+    cfg = copy.deepcopy(MOBILEVLM_V2_1P7B_CONFIG)
+    cfg["num_hidden_layers"] = layers
+    if narrow:
+        cfg.update(NARROW_TEXT, num_key_value_heads=NARROW_TEXT["num_attention_heads"],
+                   mm_hidden_size=NARROW_VISION["hidden_size"])
+    return cfg
+
+
+def build_mobilevlm(out: str, narrow: bool = False, layers: int = 24, seed: int = 2,
+                    assets_dir: str = assets.DEFAULT_OUT) -> str:
+    """OUT/MobileVLM_V2-1.7B[-narrow]: mtgv/MobileVLM_V2-1.7B as the hub has it - its config.json verbatim (all 24
+    layers unless `layers` says otherwise), one bf16 pytorch_model.bin under the published key names with the CLIP
+    ViT-L/14-336 tower inside (24 layers), LLaMA's tokenizer.model and no tokenizer.json, MobileLLaMA's side files,
+    generation_config.json. Narrow: the narrow widths, a 2-layer 128-wide tower (still 336 px, 144 image tokens)."""
+    from model.checkpoint import mobilevlm_keys
+    final = os.path.join(os.path.abspath(out), "MobileVLM_V2-1.7B" + ("-narrow" if narrow else ""))
+    stamp = f"mobilevlm narrow={narrow} layers={layers} seed={seed} build={BUILD_VERSION}\n"
+    if _cached(final, stamp):
+        return final
+    tok_dir = assets.llama_tokenizer_dir(assets_dir)  # fetches the package the vocabulary comes from
+    pieces, merges = assets.llama_vocab_and_merges(assets.fetch_llama_js(os.path.join(os.path.dirname(tok_dir),
+                                                                                      "download")))
+    cfg_dict = mobilevlm_config(layers, narrow)
+    config = LlavaConfig.from_dict(cfg_dict)
+    tower = dict(CLIP_L336_TOWER, **(dict(NARROW_VISION, num_hidden_layers=2) if narrow else {}))
+    config.vision = dataclasses.replace(config.vision, **tower)
+    with torch.device("meta"):
+        shapes = Llava(config)
+    state = mobilevlm_keys(random_state(shapes, torch.bfloat16, seed), config.projector_type)
+    del shapes
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    torch.save(state, os.path.join(tmp, "pytorch_model.bin"))
+    del state
+    write_json(os.path.join(tmp, "config.json"), cfg_dict)
+    with open(os.path.join(tmp, "tokenizer.model"), "wb") as f:
+        f.write(llama_sentencepiece_model(pieces, merges))
+    write_json(os.path.join(tmp, "tokenizer_config.json"), MOBILEVLM_TOKENIZER_CONFIG)
+    write_json(os.path.join(tmp, "special_tokens_map.json"), {k: MOBILEVLM_TOKENIZER_CONFIG[k] for k in (
+        "bos_token", "eos_token", "unk_token", "pad_token")})
+    write_json(os.path.join(tmp, "generation_config.json"), MOBILEVLM_GENERATION)
+    return _finish(tmp, final, stamp)
+
+
 def build_clip(out: str, narrow: bool = False, layers: int = 2, seed: int = 1,
                assets_dir: str = assets.DEFAULT_OUT) -> str:
     """OUT/clip-vit-large-patch14-336[-narrow]: the openai CLIP checkpoint of the module docstring."""
@@ -200,15 +315,22 @@ def check(name: str, d: str) -> None:
     tokens) through the LLaVA, or two captions through the CLIP."""
     from PIL import Image
     from model import Tokenizer, load_image
-    from model.tokenizer import pad_sequences
+    from model.tokenizer import VICUNA_SYSTEM, pad_sequences
     t0 = time.time()
-    m = (Llava if name == "llava" else CLIPModel).from_pretrained(d, dtype=torch.float32)
+    m = (CLIPModel if name == "clip" else Llava).from_pretrained(d, dtype=torch.float32)
     n = sum(p.numel() for p in m.parameters())
     print(f"  loaded strictly (fp32): {n / 1e6:.1f} M parameters in {time.time() - t0:.1f} s")
     tok = Tokenizer.from_pretrained(d)
     img = Image.new("RGB", (500, 375), (90, 140, 200))
     t0 = time.time()
-    if name == "llava":
+    if name == "mobilevlm":  # tokenizer.model read by model/spm.py: the ids of the tokenizer.json of the same data
+        ref = Tokenizer.from_pretrained(assets.llama_tokenizer_dir())
+        # no leading space: there SentencePiece (and the legacy layout) adds a lone "▁", llava-hf's Metaspace does not
+        for text in ("What is in the image?", "Describe it in  detail.\nCafé 東京 🤖 12345", VICUNA_SYSTEM):
+            assert tok.encode(text) == ref.encode(text), f"{d}/tokenizer.model: ids differ on {text!r}"
+        assert (tok.image_token_id, tok.pad_id, m.config.num_image_tokens) == (32000, 0, 144)
+        print("  tokenizer.model: ids equal to the LLaMA tokenizer.json's on the test strings")
+    if name in ("llava", "mobilevlm"):
         ids = torch.tensor([tok.encode_prompt("What is in the image?", m.config.num_image_tokens)])
         px = load_image(img, m.config.image_size, pad=True)[None]
         out = m(ids, px)  # (1, T, 32064)
@@ -227,8 +349,10 @@ def main(argv=None):
     ap.add_argument("--narrow", action="store_true", help="narrow widths (CI speed), same files and vocabularies")
     ap.add_argument("--layers", type=int, default=2, help="depth of every tower (the hub has 32 / 24 / 12)")
     ap.add_argument("--check", action="store_true", help="load both back strictly and report time / peak memory")
+    ap.add_argument("--mobilevlm", action="store_true", help="build MobileVLM_V2-1.7B (--layers 24 = the hub's)")
     a = ap.parse_args(argv)
-    for name, build in (("llava", build_llava), ("clip", build_clip)):
+    builds = [("mobilevlm", build_mobilevlm)] if a.mobilevlm else [("llava", build_llava), ("clip", build_clip)]
+    for name, build in builds:
         t0 = time.time()
         d = build(a.out, narrow=a.narrow, layers=a.layers)
         print(f"{name}: {d}  {dir_bytes(d) / 1e6:.1f} MB, {time.time() - t0:.1f} s")

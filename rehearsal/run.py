@@ -4,6 +4,8 @@ end to end before anyone spends GPU hours on it.
 
     python -m rehearsal.run --out out/rehearsal              # real widths (1-2 layers), CPU: make rehearsal
     python -m rehearsal.run --out out/rehearsal --narrow     # the same path at narrow widths (the test suite's)
+    python -m rehearsal.run --out out/rehearsal_mobilevlm --model mobilevlm --ngpu 1 --no-fsdp
+                                                             # mtgv/MobileVLM_V2-1.7B at full size (24 layers)
     (on a GPU machine the same command: every command picks CUDA and bf16 by itself when a GPU is present)
 
 What it does:
@@ -171,9 +173,11 @@ template = """Rate the response for hallucination, from 0 to 6, as "Rating: N".
 '''
 
 
-def build_inputs(out: str, narrow: bool) -> dict:
-    """Checkpoints and public-schema data under out/inputs -> the README's input variables, pointed at them."""
-    from rehearsal.checkpoints import build_clip, build_llava
+def build_inputs(out: str, narrow: bool, model: str = "llava", layers: int = 24) -> dict:
+    """Checkpoints and public-schema data under out/inputs -> the README's input variables, pointed at them.
+    model "mobilevlm": the base ($LLAVA, the one line a MobileVLM user changes) is MobileVLM_V2-1.7B in the hub's
+    layout, `layers` deep (24 = the hub's)."""
+    from rehearsal.checkpoints import build_clip, build_llava, build_mobilevlm
     from rehearsal.public_data import make_public_data
     inp = os.path.join(out, "inputs")
     data = make_public_data(os.path.join(inp, "data"), image_size=480)
@@ -181,7 +185,9 @@ def build_inputs(out: str, narrow: bool) -> dict:
     os.makedirs(os.path.join(rlhf, "Eval"), exist_ok=True)
     with open(os.path.join(rlhf, "Eval", "eval_gpt_mmhal.py"), "w") as f:
         f.write(JUDGE_TEMPLATE)
-    return {"LLAVA": build_llava(os.path.join(inp, "ckpt"), narrow=narrow),
+    base = (build_mobilevlm(os.path.join(inp, "ckpt"), narrow=narrow, layers=layers) if model == "mobilevlm" else
+            build_llava(os.path.join(inp, "ckpt"), narrow=narrow))
+    return {"LLAVA": base,
             "CLIP": build_clip(os.path.join(inp, "ckpt"), narrow=narrow),
             "COCO": os.path.join(data["root"], "coco"), "POVID_JSON": data["povid_pairs"],
             "SYNONYMS": data["synonyms"], "POPE": os.path.join(data["root"], "pope"),
@@ -210,14 +216,15 @@ def readme_env(assigns, inputs: dict, out: str, ngpu: int) -> tuple[dict, dict]:
 
 
 def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, fsdp_pass: bool,
-             models=("base", "povid", "clip_dpo"), fsdp_match: str = r"\btrain\.py\b|clip-rank") -> dict:
+             models=("base", "povid", "clip_dpo"), fsdp_match: str = r"\btrain\.py\b|clip-rank",
+             model: str = "llava", layers: int = 24) -> dict:
     """Build the inputs, run the README's blocks (training, evaluation per model in `models`, report, use), then the
     commands matching `fsdp_match` again with --fsdp=True. Returns what rehearsal.json holds."""
     from rehearsal.stub_openai import StubServer
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    inputs = build_inputs(out, narrow)
+    inputs = build_inputs(out, narrow, model, layers)
     t_inputs = round(time.time() - t0, 1)
     assigns, train_cmds = commands(readme_block("real-run", "bash"))
     _, eval_cmds = commands(readme_block("real-eval", "bash"))
@@ -238,15 +245,17 @@ def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, f
             records[f"eval {m}"] = [run(adapt(c, steps, chair_images, False), e, log) for c in eval_cmds]
     if set(models) == set(ckpts):
         records["report"] = [run(c, env, log) for c in report_cmds]
-    use = os.path.join(out, "use_the_model.py")
-    with open(use, "w") as f:
-        f.write(readme_block("real-use", "python"))
-    records["use"] = [run(f"python {shlex.quote(use)}", env, log)]
+    if model == "llava":  # transformers' Llava class reads llava-hf exports; a MobileVLM export is MobileVLM's layout
+        use = os.path.join(out, "use_the_model.py")
+        with open(use, "w") as f:
+            f.write(readme_block("real-use", "python"))
+        records["use"] = [run(f"python {shlex.quote(use)}", env, log)]
     if fsdp_pass:  # the training commands again, FSDP2 instead of DDP, into their own OUT
         env_f, _ = readme_env(assigns, inputs, os.path.join(out, "fsdp"), ngpu)
         records["fsdp"] = [run(adapt(c, steps, chair_images, True), env_f, log) for c in train_cmds
                            if re.search(fsdp_match, c)]
-    rep = {"narrow": narrow, "steps": steps, "ngpu": ngpu, "wall_s": round(time.time() - t0, 1),
+    rep = {"model": model, "layers": layers if model == "mobilevlm" else None, "narrow": narrow, "steps": steps,
+           "ngpu": ngpu, "wall_s": round(time.time() - t0, 1),
            "inputs_s": t_inputs, "peak_mb": max(r["peak_mb"] for rs in records.values() for r in rs),
            "variables": changed, "commands": records}
     write_json(os.path.join(out, "rehearsal.json"), rep, indent=1)
@@ -264,8 +273,12 @@ def main(argv=None):
     p.add_argument("--chair-images", type=int, default=3, help="the CHAIR sample size (the README's 500)")
     p.add_argument("--no-fsdp", action="store_true", help="skip the FSDP2 pass of the training commands")
     p.add_argument("--models", default="base,povid,clip_dpo", help="which models the evaluation block runs for")
+    p.add_argument("--model", default="llava", choices=["llava", "mobilevlm"],
+                   help="the base: llava-1.5-7b-hf's shape (2 layers), or MobileVLM_V2-1.7B in the hub's layout")
+    p.add_argument("--layers", type=int, default=24, help="MobileVLM's depth (24 = the hub's, all of it)")
     a = p.parse_args(argv)
-    rehearse(a.out, a.narrow, a.steps, a.ngpu, a.chair_images, not a.no_fsdp, tuple(a.models.split(",")))
+    rehearse(a.out, a.narrow, a.steps, a.ngpu, a.chair_images, not a.no_fsdp, tuple(a.models.split(",")),
+             model=a.model, layers=a.layers)
 
 
 if __name__ == "__main__":
