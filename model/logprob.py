@@ -57,6 +57,13 @@ def _hits(targets, v0: int, n: int):
     return rows, targets[rows] - v0
 
 
+def _in_block(targets, v0: int, n: int):
+    """Whether each row's target lies in the vocabulary block [v0, v0 + n) (M,), and its column there (M, 1),
+    clamped into the block for the other rows: a mask rather than _hits' row list, so no host sync for its size."""
+    inside = (targets >= v0) & (targets < v0 + n)
+    return inside, (targets - v0).clamp(0, n - 1)[:, None]
+
+
 class _BlockedLogprob(torch.autograd.Function):
     """Both passes walk the vocabulary in blocks of `block` columns, each block's logits for every scored row at
     once: an (M, block) fp32 workspace, never (M, V)."""
@@ -73,8 +80,8 @@ class _BlockedLogprob(torch.autograd.Function):
         for v0 in range(0, V, block):
             w = weight[v0:v0 + block]  # (Vb, D)
             z = _linear(hidden, w)  # (M, Vb) fp32 logits of this block
-            rows, cols = _hits(targets, v0, w.shape[0])
-            target_logit[rows] = z[rows, cols]
+            inside, cols = _in_block(targets, v0, w.shape[0])
+            target_logit = torch.where(inside, z.gather(1, cols)[:, 0], target_logit)
             m_new = torch.maximum(m, z.amax(dim=1))
             rescale = (m - m_new).exp()  # (M,) what was summed under the old max; exp(-inf) = 0 the first time
             z.sub_(m_new[:, None]).exp_()  # in place: exp(logit - m_new)
@@ -114,8 +121,8 @@ def blocked_backward(hidden, weight, targets, lse, g, block: int, need_h: bool, 
         w = weight[v0:v0 + block]  # (Vb, D)
         dl = _linear(hidden, w)  # recompute (M, Vb) fp32
         dl.sub_(lse[:, None]).exp_().mul_(-g[:, None])  # -g * softmax
-        rows, cols = _hits(targets, v0, w.shape[0])
-        dl[rows, cols] += g[rows]  # + g * onehot
+        inside, cols = _in_block(targets, v0, w.shape[0])
+        dl.scatter_add_(1, cols, (g * inside)[:, None])  # + g * onehot
         if need_h:
             dh += _linear(dl, (w if fp32 else w.float()).t())  # (M, Vb) @ (Vb, D)
         if need_w:
@@ -125,25 +132,30 @@ def blocked_backward(hidden, weight, targets, lse, g, block: int, need_h: bool, 
 
 
 def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                      block_cols: int | None = None, use_triton: bool | None = None) -> torch.Tensor:
+                      block_cols: int | None = None, use_triton: bool | None = None, rows=None) -> torch.Tensor:
     """hidden (N, D), weight (V, D), targets (N,) -> (N,) fp32 log p(target); 0 where targets == ignore_index.
     Differentiable with respect to hidden and weight. use_triton: None = the Triton kernels on CUDA when triton is
     installed, False = the torch path on any device, True = the Triton kernels (also CPU tensors under
-    TRITON_INTERPRET=1)."""
+    TRITON_INTERPRET=1). rows: the (M,) indices of the scored rows when the caller knows them (a training batch's
+    labels are on the host before the copy): then nothing is read back from the device - no host sync - and the
+    targets are trusted; without it they are counted and checked (one sync)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} must be (N, D), (V, D)")
     if targets.shape != hidden.shape[:1]:
         raise ValueError(f"targets {tuple(targets.shape)} must be ({hidden.shape[0]},)")
-    keep = targets != ignore_index  # (N,)
-    bad = keep & ((targets < 0) | (targets >= weight.shape[0]))
-    n_keep, n_bad = torch.stack([keep.sum(), bad.sum()]).tolist()  # one host sync for both
-    if n_bad:
-        raise ValueError(f"targets must be in [0, {weight.shape[0]}) or {ignore_index}")
+    if rows is None:
+        keep = targets != ignore_index  # (N,)
+        bad = keep & ((targets < 0) | (targets >= weight.shape[0]))
+        n_keep, n_bad = torch.stack([keep.sum(), bad.sum()]).tolist()  # one host sync for both
+        if n_bad:
+            raise ValueError(f"targets must be in [0, {weight.shape[0]}) or {ignore_index}")
+    else:
+        n_keep = len(rows)
     out = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device) if n_keep < len(targets) else None
     if n_keep == 0:
         return out + 0.0 * hidden.sum() if hidden.requires_grad else out  # keep the graph connected
     every_row = n_keep == hidden.shape[0]  # nothing to gather or scatter back (and no copy of hidden)
-    idx = None if every_row else keep.nonzero()[:, 0]  # (M,) rows that are scored
+    idx = None if every_row else keep.nonzero()[:, 0] if rows is None else rows  # (M,) rows that are scored
     t = targets if every_row else targets[idx]
     h = hidden if every_row else hidden.index_select(0, idx)  # (M, D): image/prompt rows never touch the head
     if use_triton is None:
