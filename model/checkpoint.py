@@ -302,8 +302,8 @@ def _mobilevlm_sources(path, config: LlavaConfig, vision_tower, cfg_file):
     shapes = tensor_shapes(path)
     ptype = config.projector_type
     if not any(k.startswith("model.mm_projector.") for k in shapes):
-        raise CheckpointKeyError(f"{path}: no projector weights (model.mm_projector.*) in the checkpoint, which {cfg_file} says "
-                       f"is a MobileVLM ({ptype})")
+        raise CheckpointKeyError(f"{path}: no projector weights (model.mm_projector.*) in the checkpoint, which "
+                                 f"{cfg_file} says is a MobileVLM ({ptype})")
     has_tower = any(k.startswith(MOBILEVLM_TOWER) for k in shapes)
     name = config.mobilevlm.get("mm_vision_tower")
     if ptype == "ldpnet":
@@ -320,8 +320,8 @@ def _mobilevlm_sources(path, config: LlavaConfig, vision_tower, cfg_file):
                              f"vision tower argument ({vision_tower}), the checkpoint's own tower is the one it was "
                              "trained with")
         if not has_tower:
-            raise CheckpointKeyError(f"{path}: no CLIP tower weights ({MOBILEVLM_TOWER}*) in the checkpoint; MobileVLM V2 "
-                           f"checkpoints hold theirs")
+            raise CheckpointKeyError(f"{path}: no CLIP tower weights ({MOBILEVLM_TOWER}*) in the checkpoint; "
+                                     "MobileVLM V2 checkpoints hold theirs")
         patch, size = config.vision.patch_size, config.vision.image_size
         config.vision = tower_config_from_shapes(shapes, MOBILEVLM_TOWER, patch, size, path)
         sources, ignore = [(path, mobilevlm_table(ptype))], ()

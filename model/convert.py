@@ -9,7 +9,8 @@ the llava-hf layout with every side file transformers' AutoProcessor and vLLM re
                   (pickles only through torch.load(weights_only=True)), its shards' index
   --vision-tower  openai CLIP dir (vision_model.* keys; the text tower, projections and position_ids are ignored)
   --tokenizer     a dir with tokenizer.json, needed when --src has none: liuhaotian ships only tokenizer.model (slow
-                  SentencePiece), which povid does not read. A llava-hf tokenizer dir is the right one (same 32000-piece
+                  SentencePiece; povid reads it, model/spm.py, but a llava-hf export needs the hub's
+                  tokenizer.json with <image> and <pad>). A llava-hf tokenizer dir is the right one (same 32000-piece
                   vocabulary + <image> 32000 / <pad> 32001; `python -m rehearsal.assets` builds it offline).
   --dtype         default: the source's own (its config's torch_dtype; float16 for LLaVA-1.5)
   --pad-vocab N   append rows to embed_tokens / lm_head up to N (llava-hf has 32064). Without it the converted model
@@ -39,8 +40,9 @@ from .llava import Llava
 from .tokenizer import Tokenizer
 
 NO_TOKENIZER = ("{src} has no tokenizer.json (liuhaotian checkpoints ship only tokenizer.model, the slow SentencePiece "
-                "file, which povid does not read). Pass --tokenizer DIR with a llava-hf tokenizer: a local copy of "
-                "llava-hf/llava-1.5-7b-hf's tokenizer files, or the one `python -m rehearsal.assets` builds offline "
+                "file; the llava-hf layout needs llava-hf's tokenizer.json). Pass --tokenizer DIR with a llava-hf "
+                "tokenizer: a local copy of llava-hf/llava-1.5-7b-hf's tokenizer files, or the one "
+                "`python -m rehearsal.assets` builds offline "
                 "into .venv/assets/llama (the same 32000-piece vocabulary, plus <image> 32000 and <pad> 32001).")
 
 

@@ -19,8 +19,8 @@ in transformers' LlamaTokenizer (SentencePiece itself would spell it out; nothin
 
     tk = tokenizer_from_spm("MobileVLM_V2-1.7B/tokenizer.model")   # a tokenizers.Tokenizer
 
-Test: tests/test_mobilevlm_tokenizer.py (ids identical to the sentencepiece package's on every test string, for models it
-trains in the test).
+Test: tests/test_mobilevlm_tokenizer.py (ids identical to the sentencepiece package's on every test string, for
+models it trains in the test).
 """
 from __future__ import annotations
 

@@ -36,8 +36,8 @@ V2_1P7B = {"architectures": ["MobileLlamaForCausalLM"], "model_type": "mobilevlm
 
 def published_v2_1p7b_keys() -> dict:
     """{key: shape} of mtgv/MobileVLM_V2-1.7B's pytorch_model.bin, derived from the official module tree:
-    MobileLlamaForCausalLM = transformers' LlamaForCausalLM (model.embed_tokens, model.layers.N.{self_attn.{q,k,v,o}_proj,
-    mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}, model.norm, lm_head) whose model also holds
+    MobileLlamaForCausalLM = transformers' LlamaForCausalLM (model.embed_tokens,
+    model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}, model.norm, lm_head) whose model also holds
     vision_tower (CLIPVisionTower) -> .vision_tower (CLIPVisionModel, openai/clip-vit-large-patch14-336: 24 layers,
     1024 wide, MLP 4096, 577 positions) -> .vision_model, and mm_projector (LDPNetV2Projector: mlp.mlp.{0,2},
     peg.peg.0). The hub holds no index for this model (one .bin); the shapes follow from config.json."""
@@ -46,8 +46,9 @@ def published_v2_1p7b_keys() -> dict:
     for i in range(L):
         p = f"model.layers.{i}."
         k.update({p + f"self_attn.{n}_proj.weight": (D, D) for n in "qkvo"})
-        k.update({p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F),
-                  p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,)})
+        k.update({p + "mlp.gate_proj.weight": (F, D), p + "mlp.up_proj.weight": (F, D),
+                  p + "mlp.down_proj.weight": (D, F), p + "input_layernorm.weight": (D,),
+                  p + "post_attention_layernorm.weight": (D,)})
     t, Dv = "model.vision_tower.vision_tower.vision_model.", 1024
     k.update({t + "embeddings.class_embedding": (Dv,), t + "embeddings.patch_embedding.weight": (Dv, 3, 14, 14),
               t + "embeddings.position_embedding.weight": (577, Dv), t + "pre_layrnorm.weight": (Dv,),

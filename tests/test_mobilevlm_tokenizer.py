@@ -27,7 +27,8 @@ CORPUS = [
 LLAMA_LIKE = dict(normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=True,
                   split_digits=True, vocab_size=360)
 TESTS = ["", " ", "Hello world!", "  leading, inner   and trailing spaces  ", "A chat between a curious user",
-         "What is in the image?\nDescribe it.", "Café 東京 ☃ emoji 🤖 naïve", "tab\there", "12345 + 678 = 13023",
+         "What is in the image?\nDescribe it.", "Café 東京 ☃ emoji 🤖 naïve", "tab\there",
+         "12345 + 678 = 13023",
          "USER: <image>\nWhat ASSISTANT:", "ﬁ ligature ＡＢＣ fullwidth", "\n\n", "a" * 40, "x y z . , ; ' \""]
 # the official conv_vicuna_v1 system text (Meituan-AutoML/MobileVLM mobilevlm/conversation.py), roles USER / ASSISTANT,
 # sep " " after the system sentence and the user turn, sep2 "</s>" after the answer
