@@ -35,12 +35,13 @@ V2_1P7B = {"architectures": ["MobileLlamaForCausalLM"], "model_type": "mobilevlm
 
 
 def published_v2_1p7b_keys() -> dict:
-    """{key: shape} of mtgv/MobileVLM_V2-1.7B's pytorch_model.bin, derived from the official module tree:
-    MobileLlamaForCausalLM = transformers' LlamaForCausalLM (model.embed_tokens,
-    model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm},
-    model.norm, lm_head) whose model also holds vision_tower (CLIPVisionTower) -> .vision_tower (CLIPVisionModel, openai/clip-vit-large-patch14-336: 24 layers,
-    1024 wide, MLP 4096, 577 positions) -> .vision_model, and mm_projector (LDPNetV2Projector: mlp.mlp.{0,2},
-    peg.peg.0). The hub holds no index for this model (one .bin); the shapes follow from config.json."""
+    """{key: shape} of mtgv/MobileVLM_V2-1.7B's pytorch_model.bin, derived from the official module tree.
+    MobileLlamaForCausalLM = transformers' LlamaForCausalLM: model.embed_tokens, model.norm, lm_head and
+    model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm};
+    its `model` also holds vision_tower (CLIPVisionTower) -> .vision_tower (CLIPVisionModel of
+    openai/clip-vit-large-patch14-336: 24 layers, 1024 wide, MLP 4096, 577 positions) -> .vision_model, and
+    mm_projector (LDPNetV2Projector: mlp.mlp.{0,2}, peg.peg.0). The hub holds no index for this model (one .bin);
+    the shapes follow from its config.json."""
     D, F, V, L = 2048, 5632, 32000, 24
     k = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,), "lm_head.weight": (V, D)}
     for i in range(L):
