@@ -468,8 +468,8 @@ def main(argv=None) -> int:
             q.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                            help="auto = bfloat16 on CUDA, float32 on the CPU")
             q.add_argument("--batch-size", type=int, default=16, help="images per generation batch")
-            q.add_argument("--kv-cache-gb", type=float, default=16.0, help="bound on the generation KV cache: a "
-                           "batch that would need more is generated in parts (a 7B's 16 images x 6 samples: 11)")
+            q.add_argument("--kv-cache-gb", type=float, default=20.0, help="bound on the generation KV cache (GiB): "
+                           "a batch that would need more is generated in parts (the clip_rank recipe on a 7B: 17)")
         if name == "noise":
             q.add_argument("--t", type=int, default=500, help="noise step (POVID: 500 of 1000)")
             q.add_argument("--schedule", default="sigmoid", choices=["sigmoid", "linear", "cosine"])
