@@ -84,11 +84,12 @@ def shift_labels(labels):
     return F.pad(labels[:, 1:], (0, 1), value=-100)
 
 
-def sequence_sums(hidden, weight, labels):
-    """hidden (B, T, D) final-normed states, weight (V, D), labels (B, T) aligned with the inputs -> (B,)."""
+def sequence_sums(hidden, weight, labels, rows=None):
+    """hidden (B, T, D) final-normed states, weight (V, D), labels (B, T) aligned with the inputs -> (B,). rows:
+    the scored positions' flat indices when known on the host (train_data.scored_rows): no host sync."""
     from model.logprob import sequence_logprobs
     B, T, D = hidden.shape
-    tok = sequence_logprobs(hidden.reshape(B * T, D), weight, shift_labels(labels).reshape(B * T))  # (B*T,)
+    tok = sequence_logprobs(hidden.reshape(B * T, D), weight, shift_labels(labels).reshape(B * T), rows=rows)
     return tok.view(B, T).sum(-1)
 
 

@@ -65,7 +65,7 @@ from __future__ import annotations
 import torch
 
 from dpo import shift_labels
-from model.logprob import _hits, _linear, _triton_ok
+from model.logprob import _in_block, _linear, _triton_ok
 
 IGNORE = -100
 BUDGET = {"cpu": 64 << 20, "cuda": 1 << 30}  # default logits workspace per chunk, bytes
@@ -73,10 +73,12 @@ KEEP_BLOCK_BYTES = 8 << 20  # CPU: kept softmax blocks and dW parts of at most t
 
 
 # ----------------------------------------------------------------------------------------------- building the inputs
-def pack(hidden, labels, extra_labels=None):
+def pack(hidden, labels, extra_labels=None, rows=None):
     """hidden (B, T, D) final-normed states, labels (B, T) aligned with the inputs (-100 = unscored), extra_labels
     (B2 <= B, T) an optional second target set on the first B2 sequences' rows (POVID's noise-triggered tokens),
     also aligned with the inputs. Sequence b's own targets belong to sequence b, its extra ones to sequence B + b.
+    rows: the flat (B T) indices of the rows that score something, when the caller knows them on the host
+    (train_data.scored_rows): then nothing is read back from the device.
     -> rows (M, D) (only rows that score something, differentiable), targets (M, K), seq (M, K), K = 1 or 2."""
     B, T, D = hidden.shape
     dev = labels.device
@@ -91,7 +93,8 @@ def pack(hidden, labels, extra_labels=None):
         tgt = torch.stack([tgt[:, 0], t2], 1)  # (B T, 2)
         seq = torch.stack([seq[:, 0], seq[:, 0] + B], 1)
     seq = torch.where(tgt != IGNORE, seq, -1)
-    keep = (tgt != IGNORE).any(1).nonzero()[:, 0]  # (M,) image, prompt and padding rows never reach the head
+    keep = (tgt != IGNORE).any(1).nonzero()[:, 0] if rows is None else rows  # (M,) image, prompt and padding rows
+    # never reach the head
     return hidden.reshape(B * T, D).index_select(0, keep), tgt[keep], seq[keep]
 
 
@@ -116,15 +119,22 @@ def rewards(pi, ref, groups, beta: float):
 
 
 # ----------------------------------------------------------------------------------------------- the chunk plan
-def plan_chunks(targets, seq, groups, S: int, V: int, budget_rows: int):
+def plan_chunks(targets, seq, groups, S: int, V: int, budget_rows: int, check: bool = True):
     """Whole groups packed in order into chunks of at most budget_rows rows; a group with more rows than that alone
     is a chunk of its own marked `fallback`. -> (chunks, n_tokens (S,)), each chunk a dict: groups (g,) ids,
     rows (R,) row ids or None (every row, in order), targets / seq (R, K) with the targets of other chunks' groups
-    set to -100 (a row whose targets lie in two chunks' groups is computed in both), fallback bool."""
+    set to -100 (a row whose targets lie in two chunks' groups is computed in both), fallback bool. check=False:
+    the caller vouches for the ids and that every row scores (pack's rows), so when all rows fit one chunk nothing
+    is read back from the device (no host sync: the ids are not checked, the rows per group not counted)."""
     N, K = targets.shape
     G, M = groups.shape
     dev = targets.device
     valid = targets != IGNORE  # (N, K)
+    n_tokens = torch.zeros(S, dtype=torch.long, device=dev).index_add_(  # (S,) scored targets per sequence
+        0, seq.clamp(0, S - 1).reshape(-1), valid.reshape(-1).long())
+    if not check and N <= budget_rows:
+        return [dict(groups=torch.arange(G, device=dev), rows=None, targets=targets, seq=seq, fallback=False)], \
+            n_tokens
     flat = groups.reshape(-1)  # (G M,)
     gid = torch.full((S,), -1, dtype=torch.long, device=dev)  # the group of each sequence
     gid[flat.clamp(0, S - 1)] = torch.arange(G, device=dev).repeat_interleave(M)
@@ -135,7 +145,6 @@ def plan_chunks(targets, seq, groups, S: int, V: int, budget_rows: int):
         for j in range(k):
             new &= tg[:, j] != tg[:, k]
         rows_per_group += torch.bincount(tg[:, k][new], minlength=G)
-    n_tokens = torch.bincount(seq[valid].clamp(0, S - 1), minlength=S)[:S]  # (S,)
     checks = torch.stack([(valid & ((targets < 0) | (targets >= V))).any(), (valid & ((seq < 0) | (seq >= S))).any(),
                           ((flat < 0) | (flat >= S)).any(), torch.bincount(flat.clamp(0, S - 1), minlength=S).max() > 1,
                           (valid & (tg < 0)).any(), valid.any(1).all()])
@@ -180,7 +189,8 @@ def _chunk_loss(logp, t, s, seqs, ref, n_tok, loss_fn, pi_out):
     target, the gradient of the chunk's sequence the target belongs to; writes the chunk's pi into pi_out (S,)."""
     valid = t != IGNORE
     S = pi_out.shape[0]
-    pi = torch.zeros(S, dtype=torch.float32, device=logp.device).index_put_((s[valid],), logp[valid], accumulate=True)
+    pi = torch.zeros(S, dtype=torch.float32, device=logp.device).index_put_(  # zeros added where no target
+        (s.clamp(min=0).reshape(-1),), torch.where(valid, logp, 0.0).reshape(-1), accumulate=True)
     with torch.enable_grad():
         leaf = pi.requires_grad_()
         per_group = loss_fn(leaf[seqs], ref[seqs], n_tok[seqs])  # (g,)
@@ -225,8 +235,8 @@ def _chunk_kept(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: int, w
         wb = w[v0:v0 + block]  # (n, D)
         z = _logits(h, wb)  # (R, n) fp32
         for k in range(t.shape[1]):
-            rows, cols = _hits(t[:, k], v0, wb.shape[0])
-            tl[rows, k] = z[rows, cols]
+            inside, cols = _in_block(t[:, k], v0, wb.shape[0])
+            tl[:, k] = torch.where(inside, z.gather(1, cols)[:, 0], tl[:, k])
         p = torch.softmax(z, dim=1, out=ws[R * v0:R * (v0 + wb.shape[0])].view(R, -1))  # (R, n) exp(z - lse_b)
         p_max, j = p.max(dim=1)  # at the row's max logit, so lse_b = z_max - log p_max keeps full precision
         lses.append(z.gather(1, j[:, None])[:, 0] - p_max.log())
@@ -253,12 +263,12 @@ def _chunk_kept(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: int, w
             else:
                 dw[v0:v0 + wb.shape[0]] += part
         del p
-    r, k = valid.nonzero(as_tuple=True)  # the onehot part: a gather and a scatter of R K rows of D
-    tv, cv = t[r, k], c[r, k]
-    if need_h:
-        dh.index_put_((r,), cv[:, None] * (w[tv] if fp32 else w[tv].float()), accumulate=True)
-    if need_w:
-        dw.index_put_((tv,), cv[:, None] * hf[r], accumulate=True)
+    tv, cv = t.clamp(min=0), torch.where(valid, c, 0.0)  # the onehot part: R K rows of D gathered and scattered,
+    for k in range(t.shape[1]):  # c = 0 where a row has no k-th target (a shape fixed on the host: no sync)
+        if need_h:
+            dh += cv[:, k:k + 1] * (w[tv[:, k]] if fp32 else w[tv[:, k]].float())
+        if need_w:
+            dw.index_put_((tv[:, k],), cv[:, k:k + 1] * hf, accumulate=True)
     return dh
 
 
@@ -276,8 +286,8 @@ def _chunk_recompute(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: i
         wb = w[v0:v0 + block]
         z = _logits(h, wb)  # (R, n)
         for k in range(K):
-            rows, cols = _hits(t[:, k], v0, wb.shape[0])
-            tl[rows, k] = z[rows, cols]
+            inside, cols = _in_block(t[:, k], v0, wb.shape[0])
+            tl[:, k] = torch.where(inside, z.gather(1, cols)[:, 0], tl[:, k])
         m_new = torch.maximum(m, z.amax(dim=1))
         s = s * (m - m_new).exp() + z.sub_(m_new[:, None]).exp_().sum(dim=1)
         m = m_new
@@ -295,8 +305,8 @@ def _chunk_recompute(h, w, t, grad_fn, need_h, need_w, dw, first: bool, block: i
         n = wb.shape[0]
         dz = _logits(h, wb).sub_(lse[:, None]).exp_().mul_(-g[:, None])  # recomputed: -g softmax
         for k in range(K):
-            rows, cols = _hits(t[:, k], v0, n)
-            dz.index_put_((rows, cols), c[rows, k], accumulate=True)  # + c_k onehot(t_k); k may hit the same column
+            inside, cols = _in_block(t[:, k], v0, n)
+            dz.scatter_add_(1, cols, (c[:, k] * inside)[:, None])  # + c_k onehot(t_k); k may hit the same column
         if need_h:
             dh += _linear(dz, (wb if fp32 else wb.float()).t())  # (R, n) @ (n, D)
         if need_w:
@@ -391,12 +401,12 @@ class _FusedPreferenceLoss(torch.autograd.Function):
 
 
 def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_fn, budget_bytes: int | None = None,
-                          use_triton: bool | None = None):
+                          use_triton: bool | None = None, check: bool = True):
     """The whole preference loss of (N, D) hidden rows in one pass: -> (loss scalar, pi (S,) detached). See the
     module docstring for the arguments. targets / seq may be (N,) for K = 1. hidden is cast to weight's dtype (the
     head's GEMMs run in it, autocast off; logits, log-probs and the loss in fp32). use_triton: None = the Triton
     row kernels on CUDA when triton is installed, False = the torch path, True = Triton (also CPU tensors under
-    TRITON_INTERPRET=1)."""
+    TRITON_INTERPRET=1). check=False: the caller (train.py) vouches for the ids, so no host sync (plan_chunks)."""
     if targets.dim() == 1:
         targets, seq = targets[:, None], seq[:, None]
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
@@ -415,7 +425,7 @@ def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_
     need_h, need_w = grad and hidden.requires_grad, grad and weight.requires_grad
     per_row = V * (4 + (weight.element_size() if use_triton and weight.dtype != torch.float32 else 0))
     budget = budget_bytes or BUDGET["cuda" if hidden.is_cuda else "cpu"]
-    chunks, n_tok = plan_chunks(targets, seq, groups, S, V, max(1, budget // per_row))
+    chunks, n_tok = plan_chunks(targets, seq, groups, S, V, max(1, budget // per_row), check)
     for ch in chunks:
         ch["seqs"] = groups[ch["groups"]]  # (g, M)
     ref = ref_logps.detach().float()
@@ -424,12 +434,13 @@ def fused_preference_loss(hidden, weight, targets, seq, groups, ref_logps, loss_
 
 
 def preference_logps(hidden, weight, targets, seq, groups, budget_bytes: int | None = None,
-                     use_triton: bool | None = None):
+                     use_triton: bool | None = None, check: bool = True):
     """pi (S,) alone, S = groups.numel(), with no gradient: the forward of fused_preference_loss (the same chunks and
     kernels), so it equals the pi that call returns on the same inputs bit for bit. train.py's reference pass."""
     ref = torch.zeros(groups.numel(), device=hidden.device)
     with torch.no_grad():
-        return fused_preference_loss(hidden, weight, targets, seq, groups, ref, _no_loss, budget_bytes, use_triton)[1]
+        return fused_preference_loss(hidden, weight, targets, seq, groups, ref, _no_loss, budget_bytes, use_triton,
+                                     check)[1]
 
 
 def _no_loss(pi, ref, n):

@@ -49,6 +49,7 @@ import time
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 
 from hallucinate_clip import clip_scores, rank_pairs, split_sentences
 from hallucinate_data import ItemLog, Summary, out_row, read_items
@@ -91,21 +92,23 @@ def cmd_rules(a):
 
 # ------------------------------------------------------------------------------------------- noise-triggered
 @torch.no_grad()
-def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attention_mask=None):
+def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attention_mask=None, rows=None):
     """POVID stage 2's dispreferred answer, made online (Zhou et al. 2024, sec. 3.2): teacher-force the preferred
     answer under the *noisy* image and take the greedy token at every answer position.
 
     input_ids, labels: (B, T), labels -100 where not scored; noisy_pixel_values (B_img, 3, S, S).
     Returns (B, T) long: at positions with labels != -100 the argmax predicted from the previous position, -100
     elsewhere. The trainer scores these tokens under the *clean* image (sharing the chosen sequence's clean forward),
-    so positions where the noise did not change the prediction cancel in the DPO margin."""
+    so positions where the noise did not change the prediction cancel in the DPO margin. rows: the flat (B * T)
+    indices of the positions with labels[t + 1] != -100 when the caller knows them on the host (training's
+    collate): then nothing is read back from the device."""
     h = model.hidden_states(input_ids, noisy_pixel_values, attention_mask)  # (B, T, D)
-    out = torch.full_like(labels, -100)
-    pos = (labels[:, 1:] != -100).nonzero()  # (K, 2): batch index, position - 1
-    if len(pos):
-        logits = model.lm_head(h[pos[:, 0], pos[:, 1]])  # (K, V): only the scored rows, not (B, T, V)
-        out[pos[:, 0], pos[:, 1] + 1] = logits.argmax(-1)
-    return out
+    B, T, D = h.shape
+    if rows is None:
+        rows = (F.pad(labels[:, 1:], (0, 1), value=-100) != -100).flatten().nonzero()[:, 0]  # (K,)
+    out = torch.full_like(labels, -100).flatten()
+    logits = model.lm_head(h.reshape(B * T, D)[rows])  # (K, V): only the scored rows, not (B, T, V)
+    return out.index_put((rows + 1,), logits.argmax(-1)).view(B, T)  # position t predicts the token at t + 1
 
 
 def resolve_runtime(a, local_rank: int = 0):
@@ -269,7 +272,6 @@ def rank_batch(a, model, tok, chunk, px):
     """K sampled answers per image of one batch, CLIP-scored and filtered -> one ItemLog record per image. Answer k
     of an image samples with its own generator, seeded from (--seed, image id, k): the pairs do not depend on the
     batch, on how many processes share the work or on where a killed run stopped."""
-    import torch.nn.functional as F
     from model.generate import row_generators
     clip, ctok = a.clip_model
     gens = row_generators(a.seed, [f"{it['id']}#{k}" for it in chunk for k in range(a.samples)])

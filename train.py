@@ -172,25 +172,26 @@ class Net(nn.Module):
         return getattr(self, name)(*args)
 
     def _hidden(self, b):
-        return self.llava.hidden_states(b["input_ids"], b["pixel_values"], b["attention_mask"])  # (B, T, D)
+        return self.llava.hidden_states(b["input_ids"], b["pixel_values"])  # (B, T, D); right-padded: causal, no mask
 
     def logps(self, b, noise_targets=None, groups=None):
         h, w = self._hidden(b), self.llava.lm_head.weight  # (B, T, D), (V, D)
         if self.fused and groups is not None:
-            rows, tgt, seq = pack(h, b["labels"], noise_targets)
-            return preference_logps(rows, w, tgt, seq, groups)  # (S,)
-        lp = sequence_sums(h, w, b["labels"])  # (B,)
+            rows, tgt, seq = pack(h, b["labels"], noise_targets, b.get("scored_rows"))
+            return preference_logps(rows, w, tgt, seq, groups, check=False)  # (S,)
+        lp = sequence_sums(h, w, b["labels"], b.get("scored_rows"))  # (B,)
         if noise_targets is None:
             return lp
         return torch.cat([lp, sequence_sums(h[: noise_targets.shape[0]], w, noise_targets)])  # (B + P,)
 
     def preference_loss(self, b, noise_targets, groups, ref, loss_fn):
-        rows, tgt, seq = pack(self._hidden(b), b["labels"], noise_targets)  # the scored rows only
-        return fused_preference_loss(rows, self.llava.lm_head.weight, tgt, seq, groups, ref, loss_fn)
+        rows, tgt, seq = pack(self._hidden(b), b["labels"], noise_targets, b.get("scored_rows"))  # scored rows only
+        return fused_preference_loss(rows, self.llava.lm_head.weight, tgt, seq, groups, ref, loss_fn, check=False)
 
     def noise_tokens(self, b):
         from hallucinate import noise_triggered_tokens
-        return noise_triggered_tokens(self.llava, b["input_ids"], b["labels"], b["pixel_values"], b["attention_mask"])
+        return noise_triggered_tokens(self.llava, b["input_ids"], b["labels"], b["pixel_values"], None,
+                                      b.get("scored_rows"))
 
 
 def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int):
@@ -252,22 +253,6 @@ def estimate_flops(mc: LlavaConfig, n_layer: int, n_trained: int, work: dict, re
                            share * work["targets"], backward)
     return (passes(1, n_trained, True) + (passes(1, 0, False) if ref_pass else 0)
             + noise_passes * passes(0.5, 0, False))
-
-
-WORK = ("tokens", "tokens_x_len", "images", "targets")
-
-
-def count_work(batches) -> dict:
-    """What a step's micro-batches hold, counted from collation's CPU tensors: tokens, tokens x padded length,
-    images, scored targets (the rows the LM head runs on; SFT's loss is normalised by their global count)."""
-    work = dict.fromkeys(WORK, 0.0)
-    for b in batches:
-        n_tok = float(b["attention_mask"].sum())
-        work["tokens"] += n_tok
-        work["tokens_x_len"] += n_tok * b["input_ids"].shape[1]
-        work["images"] += 0 if b["pixel_values"] is None else len(b["pixel_values"])
-        work["targets"] += float((b["labels"][:, 1:] != -100).sum())
-    return work
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -363,6 +348,8 @@ class Run:
         if obj != "sft" and cfg.lora_rank == 0:
             ref_dtype = torch.bfloat16 if self.cuda and cfg.dtype != "float32" else frozen_dtype
             self.ref_model = build_model(cfg, self.device, ref_dtype).eval().requires_grad_(False)
+        for m in filter(None, (model, self.ref_model)):  # the tokenizer put each image's tokens in: no check (sync)
+            m.check_image_tokens = False
         trains = make_trainable(cfg, model)
         self.n_layer = sum(p.numel() for p in model.language_model.layers.parameters())
         self.n_layer_trained = sum(p.numel() for p in model.language_model.layers.parameters() if p.requires_grad)
@@ -407,15 +394,29 @@ class Run:
         """The reference's context: the policy with its adapters off, or (full fine-tuning) the frozen copy as is."""
         return adapters_disabled(self.model) if self.ref_model is None else nullcontext()
 
-    def noise_targets(self, b, step, k):
+    def batches(self, step: int):
+        """This rank's micro-batches of `step` and their work counts, made on the CPU in the Prefetch thread: images
+        decoded, POVID's noisy images (noise_seed: a pure function of step and sample), cached reference log-probs."""
+        cfg = self.cfg
+        mine = global_batch(cfg, step, len(self.rows))[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        out = []
+        for first in range(0, self.per_rank, cfg.micro_batch_size):
+            m = mine[first:first + cfg.micro_batch_size]
+            b = self.collate([self.rows[i] for i in m], self.tok.pad_id, self.images)
+            if self.ref_logps is not None:  # (P, 2) chosen, rejected: copied to the GPU with the batch
+                b["ref_logps"] = self.ref_logps[m]
+            if self.objective == "povid":  # each sample's noise seeded by its place in the global batch
+                seeds = [noise_seed(cfg, step, self.rank * self.per_rank + first + j) for j in range(len(m))]
+                b["noisy_pixel_values"] = self.images.noisy_batch(b["images"], cfg.noise_t, self.schedule, seeds)
+            out.append(b)
+        return out, D.count_work(out)  # the counts collation knows: no sync for them
+
+    def noise_targets(self, b):
         """POVID: the noise-triggered answers of the micro-batch's pairs, made now by the current policy (and, with
         --noise_tokens_from=each, by the reference too): (P, T) targets each, -100 = unscored."""
         cfg, P = self.cfg, len(b["ids"])
-        first = self.rank * self.per_rank + k * cfg.micro_batch_size  # the micro-batch's place in the global batch
-        noisy = torch.stack([self.images.noisy(path, cfg.noise_t, self.schedule, torch.Generator().manual_seed(
-            noise_seed(cfg, step, first + j))) for j, path in enumerate(b["images"])]).to(self.device)  # (P, 3, S, S)
-        chosen = {"input_ids": b["input_ids"][:P], "pixel_values": noisy, "attention_mask": b["attention_mask"][:P],
-                  "labels": b["labels"][:P]}
+        chosen = {"input_ids": b["input_ids"][:P], "pixel_values": b["noisy_pixel_values"], "labels": b["labels"][:P],
+                  "scored_rows": b["chosen_rows"]}
         with torch.no_grad():
             pol = ref = self.net("noise_tokens", chosen)
             if cfg.noise_tokens_from == "each":
@@ -423,15 +424,15 @@ class Run:
                     ref = self.ref_net("noise_tokens", chosen)
         return pol, ref
 
-    def pair_loss(self, b, step, k, micro_ids):
+    def pair_loss(self, b):
         """One micro-batch of pairs -> (summed loss of its pairs, chosen rewards (P,), rejected rewards (P,)). The
         reference first (no grad), then the policy: DPO (any loss type) or POVID's objective, + the RPO term."""
         cfg, P = self.cfg, len(b["ids"])
         povid = self.objective == "povid"
         groups = povid_groups(P, self.device) if povid else pair_groups(P, self.device)  # (P, 3) or (P, 2)
-        noise_pol, noise_ref = self.noise_targets(b, step, k) if povid else (None, None)
+        noise_pol, noise_ref = self.noise_targets(b) if povid else (None, None)
         if self.ref_logps is not None:
-            ref = self.ref_logps[torch.tensor(micro_ids)].to(self.device).T.reshape(-1)  # (2P,) chosen, rejected
+            ref = b["ref_logps"].T.reshape(-1)  # (2P,) chosen, rejected
         else:
             with torch.no_grad(), self.reference():
                 ref = self.ref_net("logps", b, noise_ref, groups)  # (2P,) or POVID's (3P,)
@@ -450,17 +451,14 @@ class Run:
         lr = lr_factor(step, cfg)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * lr
-        mine = global_batch(cfg, step, len(self.rows))[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
-        micro = [mine[k:k + cfg.micro_batch_size] for k in range(0, self.per_rank, cfg.micro_batch_size)]
-        batches = [self.collate([self.rows[i] for i in m], self.tok.pad_id, self.images) for m in micro]  # CPU
-        work = count_work(batches)  # on the CPU from collation: no sync
+        batches, work = self.prefetch.get(step)  # collated on the CPU, in a thread
         if self.objective == "sft":  # normalise by the global answer-token count: ranks and accumulation agree
-            n_scored = torch.tensor(work["targets"], device=dev)
+            n_scored = torch.full((), work["targets"], device=dev)  # a fill, not a copy from host memory
             if self.ddp:
                 dist.all_reduce(n_scored)
             denom = n_scored / self.world  # DDP averages gradients over ranks
-        stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss, chosen, rejected, accuracy, non-finite
-        finite_flags = []
+        stats = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, chosen, rejected, accuracy
+        finite = []
         for k, b in enumerate(batches):
             if self.ddp and not cfg.fsdp:
                 self.net.require_backward_grad_sync = k == len(batches) - 1  # all-reduce gradients on the last only
@@ -470,35 +468,48 @@ class Run:
                     loss = -self.net("logps", b).sum() / denom
                     cr = rj = torch.zeros(1, device=dev)
                 else:
-                    loss, cr, rj = self.pair_loss(b, step, k, micro[k])
+                    loss, cr, rj = self.pair_loss(b)
                     loss = loss / self.per_rank  # summed over micro-batches: the mean over this rank's share
             loss.backward()
-            finite = torch.isfinite(loss.detach())
-            finite_flags.append(finite)
+            finite.append(torch.isfinite(loss.detach()))
             stats += torch.stack([loss.detach(), cr.sum() / self.per_rank, rj.sum() / self.per_rank,
-                                  (cr > rj).sum() / self.per_rank, (~finite).float()]).double()
-        counts = torch.tensor([work[k] for k in WORK], dtype=torch.float64, device=dev)
-        stats = torch.cat([stats[:4] / self.world, stats[4:], counts])  # the work: summed over ranks below
-        if self.ddp:
-            dist.all_reduce(stats)  # one collective for every logged number
-        if stats[4] > 0:  # a NaN/inf loss: stop before the optimizer touches the weights
-            ids = [i for finite, b in zip(finite_flags, batches) if not finite for i in b["ids"]]
-            if self.ddp:
-                parts = [None] * self.world
-                dist.all_gather_object(parts, ids)
-                ids = [i for p in parts for i in p]
-            raise SystemExit(f"non-finite loss at step {step} (batch ids {ids}); stopped, the last good checkpoint "
-                             f"in {cfg.out_dir}/ckpt is kept")
+                                  (cr > rj).sum() / self.per_rank]).double()
         norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not math.isfinite(norm):
-            raise SystemExit(f"non-finite gradient norm at step {step}; stopped, the last good checkpoint in "
-                             f"{cfg.out_dir}/ckpt is kept")
-        self.opt.step()
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.opt.step()  # a non-finite step is caught by settle() before any checkpoint or export (no sync here)
         self.opt.zero_grad(set_to_none=True)
-        s = stats.tolist()
-        return {"loss": s[0], "chosen": s[1], "rejected": s[2], "accuracy": s[3], "lr": cfg.lr * lr,
-                "grad_norm": norm, "work": dict(zip(WORK, s[5:]))}
+        return {"step": step, "stats": stats / self.world, "finite": torch.stack(finite), "grad_norm": norm,
+                "lr": cfg.lr * lr, "work": work, "ids": [b["ids"] for b in batches]}
+
+    def settle(self, steps: list, work: dict):
+        """The host reads the steps since the last settle() at once (a step itself never waits for the device):
+        stops at the first non-finite loss or gradient norm among them, before anything is logged, saved or
+        exported, so the last good checkpoint is kept; returns the last step's numbers and `work` (count_work
+        since the last log), reduced over ranks."""
+        bad = torch.stack([~s["finite"] for s in steps])  # (n, micro) this rank's non-finite micro-batches
+        total = torch.cat([steps[-1]["stats"], bad.sum(1).double()])  # + the bad micro-batches of each step
+        work = [work[k] for k in D.WORK]  # host numbers: summed over ranks with the rest
+        if self.ddp:  # one collective for every logged number
+            total = torch.cat([total, torch.tensor(work, dtype=torch.float64).to(self.device)])
+            dist.all_reduce(total)
+        norms = torch.stack([s["grad_norm"] for s in steps]).double()  # (n,) the same on every rank
+        read = torch.cat([total, norms, bad.flatten().double()]).tolist()  # the one host sync
+        sizes = (4, len(steps), len(work) if self.ddp else 0, len(steps), bad.numel())
+        stats, n_bad, summed, norms, mine = (read[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(5))
+        for i, st in enumerate(steps):
+            if n_bad[i]:  # a NaN/inf loss on some rank: each names its bad micro-batches
+                ids = [x for k, b in enumerate(st["ids"]) if mine[i * bad.shape[1] + k] for x in b]
+                if self.ddp:
+                    parts = [None] * self.world
+                    dist.all_gather_object(parts, ids)
+                    ids = [x for p in parts for x in p]
+                raise SystemExit(f"non-finite loss at step {st['step']} (batch ids {ids}); stopped, the last good "
+                                 f"checkpoint in {self.cfg.out_dir}/ckpt is kept")
+            if not math.isfinite(norms[i]):
+                raise SystemExit(f"non-finite gradient norm at step {st['step']}; stopped, the last good checkpoint "
+                                 f"in {self.cfg.out_dir}/ckpt is kept")
+        return {"loss": stats[0], "chosen": stats[1], "rejected": stats[2], "accuracy": stats[3],
+                "lr": steps[-1]["lr"], "grad_norm": norms[-1], "work": dict(zip(D.WORK, summed or work))}
     # ------------------------------------------------------------------------------------ END training step
 
     def mfu(self, work: dict, seconds: float):
@@ -534,22 +545,28 @@ class Run:
         the final model's directory, or None when stopped early by --stop_after."""
         cfg = self.cfg
         t_run = t_log = time.time()
-        done, work = self.start, Counter()
-        for step in range(self.start, cfg.max_steps):
-            s = self.step(step)
-            done = step + 1
-            work.update(s["work"])
-            if self.master and (step % cfg.log_every == 0 or done == cfg.max_steps):
-                self.log(done, s, t_log, work, t_run)
-                t_log, work = time.time(), Counter()
-            if cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps:  # the last is model/
-                export_model(cfg, self.net, self.model, self.tok, self.rank,
-                             os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
-            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.stop_after:
-                save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
-            if done == cfg.stop_after:
-                self.print0(f"stopping after step {done} (--stop_after); --resume=True continues")
-                return None
+        done, work, pending = self.start, Counter(), []
+        with D.Prefetch(self.batches, self.start, cfg.max_steps, pin=self.cuda) as self.prefetch:
+            for step in range(self.start, cfg.max_steps):
+                pending.append(self.step(step))
+                done = step + 1
+                work.update(pending[-1]["work"])
+                logs = step % cfg.log_every == 0 or done == cfg.max_steps
+                export = cfg.export_every and done % cfg.export_every == 0 and done < cfg.max_steps  # the last: model/
+                save = (cfg.save_every and done % cfg.save_every == 0) or done == cfg.stop_after
+                if logs or export or save:  # the only steps that wait for the device
+                    s, pending = self.settle(pending, work), []
+                if self.master and logs:
+                    self.log(done, s, t_log, s["work"], t_run)
+                    t_log, work = time.time(), Counter()
+                if export:
+                    export_model(cfg, self.net, self.model, self.tok, self.rank,
+                                 os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
+                if save:
+                    save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
+                if done == cfg.stop_after:
+                    self.print0(f"stopping after step {done} (--stop_after); --resume=True continues")
+                    return None
         if done > self.start or not os.path.isfile(os.path.join(cfg.out_dir, "ckpt", "state.json")):
             save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
         path = export_model(cfg, self.net, self.model, self.tok, self.rank)

@@ -258,6 +258,10 @@ class ImageStore:
         x01 = self._get(("raw", path), lambda: pil_to_tensor01(open_image(path).convert("RGB")))  # (3, H, W)
         return load_image(pil_from_tensor01(noise_image(x01, t, schedule, generator)), self.size, pad=self.pad)
 
+    def noisy_batch(self, paths, t: int, schedule, seeds):
+        """noisy() of each path, its noise from a generator seeded with its seed: (P, 3, S, S)."""
+        return torch.stack([self.noisy(p, t, schedule, torch.Generator().manual_seed(s)) for p, s in zip(paths, seeds)])
+
     def check(self, path: str):
         """Raise naming the path if the image is missing or unreadable: a full decode (and preprocessing, which
         the cache keeps while it has room), so a truncated file fails here, not mid-run."""
@@ -286,12 +290,21 @@ def _pixels(rows, images: ImageStore):
     return torch.stack(px) if px else None  # (B_img, 3, S, S), in row order: the model splices them in order
 
 
+def scored_rows(labels):
+    """(M,) flat indices into (B * T) of the positions that score a target (position t predicts labels[t + 1]), in
+    order. Known here, on the host, so the loss gathers its rows without asking the GPU how many there are."""
+    scored = torch.zeros_like(labels, dtype=torch.bool)
+    scored[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return scored.flatten().nonzero()[:, 0]
+
+
 def collate_sft(rows, pad_id: int, images: ImageStore):
-    """Right-padded (B, T) input_ids, attention_mask, labels; pixel_values (B_img, 3, S, S) or None; ids."""
+    """Right-padded (B, T) input_ids, attention_mask, labels; pixel_values (B_img, 3, S, S) or None; ids;
+    scored_rows (M,)."""
     ids, mask, labels = pad_sequences([r["input_ids"] for r in rows], pad_id, side="right",
                                       labels=[r["labels"] for r in rows])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": _pixels(rows, images),
-            "ids": [r["id"] for r in rows]}
+            "ids": [r["id"] for r in rows], "scored_rows": scored_rows(labels)}
 
 
 def collate_pairs(rows, pad_id: int, images: ImageStore):
@@ -300,6 +313,80 @@ def collate_pairs(rows, pad_id: int, images: ImageStore):
     labs = [r["chosen_labels"] for r in rows] + [r["rejected_labels"] for r in rows]
     ids, mask, labels = pad_sequences(seqs, pad_id, side="right", labels=labs)
     px = _pixels(rows, images)
+    scored = scored_rows(labels)  # the chosen rows' first: their count, for POVID's noisy pass on them
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
             "pixel_values": None if px is None else torch.cat([px, px]),  # (2 B_img, 3, S, S)
-            "ids": [r["id"] for r in rows], "images": [r["image"] for r in rows]}
+            "ids": [r["id"] for r in rows], "images": [r["image"] for r in rows], "scored_rows": scored,
+            "chosen_rows": scored[:int((scored < len(rows) * ids.shape[1]).sum())]}
+
+
+WORK = ("tokens", "tokens_x_len", "images", "targets")
+
+
+def count_work(batches) -> dict:
+    """What a step's micro-batches hold, counted from collation's CPU tensors: tokens, tokens x padded length,
+    images, scored targets (the rows the LM head runs on; SFT's loss is normalised by their global count)."""
+    work = dict.fromkeys(WORK, 0.0)
+    for b in batches:
+        n_tok = float(b["attention_mask"].sum())
+        work["tokens"] += n_tok
+        work["tokens_x_len"] += n_tok * b["input_ids"].shape[1]
+        work["images"] += 0 if b["pixel_values"] is None else len(b["pixel_values"])
+        work["targets"] += float((b["labels"][:, 1:] != -100).sum())
+    return work
+
+
+def _pinned(x):
+    """Every tensor inside dicts, lists and tuples copied to pinned (page-locked) host memory."""
+    if torch.is_tensor(x):
+        return x.pin_memory()
+    if isinstance(x, dict):
+        return {k: _pinned(v) for k, v in x.items()}
+    return type(x)(_pinned(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class Prefetch:
+    """Makes the batches of steps start, start + 1, ... in a background thread, `depth` steps ahead of the training
+    loop: image decoding, pad-to-square, normalisation, POVID's noising and collation run while the GPU computes.
+    make(step) must be a pure function of the step (global_batch, noise_seed), so what a step gets does not depend
+    on the thread's timing and a resumed run gets what an uninterrupted one got. On CUDA the tensors are pinned, so
+    their copy to the GPU (non_blocking) does not wait for it. An error in make() is raised by get() of its step."""
+
+    def __init__(self, make, start: int, stop: int, pin: bool, depth: int = 2):
+        import queue
+        import threading
+        self._queue, self._stop = queue.Queue(maxsize=depth), threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make, start, stop, pin), daemon=True)
+        self._thread.start()
+
+    def _run(self, make, start, stop, pin):
+        for step in range(start, stop):
+            try:
+                out = _pinned(make(step)) if pin else make(step)
+            except BaseException as e:  # handed to the training thread, raised there
+                out = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put((step, out), timeout=0.1)
+                    break
+                except Exception:  # queue.Full: the loop is busy; look at the stop flag again
+                    continue
+            if isinstance(out, BaseException) or self._stop.is_set():
+                return
+
+    def get(self, step: int):
+        got, out = self._queue.get()
+        assert got == step, f"prefetched step {got}, expected {step}"
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -11,6 +11,15 @@ from model import Llava, LlavaConfig, TextConfig, VisionConfig
 from model.logprob import sequence_logprobs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds barrier waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     vis = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -89,3 +98,65 @@ def test_sequence_logprobs_with_known_rows_reads_nothing_back():
         lp.sum().backward()
     assert c.count == 0, c.calls
     assert torch.equal(lp, ref) and torch.equal(h.grad, gh) and torch.equal(w.grad, gw)
+
+
+@pytest.fixture(scope="module")
+def run_setup(tmp_path_factory):
+    """A 10-scene toy world, a tiny random checkpoint of its vocabulary and rule-injected pairs."""
+    import hallucinate
+    from model import Tokenizer
+    from model.clip import init_weights
+    from toy import world as toyworld
+    d = tmp_path_factory.mktemp("syncs")
+    toyworld.build_world(str(d / "w"), n_train=10, n_test=1, seed=3)
+    cfg = LlavaConfig.from_dir(str(d / "w/llava_config"))
+    cfg.vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=16)
+    t = cfg.text
+    cfg.text = TextConfig(vocab_size=t.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=t.bos_token_id,
+                          eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
+    torch.manual_seed(0)
+    m = Llava(cfg)
+    init_weights(m, std=0.2)
+    m.save_pretrained(str(d / "ckpt"))
+    Tokenizer.from_pretrained(str(d / "w")).save_pretrained(str(d / "ckpt"))
+    assert hallucinate.main(["rules", "--input", str(d / "w/train.json"), "--annotations", str(d / "w/annotations.json"),
+                             "--vocab", str(d / "w/vocab.json"), "--output", str(d / "pairs.jsonl")]) == 0
+    return d
+
+
+@pytest.mark.parametrize("mode", ["dpo", "povid", "sft"])
+def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, tmp_path, monkeypatch, mode):
+    """train.py's loop, 4 steps, logging every 2nd: each step (batches made by the Prefetch thread) asks the device
+    for nothing; each settle() (log steps: 0, 2 and the last) reads once. The decoder attends causally without a
+    mask (right-padded rows). The optimizer is fused AdamW here: train.py's foreach AdamW reads its step counters,
+    host tensors under CUDA too, which this CPU counter cannot tell apart from device reads."""
+    import train
+    real_opt, real_step, real_settle = train.make_optimizer, train.Run.step, train.Run.settle
+
+    def fused_opt(cfg, model):
+        groups = [{"params": g["params"], "base_lr": g["base_lr"]} for g in real_opt(cfg, model).param_groups]
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    steps, settles, attn = [], [], []
+
+    def counted(counts, real):
+        def f(self, *a):
+            with SyncCounter() as c:
+                out = real(self, *a)
+            counts.append(c.calls)
+            return out
+        return f
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(train, "make_optimizer", fused_opt)
+    monkeypatch.setattr(train.Run, "step", counted(steps, real_step))
+    monkeypatch.setattr(train.Run, "settle", counted(settles, real_settle))
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: attn.append(k) or sdpa(*a, **k))
+    data = run_setup / ("w/train.json" if mode == "sft" else "pairs.jsonl")
+    train.main([f"--mode={mode}", f"--data={data}", f"--init_from={run_setup}/ckpt", f"--out_dir={tmp_path}",
+                "--max_steps=4", "--batch_size=4", "--micro_batch_size=2", "--log_every=2", "--lora_rank=4"]
+               + (["--noise_tokens_from=each"] if mode == "povid" else []))
+    assert steps == [[]] * 4, steps
+    assert [len(c) for c in settles] == [1, 1, 1], settles
+    decoder = [k for k in attn if "enable_gqa" in k]
+    assert decoder and all(k["attn_mask"] is None and k["is_causal"] for k in decoder)
