@@ -37,7 +37,8 @@ def right_padded(m, lengths):
     ids = torch.full((len(lengths), T), 3)
     mask = torch.zeros(len(lengths), T, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, :n] = torch.cat([torch.tensor([1] + [119] * n_img), torch.randint(4, 119, (n - 1 - n_img,), generator=g)])
+        text = torch.randint(4, 119, (n - 1 - n_img,), generator=g)
+        ids[i, :n] = torch.cat([torch.tensor([1] + [119] * n_img), text])
         mask[i, :n] = 1
     return ids, mask, torch.randn(len(lengths), 3, 32, 32, generator=g)
 
@@ -121,8 +122,9 @@ def run_setup(tmp_path_factory):
     init_weights(m, std=0.2)
     m.save_pretrained(str(d / "ckpt"))
     Tokenizer.from_pretrained(str(d / "w")).save_pretrained(str(d / "ckpt"))
-    assert hallucinate.main(["rules", "--input", str(d / "w/train.json"), "--annotations", str(d / "w/annotations.json"),
-                             "--vocab", str(d / "w/vocab.json"), "--output", str(d / "pairs.jsonl")]) == 0
+    assert hallucinate.main(["rules", "--input", str(d / "w/train.json"), "--annotations",
+                             str(d / "w/annotations.json"), "--vocab", str(d / "w/vocab.json"), "--output",
+                             str(d / "pairs.jsonl")]) == 0
     return d
 
 
