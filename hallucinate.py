@@ -92,7 +92,8 @@ def cmd_rules(a):
 
 # ------------------------------------------------------------------------------------------- noise-triggered
 @torch.no_grad()
-def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attention_mask=None, rows=None):
+def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attention_mask=None, rows=None,
+                           image_features=None):
     """POVID stage 2's dispreferred answer, made online (Zhou et al. 2024, sec. 3.2): teacher-force the preferred
     answer under the *noisy* image and take the greedy token at every answer position.
 
@@ -101,13 +102,21 @@ def noise_triggered_tokens(model, input_ids, labels, noisy_pixel_values, attenti
     elsewhere. The trainer scores these tokens under the *clean* image (sharing the chosen sequence's clean forward),
     so positions where the noise did not change the prediction cancel in the DPO margin. rows: the flat (B * T)
     indices of the positions with labels[t + 1] != -100 when the caller knows them on the host (training's
-    collate): then nothing is read back from the device."""
-    h = model.hidden_states(input_ids, noisy_pixel_values, attention_mask)  # (B, T, D)
+    collate): then nothing is read back from the device. image_features: the noisy images' features, computed
+    beforehand (Llava.embed)."""
+    h = model.hidden_states(input_ids, noisy_pixel_values, attention_mask, image_features)  # (B, T, D)
+    return greedy_tokens(model.lm_head, h, labels, rows)
+
+
+@torch.no_grad()
+def greedy_tokens(lm_head, h, labels, rows=None):
+    """h (B, T, D) -> (B, T): at each scored position (labels != -100) the argmax of the head at the position
+    before it; -100 elsewhere. rows as in noise_triggered_tokens."""
     B, T, D = h.shape
     if rows is None:
         rows = (F.pad(labels[:, 1:], (0, 1), value=-100) != -100).flatten().nonzero()[:, 0]  # (K,)
     out = torch.full_like(labels, -100).flatten()
-    logits = model.lm_head(h.reshape(B * T, D)[rows])  # (K, V): only the scored rows, not (B, T, V)
+    logits = lm_head(h.reshape(B * T, D)[rows])  # (K, V): only the scored rows, not (B, T, V)
     return out.index_put((rows + 1,), logits.argmax(-1)).view(B, T)  # position t predicts the token at t + 1
 
 

@@ -160,7 +160,7 @@ class Net(nn.Module):
     With fused=True and the groups given, logps runs preference_loss's own kernel: a reference whose weights equal
     the policy's scores exactly what the policy scores, so every run starts at ln 2."""
 
-    PASSES = ("logps", "preference_loss", "noise_tokens")
+    PASSES = ("logps", "preference_loss", "noise_tokens", "image_features", "povid_reference")
 
     def __init__(self, llava: Llava, fused: bool = True):
         super().__init__()
@@ -171,11 +171,11 @@ class Net(nn.Module):
             raise ValueError(f"unknown pass {name!r}; one of {self.PASSES}")
         return getattr(self, name)(*args)
 
-    def _hidden(self, b):
-        return self.llava.hidden_states(b["input_ids"], b["pixel_values"])  # (B, T, D); right-padded: causal, no mask
+    def _hidden(self, b):  # (B, T, D); right-padded: causal attention, no mask; the images' features if computed
+        return self.llava.hidden_states(b["input_ids"], b["pixel_values"], None, b.get("image_features"))
 
-    def logps(self, b, noise_targets=None, groups=None):
-        h, w = self._hidden(b), self.llava.lm_head.weight  # (B, T, D), (V, D)
+    def logps(self, b, noise_targets=None, groups=None, h=None):
+        h, w = self._hidden(b) if h is None else h, self.llava.lm_head.weight  # (B, T, D), (V, D)
         if self.fused and groups is not None:
             rows, tgt, seq = pack(h, b["labels"], noise_targets, b.get("scored_rows"))
             return preference_logps(rows, w, tgt, seq, groups, check=False)  # (S,)
@@ -189,9 +189,22 @@ class Net(nn.Module):
         return fused_preference_loss(rows, self.llava.lm_head.weight, tgt, seq, groups, ref, loss_fn, check=False)
 
     def noise_tokens(self, b):
-        from hallucinate import noise_triggered_tokens
-        return noise_triggered_tokens(self.llava, b["input_ids"], b["labels"], b["pixel_values"], None,
-                                      b.get("scored_rows"))
+        from hallucinate import greedy_tokens
+        return greedy_tokens(self.llava.lm_head, self._hidden(b), b["labels"], b.get("scored_rows"))
+
+    def image_features(self, pixel_values):  # (B_img, P, D): a frozen tower's, computed once for every pass
+        return self.llava.image_features(pixel_values)
+
+    def povid_reference(self, b, noisy, groups):
+        """POVID with noise_tokens_from=each: the reference's two passes in one forward of [chosen; injected;
+        chosen under the noisy image] -> (its noise-triggered tokens (P, T), its log-probs (3P,))."""
+        P = noisy["input_ids"].shape[0]
+        both = {k: torch.cat([b[k], noisy[k]]) if b.get(k) is not None else None
+                for k in ("input_ids", "pixel_values", "image_features")}
+        h = self._hidden(both)  # (3P, T, D)
+        from hallucinate import greedy_tokens
+        noise = greedy_tokens(self.llava.lm_head, h[2 * P:], noisy["labels"], noisy.get("scored_rows"))
+        return noise, self.logps(b, noise, groups, h[:2 * P])
 
 
 def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int):
@@ -354,6 +367,8 @@ class Run:
         self.n_layer = sum(p.numel() for p in model.language_model.layers.parameters())
         self.n_layer_trained = sum(p.numel() for p in model.language_model.layers.parameters() if p.requires_grad)
         self.net, self.ref_net = wrap(cfg, model, self.ref_model, self.ddp, self.cuda, self.local)
+        self.frozen_vision = not any(p.requires_grad for p in [*model.vision_tower.parameters(),
+                                                                *model.projector.parameters()])
         self.rows, self.images, self.skips, self.collate = load_rows(cfg, obj, self.tok, mc, self.print0)
         self.cfg = cfg = resolve_length(cfg, len(self.rows))
         self.print0(f"mode {cfg.mode}: {trains}; world {self.world}, micro {cfg.micro_batch_size} x accum "
@@ -368,7 +383,8 @@ class Run:
         self.loss_fn = preference_loss_fn(cfg, obj)
         if cfg.ref_cache and obj == "dpo":
             def ref_pair_logps(b):  # (2, P): chosen, rejected
-                return self.ref_net("logps", b, None, pair_groups(len(b["ids"]), self.device)).view(2, -1)
+                return self.ref_net("logps", self.with_features(b), None, pair_groups(len(b["ids"]), self.device)
+                                    ).view(2, -1)
             with self.reference():
                 self.ref_logps = reference_cache(cfg, self.rows, ref_pair_logps, self.collate,
                                                  self.images, self.tok, self.device, self.autocast, self.rank,
@@ -411,31 +427,41 @@ class Run:
             out.append(b)
         return out, D.count_work(out)  # the counts collation knows: no sync for them
 
-    def noise_targets(self, b):
-        """POVID: the noise-triggered answers of the micro-batch's pairs, made now by the current policy (and, with
-        --noise_tokens_from=each, by the reference too): (P, T) targets each, -100 = unscored."""
-        cfg, P = self.cfg, len(b["ids"])
-        chosen = {"input_ids": b["input_ids"][:P], "pixel_values": b["noisy_pixel_values"], "labels": b["labels"][:P],
-                  "scored_rows": b["chosen_rows"]}
+    def with_features(self, b):
+        """The batch with each image's features computed once when the tower and projector are frozen (every
+        recipe): chosen and rejected rows share them, the reference and the policy too (LoRA leaves them alone)."""
+        if not self.frozen_vision or b["pixel_values"] is None:
+            return b
         with torch.no_grad():
-            pol = ref = self.net("noise_tokens", chosen)
-            if cfg.noise_tokens_from == "each":
-                with self.reference():
-                    ref = self.ref_net("noise_tokens", chosen)
-        return pol, ref
+            f = self.net("image_features", b["pixel_values"][:len(b["pixel_values"]) // 2])  # (P_img, n, D)
+        return {**b, "image_features": torch.cat([f, f])}  # chosen rows', then rejected rows'
 
     def pair_loss(self, b):
         """One micro-batch of pairs -> (summed loss of its pairs, chosen rewards (P,), rejected rewards (P,)). The
-        reference first (no grad), then the policy: DPO (any loss type) or POVID's objective, + the RPO term."""
+        reference first (no grad), then the policy: DPO (any loss type) or POVID's objective, + the RPO term. POVID's
+        noise-triggered answers are made now by the current policy under the noisy images (and, with
+        --noise_tokens_from=each, by the reference too, in its log-prob forward): (P, T) targets, -100 = unscored."""
         cfg, P = self.cfg, len(b["ids"])
         povid = self.objective == "povid"
         groups = povid_groups(P, self.device) if povid else pair_groups(P, self.device)  # (P, 3) or (P, 2)
-        noise_pol, noise_ref = self.noise_targets(b) if povid else (None, None)
+        noisy = {"input_ids": b["input_ids"][:P], "pixel_values": b.get("noisy_pixel_values"),
+                 "labels": b["labels"][:P], "scored_rows": b.get("chosen_rows")}
+        b = self.with_features(b)
+        if povid and "image_features" in b:
+            with torch.no_grad():
+                noisy["image_features"] = self.net("image_features", noisy["pixel_values"])
+        noise_pol = noise_ref = None
+        if povid:
+            with torch.no_grad():
+                noise_pol = noise_ref = self.net("noise_tokens", noisy)
         if self.ref_logps is not None:
             ref = b["ref_logps"].T.reshape(-1)  # (2P,) chosen, rejected
         else:
             with torch.no_grad(), self.reference():
-                ref = self.ref_net("logps", b, noise_ref, groups)  # (2P,) or POVID's (3P,)
+                if povid and cfg.noise_tokens_from == "each":
+                    noise_ref, ref = self.ref_net("povid_reference", b, noisy, groups)  # (3P,)
+                else:
+                    ref = self.ref_net("logps", b, noise_ref, groups)  # (2P,) or POVID's (3P,)
         if cfg.fused_loss:  # the same loss, the LM head's gradients formed in the forward (dpo_fused.py)
             loss, pi = self.net("preference_loss", b, noise_pol, groups, ref, self.loss_fn)
         else:  # the plain composition: summed log-probs with grad, then the loss on them

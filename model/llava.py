@@ -52,14 +52,18 @@ class Llava(nn.Module):
             h = h[:, 1:]  # drop CLS
         return self.projector(h)
 
-    def embed(self, input_ids, pixel_values=None):
-        """Token embeddings with image features spliced in at the image-token positions: (B, T, D)."""
+    def embed(self, input_ids, pixel_values=None, image_features=None):
+        """Token embeddings with image features spliced in at the image-token positions: (B, T, D). image_features
+        (B_img, P, D): image_features(pixel_values) computed beforehand, given instead of pixel_values (a trainer
+        whose frozen tower serves several passes computes them once)."""
         is_img = input_ids == self.config.image_token_id  # (B, T)
         # the image id may lie outside the vocabulary (liuhaotian: 32000 of 32000), so embed a harmless 0 there
         x = self.language_model.embed_tokens(input_ids.masked_fill(is_img, 0))
+        if image_features is not None:
+            pixel_values = image_features  # only its image count is read below
         if not self.check_image_tokens:  # the caller vouches for the counts: no host sync
-            return x if pixel_values is None else x.masked_scatter(is_img[..., None],
-                                                                   self.image_features(pixel_values).to(x.dtype))
+            return x if pixel_values is None else x.masked_scatter(is_img[..., None], (
+                self.image_features(pixel_values) if image_features is None else image_features).to(x.dtype))
         n_img_tokens = int(is_img.sum())  # a host sync on an accelerator
         if pixel_values is None:
             if n_img_tokens:
@@ -70,7 +74,7 @@ class Llava(nn.Module):
             raise ValueError(f"pixel_values hold {pixel_values.shape[0]} image(s) but input_ids contain no image "
                              f"token (id {self.config.image_token_id}); put {self.config.num_image_tokens} of them "
                              "per image where the image goes")
-        feats = self.image_features(pixel_values)  # (B_img, P, D)
+        feats = self.image_features(pixel_values) if image_features is None else image_features  # (B_img, P, D)
         if n_img_tokens != feats.shape[0] * feats.shape[1]:
             raise ValueError(
                 f"image tokens and image features do not match: input_ids hold {n_img_tokens} image tokens "
@@ -85,11 +89,12 @@ class Llava(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     # ------------------------------------------------------------------ forward
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, image_features=None):
         """Final-normed decoder states (B, T, D); logits = self.lm_head(hidden_states). attention_mask (B, T) is for
         left padding; None = no padding before a real token (unpadded or right-padded): causal attention alone is
-        exact at every real position and SDPA can take its flash kernel (pass None for right-padded training)."""
-        x = self.embed(input_ids, pixel_values)
+        exact at every real position and SDPA can take its flash kernel (pass None for right-padded training).
+        image_features: see embed()."""
+        x = self.embed(input_ids, pixel_values, image_features)
         if attention_mask is None:
             B, T = input_ids.shape
             return self.language_model(x, None, torch.arange(T, device=x.device).expand(B, T))

@@ -268,7 +268,7 @@ def test_noise_triggered_tokens_positions_and_values():
             self.lm_head = torch.nn.Linear(10, 10, bias=False)
             self.lm_head.weight.data = torch.eye(10)
 
-        def hidden_states(self, ids, px, mask):
+        def hidden_states(self, ids, px, mask, feats=None):
             return torch.nn.functional.one_hot((ids + 1) % 10, 10).float()
 
     ids = torch.tensor([[1, 2, 3, 4, 5]])

@@ -128,13 +128,22 @@ def run_setup(tmp_path_factory):
     return d
 
 
+# per micro-batch of 2 pairs: (tower calls with their image counts, decoder passes); before issue 32 item 11 DPO ran
+# the tower 2x on 4 images (reference, policy: chosen and rejected), POVID-each 4x (+ 2 noisy passes of 2) with 4
+# decoder passes
+PASSES = {"dpo": ([2], 2), "povid": ([2, 2], 3), "sft": ([2], 1)}
+
+
 @pytest.mark.parametrize("mode", ["dpo", "povid", "sft"])
 def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, tmp_path, monkeypatch, mode):
     """train.py's loop, 4 steps, logging every 2nd: each step (batches made by the Prefetch thread) asks the device
     for nothing; each settle() (log steps: 0, 2 and the last) reads once. The decoder attends causally without a
-    mask (right-padded rows). The optimizer is fused AdamW here: train.py's foreach AdamW reads its step counters,
-    host tensors under CUDA too, which this CPU counter cannot tell apart from device reads."""
+    mask (right-padded rows). The frozen tower runs once per image per micro-batch, and POVID's reference (noise
+    tokens from each) is one decoder pass. The optimizer is fused AdamW here: train.py's foreach AdamW reads its
+    step counters, host tensors under CUDA too, which this CPU counter cannot tell apart from device reads."""
     import train
+    from model.clip import CLIPVisionTransformer
+    from model.llama import LlamaModel
     real_opt, real_step, real_settle = train.make_optimizer, train.Run.step, train.Run.settle
 
     def fused_opt(cfg, model):
@@ -154,10 +163,18 @@ def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, t
     monkeypatch.setattr(train.Run, "step", counted(steps, real_step))
     monkeypatch.setattr(train.Run, "settle", counted(settles, real_settle))
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: attn.append(k) or sdpa(*a, **k))
+    tower, decoder_calls = [], []
+    real_tower, real_decoder = CLIPVisionTransformer.forward, LlamaModel.forward
+    monkeypatch.setattr(CLIPVisionTransformer, "forward", lambda self, px, **k: tower.append(len(px)) or real_tower(
+        self, px, **k))
+    monkeypatch.setattr(LlamaModel, "forward", lambda self, *a, **k: decoder_calls.append(1) or real_decoder(
+        self, *a, **k))
     data = run_setup / ("w/train.json" if mode == "sft" else "pairs.jsonl")
     train.main([f"--mode={mode}", f"--data={data}", f"--init_from={run_setup}/ckpt", f"--out_dir={tmp_path}",
                 "--max_steps=4", "--batch_size=4", "--micro_batch_size=2", "--log_every=2", "--lora_rank=4"]
                + (["--noise_tokens_from=each"] if mode == "povid" else []))
+    images, passes = PASSES[mode]
+    assert tower == images * 8 and len(decoder_calls) == passes * 8  # 4 steps x 2 micro-batches
     assert steps == [[]] * 4, steps
     assert [len(c) for c in settles] == [1, 1, 1], settles
     decoder = [k for k in attn if "enable_gqa" in k]

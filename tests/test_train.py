@@ -131,8 +131,8 @@ def test_reference_cache_gives_the_same_run_and_is_reused(setup, tmp_path, capsy
     assert "cached in" in capsys.readouterr().out and len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 1
     again = run(setup, tmp_path / "c2", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
     assert "reference log-probs of 24 pairs from" in capsys.readouterr().out  # read back, not recomputed
-    for a, b, c in zip(live, cached, again):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and b["loss"] == c["loss"]
+    for a, b, c in zip(live, cached, again):  # the cache's batches hold other images: the tower's GEMMs round
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-6) and b["loss"] == c["loss"]  # apart by ~1e-6
     run(setup, tmp_path / "c3", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc", "--max_len=90")
     assert len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 2  # other truncation: another key
 
