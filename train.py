@@ -253,19 +253,23 @@ def peak_flops(cfg: Config, device: str):
 
 
 def estimate_flops(mc: LlavaConfig, n_layer: int, n_trained: int, work: dict, ref_pass: bool,
-                   noise_passes: int) -> float:
+                   noise_passes: int, shared_features: bool = False) -> float:
     """Model FLOPs of the steps whose micro-batches summed to `work` (count_work; model_flops is linear in each
     count): the policy's forward and backward, the reference's forward (unless its
     log-probs are cached) and POVID's no-grad passes, which read the chosen half of each batch. Called at log time
-    (as nanoGPT's estimate_mfu), so the step itself only adds up counts collation already knows."""
+    (as nanoGPT's estimate_mfu), so the step itself only adds up counts collation already knows. shared_features:
+    the frozen tower ran once per image (Run.with_features): the pairs' images and POVID's noisy ones, once each."""
     tokens = max(work["tokens"], 1.0)
     length = work["tokens_x_len"] / tokens  # the token-weighted mean padded length: exact for the T x T term
+    per_pass = 0.0 if shared_features else 1.0
 
     def passes(share, trained, backward):
-        return model_flops(mc, n_layer, trained, share * tokens, length, share * work["images"],
+        return model_flops(mc, n_layer, trained, share * tokens, length, per_pass * share * work["images"],
                            share * work["targets"], backward)
+    tower = 0 if not shared_features else model_flops(mc, 0, 0, 0, length, work["images"] / 2 * (1 + bool(
+        noise_passes)), 0, False)  # images counts each pair's image twice (chosen, rejected rows)
     return (passes(1, n_trained, True) + (passes(1, 0, False) if ref_pass else 0)
-            + noise_passes * passes(0.5, 0, False))
+            + noise_passes * passes(0.5, 0, False) + tower)
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -544,7 +548,8 @@ class Run:
             return None
         flops = estimate_flops(self.mc, self.n_layer, self.n_layer_trained, work,
                                self.objective != "sft" and self.ref_logps is None,
-                               {"povid": 1 + (self.cfg.noise_tokens_from == "each")}.get(self.objective, 0))
+                               {"povid": 1 + (self.cfg.noise_tokens_from == "each")}.get(self.objective, 0),
+                               self.frozen_vision and self.objective != "sft")
         return flops / seconds / (self.peak * self.world)
 
     def log(self, done, s, since, work, t_run):

@@ -7,6 +7,13 @@ The machine has PyTorch, Triton, transformers and scikit-image but no network, s
 each with its own time limit so one slow part cannot starve the rest (the device budget is 15 minutes in all):
 
   tests      the CUDA paths of the kernel, the fused loss and the model: compiled Triton kernels on GPU tensors
+  syncs      python -m bench.syncs: CUDA's own count (set_sync_debug_mode) of the host syncs in each training step
+             and each settle() of train.py's loop, DPO and POVID (goal: 0 per step, issue 32 item 9)
+  loop       bench/train_step.py --loop --preset 7b: train.py's own loop at LLaVA-1.5-7B's shape, LoRA r128, 1 pair
+             per step, DPO and POVID: step time, peak memory, MFU (goal for POVID: >= 40% on an H100), and the step
+             with its batches made on the training thread ("data inline": the Prefetch thread's share)
+  clip_rank  bench/clip_rank.py --device cuda: clip-rank's generation at the 7B shape, 6 samples sharing one
+             prefill vs the prompt repeated 6 times (tokens/s, KV cache, peak memory; the same tokens checked)
   rehearsal  python -m rehearsal.run at real widths (1-2 layers): the README's real recipe in bf16 on CUDA,
              torchrun with one process (DDP; FSDP2 pass too)
   step       bench/train_step.py --device cuda: the 7B-shape LoRA DPO step (step time, peak memory, MFU)
@@ -23,8 +30,11 @@ first skipped if device time is left (the machine stays warm only 30 s, so at on
 230 s fits the 15 minutes):
 
     run(command="python3 bench/gpu_check.py --out $OUT", carry=[".venv/assets"], timeout_s=570)
-    run(command="python3 bench/gpu_check.py --out $OUT --only logprob,fused --budget 200", carry=[".venv/assets"],
+    run(command="python3 bench/gpu_check.py --out $OUT --only rehearsal --budget 200", carry=[".venv/assets"],
         timeout_s=230)
+
+The first call's 540 s hold tests, syncs, loop and clip_rank (issue 32's GPU-efficiency rows) when each takes its
+limit; what it skips (rehearsal, step, logprob, fused) is recorded, for a second call or the next session.
 """
 from __future__ import annotations
 
@@ -43,6 +53,10 @@ from model.files import write_atomic  # noqa: E402
 PARTS = [  # (name, command, seconds)
     ("tests", [PY, "-m", "pytest", "-q", "-x", "tests/test_logprob.py", "tests/test_dpo.py", "tests/test_dpo_fused.py",
                "tests/test_model_parity.py", "tests/test_model_generate.py"], 150),
+    ("syncs", [PY, "-m", "bench.syncs", "--device", "cuda"], 60),
+    ("loop", [PY, "bench/train_step.py", "--loop", "--device", "cuda", "--preset", "7b", "--pairs", "1",
+              "--repeats", "5"], 240),
+    ("clip_rank", [PY, "bench/clip_rank.py", "--device", "cuda"], 90),
     ("rehearsal", [PY, "-m", "rehearsal.run", "--out", "/tmp/gpu_rehearsal", "--ngpu", "1"], 270),
     ("step", [PY, "bench/train_step.py", "--device", "cuda"], 120),
     ("logprob", [PY, "bench/logprob.py", "--device", "cuda"], 90),

@@ -127,3 +127,47 @@ class CudaSyncCounter:
     @property
     def count(self) -> int:
         return len(self.calls)
+
+
+def main(argv=None):
+    """python3 -m bench.syncs [--device cuda]: train.py's loop on the toy world's LLaVA (bench/train_loop.py's data:
+    photos from disk), DPO and POVID, 4 steps logging every 2nd; the syncs of each step and of each settle()."""
+    import argparse
+    import collections
+    import json
+    import tempfile
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    import train
+    from bench.train_loop import make_assets
+    counter = CudaSyncCounter if a.device.startswith("cuda") else SyncCounter
+    real_step, real_settle = train.Run.step, train.Run.settle
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        model, data = make_assets(d, "toy", n=8)
+        for mode in ("dpo", "povid"):
+            steps, settles = [], []
+
+            def counted(log, real):
+                def f(self, *args):
+                    with counter() as c:
+                        out = real(self, *args)
+                    log.append(c.calls)
+                    return out
+                return f
+            train.Run.step, train.Run.settle = counted(steps, real_step), counted(settles, real_settle)
+            try:
+                train.main([f"--mode={mode}", f"--data={data}", *model, f"--out_dir={d}/{mode}", "--max_steps=4",
+                            "--batch_size=4", "--micro_batch_size=2", "--log_every=2", "--lora_rank=4",
+                            f"--device={a.device}"] + (["--noise_tokens_from=each"] if mode == "povid" else []))
+            finally:
+                train.Run.step, train.Run.settle = real_step, real_settle
+            res[mode] = {"per_step": [len(c) for c in steps], "per_settle": [len(c) for c in settles],
+                         "calls": collections.Counter(x for c in steps + settles for x in c).most_common(20)}
+    print(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

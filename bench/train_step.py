@@ -183,6 +183,9 @@ def main():
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU torch threads")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--loop", action="store_true", help="train.py's own loop, DPO and POVID (bench/train_loop.py); "
+                    "presets toy | 7b-2l | 7b")
+    ap.add_argument("--before", default=None, help="--loop: also run this commit's tree, side by side")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cuda = a.device == "cuda"
@@ -193,6 +196,10 @@ def main():
     a.response = a.response or (256 if big else 48)
     a.rank = a.rank or (128 if big else 16)
     a.grad_checkpointing = bool(big if a.grad_checkpointing is None else a.grad_checkpointing)
+    if a.loop:
+        from bench.train_loop import main as loop_main
+        loop_main(a)
+        return
     if a.one:
         torch.set_num_threads(a.threads)
         print(json.dumps(run_one(a.one, a)))

@@ -179,3 +179,13 @@ def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, t
     assert [len(c) for c in settles] == [1, 1, 1], settles
     decoder = [k for k in attn if "enable_gqa" in k]
     assert decoder and all(k["attn_mask"] is None and k["is_causal"] for k in decoder)
+
+
+def test_mfu_counts_the_frozen_tower_once_per_image(tiny):
+    """POVID (noise from each), 2 pairs: the tower ran on 2 clean and 2 noisy images, not on 4 + 4 + 2 + 2."""
+    import train
+    mc, work = tiny.config, {"tokens": 120.0, "tokens_x_len": 120.0 * 60, "images": 4.0, "targets": 30.0}
+    one_image = train.model_flops(mc, 0, 0, 0, 60, 1, 0, False)
+    per_pass = train.estimate_flops(mc, 1000, 100, work, True, 2)
+    shared = train.estimate_flops(mc, 1000, 100, work, True, 2, shared_features=True)
+    assert one_image > 0 and per_pass - shared == pytest.approx(8 * one_image)
