@@ -11,8 +11,9 @@ into a temporary directory; 624af90 = main before issue 32 items 8-11: data on t
 step, the tower 4-6 times per pair). "after, data inline" is this tree with the batches made on the training thread
 when the step asks (no Prefetch thread): the data's share of the step, apart from the other items. Each run is its
 own subprocess; a random init from a config dir (--model_config, no checkpoint file): toy = the toy world's LLaVA,
-7b-2l = LLaVA-1.5-7B's widths with 2 decoder and 2 tower layers, 7b = the whole shape. Step time = (end of the last step, after the device is done) - (end of
-the warm-up steps), over the measured steps; on CUDA also the peak memory and the MFU train.py logs (Run.mfu).
+7b-2l = LLaVA-1.5-7B's widths with 2 decoder and 2 tower layers, 7b = the whole shape. Step time = (end of the
+last step, after the device is done) - (end of the warm-up steps), over the measured steps; on CUDA also the peak
+memory and the MFU train.py logs (Run.mfu).
 """
 from __future__ import annotations
 
