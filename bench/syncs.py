@@ -129,6 +129,16 @@ class CudaSyncCounter:
         return len(self.calls)
 
 
+def counted(real, log: list, counter=SyncCounter):
+    """Method `real` wrapped so that each call's syncs (their `calls`) are appended to `log`."""
+    def method(self, *args):
+        with counter() as c:
+            out = real(self, *args)
+        log.append(c.calls)
+        return out
+    return method
+
+
 def main(argv=None):
     """python3 -m bench.syncs [--device cuda]: train.py's loop on the toy world's LLaVA (bench/train_loop.py's data:
     photos from disk), DPO and POVID, 4 steps logging every 2nd; the syncs of each step and of each settle()."""
@@ -148,15 +158,8 @@ def main(argv=None):
         model, data = make_assets(d, "toy", n=8)
         for mode in ("dpo", "povid"):
             steps, settles = [], []
-
-            def counted(log, real):
-                def f(self, *args):
-                    with counter() as c:
-                        out = real(self, *args)
-                    log.append(c.calls)
-                    return out
-                return f
-            train.Run.step, train.Run.settle = counted(steps, real_step), counted(settles, real_settle)
+            train.Run.step = counted(real_step, steps, counter)
+            train.Run.settle = counted(real_settle, settles, counter)
             try:
                 train.main([f"--mode={mode}", f"--data={data}", *model, f"--out_dir={d}/{mode}", "--max_steps=4",
                             "--batch_size=4", "--micro_batch_size=2", "--log_every=2", "--lora_rank=4",

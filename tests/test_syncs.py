@@ -6,18 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.syncs import SyncCounter
+from bench.syncs import SyncCounter, counted
 from model import Llava, LlavaConfig, TextConfig, VisionConfig
 from model.logprob import sequence_logprobs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: a second OpenMP thread only adds barrier waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -150,18 +144,10 @@ def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, t
         groups = [{"params": g["params"], "base_lr": g["base_lr"]} for g in real_opt(cfg, model).param_groups]
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     steps, settles, attn = [], [], []
-
-    def counted(counts, real):
-        def f(self, *a):
-            with SyncCounter() as c:
-                out = real(self, *a)
-            counts.append(c.calls)
-            return out
-        return f
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(train, "make_optimizer", fused_opt)
-    monkeypatch.setattr(train.Run, "step", counted(steps, real_step))
-    monkeypatch.setattr(train.Run, "settle", counted(settles, real_settle))
+    monkeypatch.setattr(train.Run, "step", counted(real_step, steps))
+    monkeypatch.setattr(train.Run, "settle", counted(real_settle, settles))
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: attn.append(k) or sdpa(*a, **k))
     tower, decoder_calls = [], []
     real_tower, real_decoder = CLIPVisionTransformer.forward, LlamaModel.forward
