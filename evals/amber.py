@@ -311,7 +311,7 @@ def cmd_amber(a) -> dict:
 
 def _fractions(s: dict) -> dict:
     """The report's keys: rates as fractions (the official printed percent / 100), counts as they are."""
-    m = {"n": s["n"], "n_empty_generative": s["n_empty_generative"]}
+    m = {"n_empty_generative": s["n_empty_generative"]}
     for k, v in s.get("generative", {}).items():
         m[k] = v / 100 if k in ("chair", "cover", "hal", "cog") else v
     for block in ("discriminative", "existence", "attribute", "state", "number", "action", "relation"):
@@ -319,6 +319,8 @@ def _fractions(s: dict) -> dict:
             pre = "" if block == "discriminative" else block + "_"
             m.update({pre + k: (v / 100 if k in ("accuracy", "precision", "recall", "f1") else v)
                       for k, v in s[block].items()})
+    # after the blocks: the discriminative block's own "n" (its question count) must not stand for all answers
+    m.update(n=s["n"], n_generative=s["n_generative"], n_discriminative=s["n"] - s["n_generative"])
     if "amber_score" in s:
         m["amber_score"] = s["amber_score"] / 100
     return m

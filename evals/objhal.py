@@ -254,6 +254,9 @@ def read_answers(path: str, questions: str | None = None) -> tuple[list[dict], i
     gives it by line position, as the official --org_folder does."""
     lines = read_jsonl_lines(path, required=("text",))
     qimg = None
+    if questions is not None and os.path.isfile(questions) and not is_question_file(questions):
+        raise ValueError(f"{questions}: not Object HalBench's question file (RLAIF-V's obj_halbench_300_with_image"
+                         f".jsonl: lines of 'image_id', 'question', 'image' in base64)")
     if questions is not None:
         qimg = [rec.get("image_id") for _, rec in read_jsonl_lines(questions, required=("image_id", "question"))]
     out, seen = [], set()

@@ -1,6 +1,7 @@
-"""Tiny ScienceQA, MME and Object HalBench trees in the exact public schemas, for tests and rehearsals without
+"""Tiny ScienceQA, MME, Object HalBench and AMBER trees in the exact public schemas, for tests and rehearsals without
 downloads. The questions, answers and captions are ours, written to exercise the official scoring rules; the
-Object HalBench vocabulary lines are RLAIF-V's synonyms_refine.txt lines for the categories used, verbatim.
+Object HalBench vocabulary lines are RLAIF-V's synonyms_refine.txt lines for the categories used, and AMBER's
+relation.json entries and safe words, verbatim.
 
     from rehearsal.public_bench import make_public_bench
     p = make_public_bench(tmp_path)      # -> {name: path}; names below
@@ -24,6 +25,15 @@ Object HalBench vocabulary lines are RLAIF-V's synonyms_refine.txt lines for the
   objhal/eval/eval_gpt_obj_halbench.py       a stand-in holding a `prompt_template` (our wording)
   objhal/coco/annotations/{instances,captions}_{val,train}2014.json   COCO 2014 annotations of those images (or,
                                              given make_public_data's paths, that tree's COCO images and files)
+  amber/data/annotations.json                AMBER (junyangwang0410/AMBER data/): a list, item i = id i+1; ids 1..1004
+                                             generative {id, type, truth, hallu} (those without an image here have
+                                             empty lists: the ids keep AMBER's ranges), then {id, type, truth yes|no}
+                                             for attribute (state / number / action), existence, relation
+  amber/data/relation.json, safe_words.txt   AMBER's relation.json entries of the objects used and its safe_words.txt,
+                                             verbatim
+  amber/data/query/query_*.json              [{id, image, query}]: all, generative, discriminative, -existence,
+                                             -attribute, -relation
+  amber/image/AMBER_<n>.jpg                  scikit-image's photographs (rehearsal/public_data.py), objects ours
 """
 from __future__ import annotations
 
@@ -82,11 +92,14 @@ def _image(path: str, color: tuple, size: int = 48, fmt: str | None = None) -> b
     return data
 
 
-def make_sqa(root: str) -> dict:
+def make_sqa(root: str, tiny: bool = False) -> dict:
+    """sqa/ (module docstring); tiny: test problems 1-3 only (two with an image)."""
     d = os.path.join(root, "sqa")
     problems, splits, questions = {}, {s: [] for s in ("train", "val", "test", "trainval", "minitrain", "minival",
                                                        "minitest")}, []
     for pid, (q, ch, ans, hint, img, grade, subject, topic, split) in SQA.items():
+        if tiny and split == "test" and int(pid) > 3:
+            continue
         problems[pid] = {"question": q, "choices": ch, "answer": ans, "hint": hint,
                          "image": "image.png" if img else None, "task": "closed choice", "grade": grade,
                          "subject": subject, "topic": topic, "category": "", "skill": "", "lecture": "",
@@ -129,11 +142,14 @@ MME = {
 MME_DOUBLE = {("color", "000000002002.jpg")}
 
 
-def make_mme(root: str) -> dict:
+def make_mme(root: str, tiny: bool = False) -> dict:
+    """mme/ (module docstring); tiny: the first image of existence (perception) and code_reasoning (cognition)."""
     d = os.path.join(root, "mme")
     bench = os.path.join(d, "MME_Benchmark_release_version")
     lines = []
     for k, (cat, items) in enumerate(MME.items()):
+        if tiny:
+            items = items[:1] if cat in ("existence", "code_reasoning") else []
         folder = os.path.join(bench, cat)
         nested = cat == "existence"
         for n, (image, qas) in enumerate(items):
@@ -248,10 +264,11 @@ def _coco(ann: str) -> None:
                 json.dump(obj, f)
 
 
-def make_objhal(root: str, coco: dict | None = None) -> dict:
+def make_objhal(root: str, coco: dict | None = None, tiny: bool = False) -> dict:
     """objhal/ laid out like a RLAIF-V checkout (eval/data/, eval/eval_gpt_obj_halbench.py). Without `coco`, its own
     COCO annotations (objhal/coco/annotations) of the hand-built OBJHAL_IMAGES and OBJHAL_QUESTIONS; with
-    make_public_data's paths, one question per val2014 image of that tree (the prompts in turn), its COCO files."""
+    make_public_data's paths, one question per val2014 image of that tree (the prompts in turn), its COCO files.
+    tiny: the first two questions."""
     d = os.path.join(root, "objhal")
     data = os.path.join(d, "eval", "data")
     os.makedirs(data, exist_ok=True)
@@ -273,7 +290,7 @@ def make_objhal(root: str, coco: dict | None = None) -> dict:
          "objhal_synonyms": os.path.join(data, "synonyms_refine.txt"), "objhal_coco": ann,
          "objhal_prompt_file": os.path.join(d, "eval", "eval_gpt_obj_halbench.py")}
     with open(p["objhal_questions"], "w", encoding="utf-8") as f:
-        for i, q in questions:
+        for i, q in questions[:2] if tiny else questions:
             f.write(json.dumps({"image_id": i, "question": q, "image": base64.b64encode(jpeg[i]).decode()}) + "\n")
     with open(p["objhal_synonyms"], "w", encoding="utf-8") as f:
         f.write(SYNONYMS_REFINE)
@@ -282,7 +299,78 @@ def make_objhal(root: str, coco: dict | None = None) -> dict:
     return p
 
 
-def make_public_bench(root: str, coco: dict | None = None) -> dict:
-    """All three trees under root; `coco`: make_public_data's paths, to ask Object HalBench about its COCO images."""
+# ---------------------------------------------------------------------------------------------- AMBER
+# AMBER data/relation.json @534babf, verbatim: the entries of the objects used below
+AMBER_RELATION = {
+    "cat": [], "dog": [], "sofa": ["couch", "chair", "bench"], "cup": [], "coffee": ["cafe", "drink"],
+    "table": ["desk"], "cake": [], "bottle": [], "woman": ["person", "people", "individual", "girl"], "flag": [],
+    "man": ["person", "people", "individual", "boy"], "camera": [], "grass": ["ground"], "building": [],
+    "tree": ["forest", "leave", "bush"], "motorbike": ["motorcycle", "bike", "tire", "vehicle", "saddle", "mirror",
+                                                       "plate"],
+    "wall": ["building"], "car": ["window", "door", "tire", "vehicle", "light", "mirror", "plate"],
+    "person": ["people", "individual", "man", "woman", "boy", "girl"], "clock": []}
+AMBER_SAFE_WORDS = "orange\nsnack\nline\ncamera\nlight\nshoe\nsign\nrange\nindividual"  # no final newline, as published
+# AMBER_<n>.jpg, n = 1, 2, ...: (photo of rehearsal/public_data.py, truth objects, hallu objects), labels ours
+AMBER_IMAGES = [("chelsea", ["cat"], ["dog", "sofa"]), ("coffee", ["cup", "coffee", "table"], ["cake", "bottle"]),
+                ("astronaut", ["woman", "flag"], ["man", "dog"]),
+                ("camera", ["man", "camera", "grass", "building"], ["tree", "dog"]),
+                ("motorcycle_left", ["motorbike", "wall"], ["car", "person"]), ("clock", ["clock"], ["wall", "person"])]
+# (image n, annotation type, truth, query) in AMBER's order: attribute (state, number, action), existence, relation
+AMBER_QUESTIONS = [
+    (1, "discriminative-attribute-state", "yes", "Is the cat striped in this image?"),
+    (1, "discriminative-attribute-state", "no", "Is the cat white in this image?"),
+    (1, "discriminative-attribute-number", "yes", "Is there one cat in this image?"),
+    (1, "discriminative-attribute-number", "no", "Are there two cats in this image?"),
+    (3, "discriminative-attribute-action", "yes", "Does the woman smile in this image?"),
+    (3, "discriminative-attribute-action", "no", "Does the woman run in this image?"),
+    (5, "discriminative-attribute-state", "yes", "Is the motorbike red in this image?"),
+    (5, "discriminative-attribute-state", "no", "Is the motorbike blue in this image?"),
+    (1, "discriminative-hallucination", "no", "Is there a dog in this image?"),
+    (2, "discriminative-hallucination", "no", "Is there a cake in this image?"),
+    (4, "discriminative-hallucination", "no", "Is there a tree in this image?"),
+    (4, "discriminative-relation", "yes", "Is there direct contact between the man and camera?"),
+    (4, "relation", "no", "Is there direct contact between the man and building?"),
+    (2, "discriminative-relation", "yes", "Is there direct contact between the cup and table?"),
+]
+AMBER_N_GENERATIVE = 1004  # AMBER's README: ids 1..1004 are generative, the yes/no questions start at 1005
+
+
+def make_amber(root: str, image_size: int = 160, tiny: bool = False) -> dict:
+    """amber/ laid out like a checkout of AMBER (data/) with its images unzipped into image/. tiny: AMBER_1 and 2,
+    the first yes/no question of each dimension on them."""
+    from rehearsal.public_data import _photo, _save  # the real photographs (scikit-image), only AMBER uses them
+    d = os.path.join(root, "amber")
+    data, images = os.path.join(d, "data"), os.path.join(d, "image")
+    os.makedirs(os.path.join(data, "query"), exist_ok=True)
+    ann, queries = [], {"generative": [], "discriminative-attribute": [], "discriminative-existence": [],
+                        "discriminative-relation": []}
+    for n, (photo, truth, hallu) in enumerate(AMBER_IMAGES[:2] if tiny else AMBER_IMAGES, 1):
+        _save(_photo(photo), os.path.join(images, f"AMBER_{n}.jpg"), image_size)
+        ann.append({"id": n, "type": "generative", "truth": truth, "hallu": hallu})
+        queries["generative"].append({"id": n, "image": f"AMBER_{n}.jpg", "query": "Describe this image."})
+    ann += [{"id": i, "type": "generative", "truth": [], "hallu": []} for i in range(len(ann) + 1,
+                                                                                       AMBER_N_GENERATIVE + 1)]
+    for n, kind, truth, query in AMBER_QUESTIONS:
+        dim = "existence" if kind.endswith("hallucination") else "attribute" if "attribute" in kind else "relation"
+        if tiny and (n > 2 or queries[f"discriminative-{dim}"]):
+            continue
+        ann.append({"id": len(ann) + 1, "type": kind, "truth": truth})
+        queries[f"discriminative-{dim}"].append({"id": len(ann), "image": f"AMBER_{n}.jpg", "query": query})
+    disc = [q for k, qs in queries.items() if k != "generative" for q in qs]
+    files = {**queries, "discriminative": disc, "all": queries["generative"] + disc}
+    for name, obj in [("annotations.json", ann), ("relation.json", AMBER_RELATION)] + \
+            [(os.path.join("query", f"query_{k}.json"), v) for k, v in files.items()]:
+        with open(os.path.join(data, name), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=4)
+    with open(os.path.join(data, "safe_words.txt"), "w", encoding="utf-8") as f:
+        f.write(AMBER_SAFE_WORDS)
+    return {"amber_dir": d, "amber_data": data, "amber_images": images,
+            "amber_questions": os.path.join(data, "query", "query_all.json")}
+
+
+def make_public_bench(root: str, coco: dict | None = None, image_size: int = 160, tiny: bool = False) -> dict:
+    """All four trees under root; `coco`: make_public_data's paths, to ask Object HalBench about its COCO images;
+    tiny: a handful of questions per benchmark (the test suite's rehearsal)."""
     root = str(root)
-    return {**make_sqa(root), **make_mme(root), **make_objhal(root, coco)}
+    return {**make_sqa(root, tiny), **make_mme(root, tiny), **make_objhal(root, coco, tiny),
+            **make_amber(root, image_size, tiny)}

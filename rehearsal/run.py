@@ -12,12 +12,12 @@ What it does:
   1. builds the inputs (rehearsal/checkpoints.py: llava-1.5-7b-hf's config.json with 2 layers, the real LLaMA
      tokenizer, a CLIP of ViT-L/14-336 shape with CLIP's real BPE vocabulary; rehearsal/public_data.py: real
      photographs under COCO names, POVID's JSON, COCO captions / instances, POPE's and MMHal-Bench's files, a
-     stand-in for LLaVA-RLHF's judge-template file);
+     stand-in for LLaVA-RLHF's judge-template file; rehearsal/public_bench.py: AMBER, Object HalBench, ScienceQA, MME);
   2. reads the README's marked blocks - real-run (training, CHAIR's ground truth), real-eval (run once per model
      with CKPT / RUN set, as the README says), real-report, real-use (transformers loads the export) - and changes
      only what the README itself names as paths (its VAR=... lines) and counts (`--max_steps=` on train.py lines,
      `--max-new-tokens` on generating lines, the GPU count, the CHAIR sample size), each change printed; MMHal's
-     judge is a loopback stand-in for the chat API (rehearsal/stub_openai.py);
+     judge and Object HalBench's extraction are a loopback stand-in for the chat API (rehearsal/stub_openai.py);
   3. runs every command in order, timing each and sampling the summed resident memory of its process tree;
   4. runs the training commands again with --fsdp=True appended (FSDP2 instead of DDP) into a second out dir;
   5. writes OUT/rehearsal.json: per command its wall time, peak memory (whole process tree) and exit code.
@@ -173,14 +173,16 @@ template = """Rate the response for hallucination, from 0 to 6, as "Rating: N".
 '''
 
 
-def build_inputs(out: str, narrow: bool, model: str = "llava", layers: int = 24) -> dict:
+def build_inputs(out: str, narrow: bool, model: str = "llava", layers: int = 24, tiny_bench: bool = False) -> dict:
     """Checkpoints and public-schema data under out/inputs -> the README's input variables, pointed at them.
     model "mobilevlm": the base ($LLAVA, the one line a MobileVLM user changes) is MobileVLM_V2-1.7B in the hub's
-    layout, `layers` deep (24 = the hub's)."""
+    layout, `layers` deep (24 = the hub's). tiny_bench: a handful of questions per public_bench fixture."""
     from rehearsal.checkpoints import build_clip, build_llava, build_mobilevlm
+    from rehearsal.public_bench import make_public_bench
     from rehearsal.public_data import make_public_data
     inp = os.path.join(out, "inputs")
     data = make_public_data(os.path.join(inp, "data"), image_size=480)
+    bench = make_public_bench(os.path.join(inp, "data"), coco=data, image_size=480, tiny=tiny_bench)
     rlhf = os.path.join(inp, "LLaVA-RLHF")
     os.makedirs(os.path.join(rlhf, "Eval"), exist_ok=True)
     with open(os.path.join(rlhf, "Eval", "eval_gpt_mmhal.py"), "w") as f:
@@ -191,7 +193,8 @@ def build_inputs(out: str, narrow: bool, model: str = "llava", layers: int = 24)
             "CLIP": build_clip(os.path.join(inp, "ckpt"), narrow=narrow),
             "COCO": os.path.join(data["root"], "coco"), "POVID_JSON": data["povid_pairs"],
             "SYNONYMS": data["synonyms"], "POPE": os.path.join(data["root"], "pope"),
-            "MMHAL": os.path.join(data["root"], "mmhal"), "LLAVA_RLHF": rlhf}
+            "MMHAL": os.path.join(data["root"], "mmhal"), "LLAVA_RLHF": rlhf, "AMBER": bench["amber_dir"],
+            "OBJHAL": bench["objhal_dir"], "SQA": bench["sqa_dir"], "MME": bench["mme_dir"]}
 
 
 def readme_env(assigns, inputs: dict, out: str, ngpu: int) -> tuple[dict, dict]:
@@ -217,14 +220,15 @@ def readme_env(assigns, inputs: dict, out: str, ngpu: int) -> tuple[dict, dict]:
 
 def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, fsdp_pass: bool,
              models=("base", "povid", "clip_dpo"), fsdp_match: str = r"\btrain\.py\b|clip-rank",
-             model: str = "llava", layers: int = 24) -> dict:
+             model: str = "llava", layers: int = 24, tiny_bench: bool = False) -> dict:
     """Build the inputs, run the README's blocks (training, evaluation per model in `models`, report, use), then the
-    commands matching `fsdp_match` again with --fsdp=True. Returns what rehearsal.json holds."""
-    from rehearsal.stub_openai import StubServer
+    commands matching `fsdp_match` again with --fsdp=True. tiny_bench: a handful of questions per AMBER, Object
+    HalBench, ScienceQA and MME fixture (the test suite's). Returns what rehearsal.json holds."""
+    from rehearsal.stub_openai import StubServer, rehearsal_handler
     out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    inputs = build_inputs(out, narrow, model, layers)
+    inputs = build_inputs(out, narrow, model, layers, tiny_bench)
     t_inputs = round(time.time() - t0, 1)
     assigns, train_cmds = commands(readme_block("real-run", "bash"))
     _, eval_cmds = commands(readme_block("real-eval", "bash"))
@@ -238,7 +242,7 @@ def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, f
     o = env["OUT"]
     ckpts = {"base": env["LLAVA"], "povid": f"{o}/povid/model", "clip_dpo": f"{o}/clip_dpo/model"}
     records = {"train": [run(adapt(c, steps, chair_images, False), env, log) for c in train_cmds]}
-    with StubServer(handler=lambda body: "The response matches the image contents.\nRating: 4") as judge:
+    with StubServer(handler=rehearsal_handler) as judge:
         env_j = dict(env, OPENAI_BASE_URL=judge.url, OPENAI_API_KEY="sk-rehearsal")  # a loopback judge
         for m in models:
             e = dict(env_j, CKPT=ckpts[m], RUN=f"{o}/eval/{m}")

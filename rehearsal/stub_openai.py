@@ -51,6 +51,15 @@ def echo_handler(body: dict) -> str:
     return f"echo: {content}"
 
 
+def rehearsal_handler(body: dict) -> str:
+    """The rehearsal's chat model: Object HalBench's extraction request (one system message holding the answer, as
+    RLAIF-V sends it) gets a JSON list of objects; anything else (MMHal-Bench's judge, a user message) a rating."""
+    messages = body["messages"]
+    if len(messages) == 1 and messages[0]["role"] == "system":
+        return '["cat", "couch"]'
+    return "The response matches the image contents.\nRating: 4"
+
+
 class StubServer:
     def __init__(self, handler=echo_handler, failure_fn=None, retry_after: str = "0", hang_s: float = 5.0):
         self.handler = handler

@@ -1,7 +1,8 @@
 """The README's real recipe, run as written (rehearsal/run.py) at narrow widths: llava-1.5-7b-hf's config with 2
 layers and narrow widths (576 image tokens, 336 px, vocab 32064, the real LLaMA tokenizer), a narrow CLIP of
 ViT-L/14-336 shape with CLIP's real BPE vocabulary, tiny data in every public schema; torchrun with 2 processes (DDP),
-then POVID's two stages again under FSDP2. `make rehearsal` runs the same at real widths."""
+then POVID's two stages again under FSDP2; AMBER, Object HalBench, ScienceQA and MME on a handful of questions each
+(tiny_bench). `make rehearsal` runs the same at real widths, on every fixture question."""
 import json
 import math
 import os
@@ -9,13 +10,14 @@ import os
 import pytest
 
 from rehearsal.run import commands, readme_block, rehearse
+from test_eval_official import check_new_benchmarks
 
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("rehearsal")
     return out, rehearse(str(out), narrow=True, steps=1, ngpu=2, chair_images=3, fsdp_pass=True, models=("povid",),
-                         fsdp_match=r"povid_stage")
+                         fsdp_match=r"povid_stage", tiny_bench=True)
 
 
 def test_the_readme_recipe_runs_end_to_end(rehearsal):
@@ -45,7 +47,7 @@ def test_the_exports_are_what_the_ecosystem_loads(rehearsal):
 
 
 def test_the_evaluations_on_the_official_files(rehearsal):
-    out, _ = rehearsal
+    out, rep = rehearsal
     run = out / "ddp" / "eval" / "povid"
     chair = json.loads((run / "chair.json").read_text())
     assert chair["metrics"]["n_captions"] == 3
@@ -54,3 +56,7 @@ def test_the_evaluations_on_the_official_files(rehearsal):
         assert pope["split"] == s and pope["metrics"]["n"] > 0 and pope["parser"].startswith("official")
     mm = json.loads((run / "mmhal.json").read_text())
     assert mm["metrics"]["n"] == 8 and mm["metrics"]["complete"]
+    dirs = {k: rep["variables"][k][1] for k in ("AMBER", "OBJHAL", "SQA", "MME")}  # the README's VARs, pointed here
+    check_new_benchmarks(run, dirs, new_tokens=8)
+    amber = json.loads((run / "amber.json").read_text())["metrics"]
+    assert (amber["n"], amber["n_generative"]) == (5, 2)  # tiny_bench: AMBER_1, AMBER_2 and three yes/no questions
