@@ -143,13 +143,14 @@ MME_DOUBLE = {("color", "000000002002.jpg")}
 
 
 def make_mme(root: str, tiny: bool = False) -> dict:
-    """mme/ (module docstring); tiny: the first image of existence (perception) and code_reasoning (cognition)."""
+    """mme/ (module docstring); tiny: one image per subtask (both layouts, the double space, perception and
+    cognition)."""
     d = os.path.join(root, "mme")
     bench = os.path.join(d, "MME_Benchmark_release_version")
     lines = []
     for k, (cat, items) in enumerate(MME.items()):
         if tiny:
-            items = items[:1] if cat in ("existence", "code_reasoning") else []
+            items = [x for x in items if (cat, x[0]) in MME_DOUBLE] or items[:1]
         folder = os.path.join(bench, cat)
         nested = cat == "existence"
         for n, (image, qas) in enumerate(items):

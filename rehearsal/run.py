@@ -277,12 +277,14 @@ def main(argv=None):
     p.add_argument("--chair-images", type=int, default=3, help="the CHAIR sample size (the README's 500)")
     p.add_argument("--no-fsdp", action="store_true", help="skip the FSDP2 pass of the training commands")
     p.add_argument("--models", default="base,povid,clip_dpo", help="which models the evaluation block runs for")
+    p.add_argument("--tiny-bench", action="store_true",
+                   help="a handful of AMBER / Object HalBench / ScienceQA / MME questions (all of their commands)")
     p.add_argument("--model", default="llava", choices=["llava", "mobilevlm"],
                    help="the base: llava-1.5-7b-hf's shape (2 layers), or MobileVLM_V2-1.7B in the hub's layout")
     p.add_argument("--layers", type=int, default=24, help="MobileVLM's depth (24 = the hub's, all of it)")
     a = p.parse_args(argv)
     rehearse(a.out, a.narrow, a.steps, a.ngpu, a.chair_images, not a.no_fsdp, tuple(a.models.split(",")),
-             model=a.model, layers=a.layers)
+             model=a.model, layers=a.layers, tiny_bench=a.tiny_bench)
 
 
 if __name__ == "__main__":
