@@ -223,8 +223,19 @@ def load_into(module: torch.nn.Module, sources, ignore_prefixes=(), source_name=
                        + ", ".join(missing[:10]))
 
 
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """torch.nn.init's in-place fills do nothing. Under the meta device they have no values to fill, and normal_ has
+    no meta kernel: its Python fallback imports torch._dynamo on first use, ~1.5 s of every process that loads a
+    checkpoint."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_"):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 def _empty(cls, config, dtype, device):
-    with torch.device("meta"):  # no random init for weights that are about to be overwritten
+    with torch.device("meta"), _NoInit():  # no random init for weights that are about to be overwritten
         m = cls(config)
     return m.to_empty(device=device).to(dtype)
 

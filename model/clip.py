@@ -79,7 +79,9 @@ class CLIPVisionTransformer(nn.Module):
         super().__init__()
         self.config = c
         D = c.hidden_size
-        self.class_embedding = nn.Parameter(torch.randn(D) * D ** -0.5)
+        # in place: checkpoints are loaded into a model built on the meta device, where an out-of-place op runs
+        # through Python (importing torch._dynamo, ~1.5 s); the same values and random stream either way
+        self.class_embedding = nn.Parameter(torch.randn(D).mul_(D ** -0.5))
         self.patch_embedding = nn.Conv2d(c.num_channels, D, c.patch_size, stride=c.patch_size, bias=False)
         self.position_embedding = nn.Embedding(c.num_patches + 1, D)
         self.pre_layrnorm = nn.LayerNorm(D, eps=c.layer_norm_eps)
