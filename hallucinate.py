@@ -190,8 +190,9 @@ def _distributed():
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return 0, 1, 0
     import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
+    if not dist.is_initialized():  # its barriers wait for the slowest rank's share: hours, not the default 30 min
+        from datetime import timedelta
+        dist.init_process_group("gloo", timeout=timedelta(hours=48))
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 

@@ -8,15 +8,19 @@
     python train.py --mode=sft --data=world/train.json --model_config=world/llava_config --tokenizer=world ...
 
 A recipe (TOML, or JSON) sets the defaults of a run, each value with a comment on its source; `--key=value` after it
-overrides (unknown keys are errors; every flag and its default: train_config.py). The resolved config is saved
-as out_dir/config.json and in every checkpoint.
+overrides (`python train.py --help`: every flag, its default and meaning). A bad value, an unknown key or a setting
+the run would ignore is an error before any work. The resolved config is saved as out_dir/config.json and in every
+checkpoint.
 
 Modes
   sft       token cross-entropy on every answer of LLaVA conversation JSON (normalised by the global count of
             answer tokens, so any split into ranks and micro-batches gives the same gradient).
   dpo       DPO (Rafailov et al. 2023, eq. 7; dpo.py) on a static preference file (TRL-style JSONL or POVID's JSON).
-            Chosen and rejected share one forward. The reference is the same network with its LoRA adapters off (no
-            second copy), or a frozen copy under full fine-tuning; --ref_cache=True computes its log-probs once.
+            Chosen and rejected share one forward. The reference is the initial model in every mode: the same
+            network with its LoRA adapters off (no second copy of the decoder) and, where the projector or tower
+            trains too, their frozen initial copies swapped in; a frozen copy of the whole model under full
+            fine-tuning (reference_copies). At step 0 it scores exactly what the policy does (loss ln 2), in any
+            dtype. --ref_cache=True computes its log-probs once (the same numbers, to float rounding).
   povid     POVID (Zhou et al. 2024). Stage 1 is `dpo` on the injected hallucinations, then the adapters are merged
             on export. Stage 2 (this mode): w_inj * DPO(chosen, injected) + w_noise * DPO(chosen, noise-triggered),
             with the merged stage-1 model as start and reference. The noise-triggered answer is made online every
@@ -37,19 +41,21 @@ Warmup --warmup_ratio of the steps (or --warmup_steps), then cosine to lr * min_
 projector's own learning rate when it trains (--train_projector=True, POVID's --mm_projector_lr).
 
 Outputs in out_dir: config.json, metrics.jsonl (one JSON object per logged step), ckpt/ (trainable weights,
-optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues, bit-exactly on CPU),
+optimizer, RNG states, step = data position; swapped in atomically; --resume=True continues, bit-exactly on CPU,
+with the checkpoint's settings and data or not at all; a new run into an out_dir that holds one needs --overwrite),
 model/ (the final model, adapters merged, llava-hf layout + tokenizer and processor files; what transformers and
 vLLM load), exports/step_N/ with --export_every; written by train_state.py.
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
 import sys
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 
 import torch
@@ -60,62 +66,13 @@ import train_data as D
 from dpo import chosen_nll, dpo_loss, povid_loss, sequence_sums, shift_labels
 from dpo_fused import fused_preference_loss, pack, pair_groups, povid_groups, preference_logps, rewards
 from model import Llava, LlavaConfig, Tokenizer
-from model.lora import adapters_disabled, apply_lora
+from model.files import write_atomic, write_json
+from model.lora import adapters_disabled
 from train_config import Config, lr_factor, parse_config, resolve_length
-from model.files import write_atomic
-from train_state import export_model, load_checkpoint, reference_cache, save_checkpoint
-
-
-# -------------------------------------------------------------------------------------------------------- model
-def build_model(cfg: Config, device, dtype) -> Llava:
-    """The base network: a checkpoint, or a seeded random init from a config dir (the toy world's SFT)."""
-    if cfg.init_from:
-        try:
-            return Llava.from_pretrained(cfg.init_from, dtype=dtype, device=device,
-                                         vision_tower=cfg.vision_tower or None)
-        except (FileNotFoundError, ValueError) as e:  # a bad checkpoint dir: one line that names file and field
-            raise SystemExit(f"train.py: --init_from={cfg.init_from}: {e}") from None
-    torch.manual_seed(cfg.seed)  # every rank draws the same weights: FSDP does not broadcast them
-    with torch.device(device):
-        model = Llava(LlavaConfig.from_dir(cfg.model_config))
-    return model.to(dtype)
-
-
-def make_trainable(cfg: Config, model: Llava):
-    """Freeze what does not train, wrap LoRA adapters, keep trained weights as fp32 masters. Returns a one-line
-    summary of what trains."""
-    if cfg.lora_rank > 0:
-        model.requires_grad_(False)
-        torch.manual_seed(cfg.seed + 1)  # adapter init (and dropout masks) the same on every rank and every run
-        apply_lora(model.language_model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
-                   targets=tuple(cfg.lora_targets.split(",")))
-        model.projector.requires_grad_(cfg.train_projector)
-    model.vision_tower.requires_grad_(cfg.train_vision)
-    unused = list(model.vision_tower.layers[model.config.vision_layers_used:]) + [model.vision_tower.post_layernorm]
-    for m in unused:  # blocks past LLaVA's feature layer never run: no gradient (DDP would wait for one)
-        if m is not None:
-            m.requires_grad_(False)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()  # trained weights are fp32 masters; autocast runs their matmuls in bf16
-    model.train()
-    by_part = Counter()
-    for n, p in model.named_parameters():
-        by_part[n.split(".")[0]] += p.numel() if p.requires_grad else 0
-    return (f"{sum(by_part.values()):,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters "
-            f"({', '.join(f'{k} {v:,}' for k, v in by_part.items() if v)}); "
-            f"{'LoRA r%d' % cfg.lora_rank if cfg.lora_rank else 'full fine-tuning'}")
-
-
-def make_optimizer(cfg: Config, model: Llava):
-    """AdamW over the trained weights; the projector in its own group when it has its own lr. Each group keeps its
-    base lr as "base_lr"; the schedule scales it."""
-    proj = [p for p in model.projector.parameters() if p.requires_grad] if cfg.projector_lr else []
-    ids = {id(p) for p in proj}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": rest, "base_lr": cfg.lr}] + ([{"params": proj, "base_lr": cfg.projector_lr}] if proj else [])
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
-                             betas=(cfg.adam_beta1, cfg.adam_beta2))
+from train_model import build_model, make_optimizer, make_trainable, reference_copies
+from train_mfu import estimate_flops, peak_flops
+from train_state import (claim_out_dir, export_model, load_checkpoint, long_wait_group, metrics_until,
+                         reference_cache, save_checkpoint)
 
 
 # -------------------------------------------------------------------------------------------------------- the loss
@@ -207,9 +164,10 @@ class Net(nn.Module):
         return noise, self.logps(b, noise, groups, h[:2 * P])
 
 
-def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int):
+def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int, find_unused: bool = False):
     """(net, ref_net): Net around the policy (DDP or FSDP2 over ranks), and the reference's: around the frozen copy
-    (full fine-tuning), else the policy's own (its adapters switched off by Run.reference)."""
+    (full fine-tuning), else the policy's own (Run.reference switches its adapters off). find_unused: DDP must
+    expect trained parameters that a micro-batch leaves out (the projector and tower on a text-only batch)."""
     net, ref_net = Net(model, cfg.fused_loss), (Net(ref_model, cfg.fused_loss) if ref_model is not None else None)
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
@@ -219,68 +177,24 @@ def wrap(cfg: Config, model: Llava, ref_model, ddp: bool, cuda: bool, local: int
             fully_shard(m)
     elif ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[local] if cuda else None)
+        net = DDP(net, device_ids=[local] if cuda else None, find_unused_parameters=find_unused)
     return net, ref_net or net
 
 
-# -------------------------------------------------------------------------------------------------------- MFU
-def model_flops(mc: LlavaConfig, n_layer_params: int, n_trained_layer_params: int, tokens: int, seq_len: int,
-                images: int, scored: int, backward: bool) -> float:
-    """Model FLOPs of one pass (nanoGPT/PaLM convention: 2 per multiply-add, attention as T x T, no recompute).
-    Forward: 2 N per token through the decoder blocks + 4 L D T attention + the head on scored rows + the vision
-    tower on each image. Backward (policy only): the input gradients (= forward) + weight gradients of the trained
-    decoder parameters; the frozen CLIP tower gets no backward."""
-    t, v = mc.text, mc.vision
-    lm = 2 * n_layer_params * tokens + 4 * t.num_hidden_layers * t.hidden_size * seq_len * tokens
-    head = 2 * t.hidden_size * t.vocab_size * scored
-    p = (v.image_size // v.patch_size) ** 2 + 1  # patches + CLS
-    vis_params = (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size) * mc.vision_layers_used
-    vis = images * (2 * vis_params * p + 4 * mc.vision_layers_used * v.hidden_size * p * p)
-    fwd = lm + head + vis
-    return fwd + (lm + head + 2 * n_trained_layer_params * tokens if backward else 0)
-
-
-def peak_flops(cfg: Config, device: str):
-    if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, tf in (("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("L40S", 362)):  # dense bf16
-        if key in name:
-            return tf * 1e12
-    return None
-
-
-def estimate_flops(mc: LlavaConfig, n_layer: int, n_trained: int, work: dict, ref_pass: bool,
-                   noise_passes: int, shared_features: bool = False) -> float:
-    """Model FLOPs of the steps whose micro-batches summed to `work` (count_work; model_flops is linear in each
-    count): the policy's forward and backward, the reference's forward (unless its
-    log-probs are cached) and POVID's no-grad passes, which read the chosen half of each batch. Called at log time
-    (as nanoGPT's estimate_mfu), so the step itself only adds up counts collation already knows. shared_features:
-    the frozen tower ran once per image (Run.with_features): the pairs' images and POVID's noisy ones, once each."""
-    tokens = max(work["tokens"], 1.0)
-    length = work["tokens_x_len"] / tokens  # the token-weighted mean padded length: exact for the T x T term
-    per_pass = 0.0 if shared_features else 1.0
-
-    def passes(share, trained, backward):
-        return model_flops(mc, n_layer, trained, share * tokens, length, per_pass * share * work["images"],
-                           share * work["targets"], backward)
-    tower = 0 if not shared_features else model_flops(mc, 0, 0, 0, length, work["images"] / 2 * (1 + bool(
-        noise_passes)), 0, False)  # images counts each pair's image twice (chosen, rejected rows)
-    return (passes(1, n_trained, True) + (passes(1, 0, False) if ref_pass else 0)
-            + noise_passes * passes(0.5, 0, False) + tower)
-
-
 # -------------------------------------------------------------------------------------------------------- data
-def load_rows(cfg: Config, objective: str, tok, mc: LlavaConfig, print0):
-    """The usable samples (every bad one counted by reason, or an error), the image store and the collate fn."""
+def load_rows(cfg: Config, objective: str, tok, mc: LlavaConfig, print0, rank: int = 0, world: int = 1):
+    """The usable samples (every bad one counted by reason, or an error), the image store and the collate fn. Every
+    rank reads the data file; each image is opened once, by one rank, and the verdicts shared, so every rank drops
+    the same samples; then the ranks check that they kept the same ones (train_data.agree_on_rows)."""
     skips = D.Skips(cfg.on_bad_sample)
     pad = mc.image_aspect_ratio == "pad"
     images = D.ImageStore(mc.image_size, pad=pad, cache_mb=cfg.image_cache_mb)
     load = D.load_sft if objective == "sft" else D.load_pairs
     rows = load(cfg.data, tok, mc.num_image_tokens, cfg.template, cfg.max_len, skips, image_root=cfg.image_root)
-    rows = D.check_images(rows, images, skips)
+    rows = D.check_images(rows, D.shared_image_problems(rows, images, rank, world), skips)
+    D.agree_on_rows(rows, cfg.data, world)
+    if not rows:
+        raise SystemExit(f"{cfg.data}: no usable sample\n{skips.report()}")
     if len(rows) < cfg.batch_size:
         raise SystemExit(f"{cfg.data}: {len(rows)} usable samples, fewer than one batch ({cfg.batch_size})\n"
                          f"{skips.report()}")
@@ -334,7 +248,12 @@ class Run:
             raise SystemExit(f"batch_size {cfg.batch_size} must split into {world} rank(s) x micro_batch_size "
                              f"{cfg.micro_batch_size} x a whole number of accumulation steps")
         self.objective = "dpo" if cfg.mode == "clip-dpo" else cfg.mode
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+        self.wait = long_wait_group()  # what the others wait in while rank 0 writes a checkpoint or a model
+        # bf16 matmuls under autocast: on CUDA always, on the CPU with --dtype=bfloat16 (frozen weights in bf16)
+        bf16 = self.cuda or cfg.dtype == "bfloat16"
+        self.autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
+        if self.cuda:  # the GEMMs autocast leaves in fp32 (a trained fp32 head's log-probs) on the tensor cores
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.cfg = cfg
 
     def print0(self, *a):
@@ -361,20 +280,19 @@ class Run:
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"train.py: tokenizer: {e}") from None
         model.language_model.gradient_checkpointing = cfg.grad_checkpointing
-        self.ref_model = None  # full fine-tuning DPO keeps a frozen copy, loaded afresh (never the trained weights)
-        if obj != "sft" and cfg.lora_rank == 0:
-            ref_dtype = torch.bfloat16 if self.cuda and cfg.dtype != "float32" else frozen_dtype
-            self.ref_model = build_model(cfg, self.device, ref_dtype).eval().requires_grad_(False)
-        for m in filter(None, (model, self.ref_model)):  # the tokenizer put each image's tokens in: no check (sync)
-            m.check_image_tokens = False
+        model.check_image_tokens = False  # the tokenizer put each image's tokens in: no check (a sync)
+        self.rows, self.images, self.skips, self.collate = load_rows(cfg, obj, self.tok, mc, self.print0, self.rank,
+                                                                     self.world)
+        self.cfg = cfg = resolve_length(cfg, len(self.rows))
         trains = make_trainable(cfg, model)
+        self.ref_model, self.frozen = reference_copies(cfg, obj, model)
         self.n_layer = sum(p.numel() for p in model.language_model.layers.parameters())
         self.n_layer_trained = sum(p.numel() for p in model.language_model.layers.parameters() if p.requires_grad)
-        self.net, self.ref_net = wrap(cfg, model, self.ref_model, self.ddp, self.cuda, self.local)
-        self.frozen_vision = not any(p.requires_grad for p in [*model.vision_tower.parameters(),
-                                                                *model.projector.parameters()])
-        self.rows, self.images, self.skips, self.collate = load_rows(cfg, obj, self.tok, mc, self.print0)
-        self.cfg = cfg = resolve_length(cfg, len(self.rows))
+        vision = [*model.vision_tower.parameters(), *model.projector.parameters()]
+        self.frozen_vision = not any(p.requires_grad for p in vision)
+        text_only = any(r["image"] is None for r in self.rows)
+        self.net, self.ref_net = wrap(cfg, model, self.ref_model, self.ddp, self.cuda, self.local,
+                                      find_unused=text_only and not self.frozen_vision)
         self.print0(f"mode {cfg.mode}: {trains}; world {self.world}, micro {cfg.micro_batch_size} x accum "
                     f"{self.per_rank // cfg.micro_batch_size}, {cfg.max_steps} steps (warmup {cfg.warmup_steps}), "
                     f"device {self.device}, frozen weights {str(frozen_dtype)[6:]}, max_len {cfg.max_len}")
@@ -393,26 +311,44 @@ class Run:
                 self.ref_logps = reference_cache(cfg, self.rows, ref_pair_logps, self.collate,
                                                  self.images, self.tok, self.device, self.autocast, self.rank,
                                                  self.world, next(model.parameters()).dtype, self.print0)
-            self.ref_net, self.ref_model = self.net, None  # the copy (full fine-tuning) is no longer needed
+            self.ref_net, self.ref_model, self.frozen = self.net, None, {}  # the copies are no longer needed
+            if cfg.fsdp:
+                self.net.reshard()  # FSDP2 keeps the root group whole after a forward: shard it before the optimizer
+        if cfg.fsdp:  # the optimizer must hold the shards (a whole tensor there would never reach the others)
+            from torch.distributed.tensor import DTensor
+            whole = [n for n, p in model.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
+            if whole:
+                raise RuntimeError(f"FSDP: {len(whole)} trained parameters are not sharded, e.g. {whole[:3]}")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(cfg, model)
-        self.start = load_checkpoint(cfg, self.net, model, self.opt, self.rank) if cfg.resume else 0
+        self.data_id = {"samples": len(self.rows), "samples_digest": D.rows_digest(self.rows)}
+        self.start = load_checkpoint(cfg, self.net, model, self.opt, self.rank, self.data_id) if cfg.resume else 0
         self.metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
         if self.master:
-            write_atomic(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
-            kept = []
-            if self.start and os.path.isfile(self.metrics_path):  # drop what a killed run logged after its ckpt
-                with open(self.metrics_path) as f:
-                    kept = [x for x in f if x.strip() and json.loads(x)["step"] <= self.start]
-            write_atomic(self.metrics_path, "".join(kept))
+            write_json(os.path.join(cfg.out_dir, "config.json"), asdict(cfg))
+            resumed = self.start and os.path.isfile(self.metrics_path)
+            write_atomic(self.metrics_path, metrics_until(self.metrics_path, self.start) if resumed else "")
             self.print0(f"resumed from {cfg.out_dir}/ckpt at step {self.start}" if self.start
                         else f"writing to {cfg.out_dir}")
-        self.peak = peak_flops(cfg, self.device)
+        self.peak = peak_flops(cfg.peak_tflops, self.device)
         return self
 
+    @contextmanager
     def reference(self):
-        """The reference's context: the policy with its adapters off, or (full fine-tuning) the frozen copy as is."""
-        return adapters_disabled(self.model) if self.ref_model is None else nullcontext()
+        """The reference's context: the frozen copy as it is (full fine-tuning); else the policy with its adapters off
+        and the frozen copies of its other trained modules swapped in (reference_copies): the initial model."""
+        if self.ref_model is not None:
+            yield
+            return
+        trained = {name: getattr(self.model, name) for name in self.frozen}
+        with adapters_disabled(self.model):
+            try:
+                for name, frozen in self.frozen.items():
+                    setattr(self.model, name, frozen)
+                yield
+            finally:
+                for name, m in trained.items():
+                    setattr(self.model, name, m)
 
     def batches(self, step: int):
         """This rank's micro-batches of `step` and their work counts, made on the CPU in the Prefetch thread: images
@@ -592,22 +528,27 @@ class Run:
                     t_log, work = time.time(), Counter()
                 if export:
                     export_model(cfg, self.net, self.model, self.tok, self.rank,
-                                 os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"))
+                                 os.path.join(cfg.out_dir, "exports", f"step_{done:06d}"), wait=self.wait)
                 if save:
-                    save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
+                    save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank, self.wait, self.data_id)
                 if done == cfg.stop_after:
                     self.print0(f"stopping after step {done} (--stop_after); --resume=True continues")
                     return None
         if done > self.start or not os.path.isfile(os.path.join(cfg.out_dir, "ckpt", "state.json")):
-            save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank)
-        path = export_model(cfg, self.net, self.model, self.tok, self.rank)
+            save_checkpoint(cfg, self.net, self.model, self.opt, done, self.rank, self.wait, self.data_id)
+        path = export_model(cfg, self.net, self.model, self.tok, self.rank, wait=self.wait)
         self.print0(f"done: step {done}/{cfg.max_steps} in {time.time() - t_run:.0f}s; model -> {path}\n"
                     f"{self.skips.report()}")
         return path
 
 
 def train(cfg: Config, rank: int, world: int, local: int):
-    return Run(cfg, rank, world, local).setup().loop()
+    run = Run(cfg, rank, world, local)
+    try:
+        return run.setup().loop()
+    finally:
+        if run.wait is not None:
+            dist.destroy_process_group(run.wait)
 
 
 # -------------------------------------------------------------------------------------------------------- main
@@ -624,16 +565,22 @@ def main(argv):
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     local = int(os.environ.get("LOCAL_RANK", 0))
     try:
+        claim_out_dir(cfg, rank)  # before any work: a new run never mixes with another's files
         if cfg.mode == "povid" and cfg.povid_stage1_steps > 0:
             # stage 1: DPO on the injected hallucinations, merged on export; it is both the start and the reference
             # of stage 2. A finished stage 1 (its model/ exists) is reused.
             s1 = replace(cfg, mode="dpo", max_steps=cfg.povid_stage1_steps, povid_stage1_steps=0,
                          out_dir=os.path.join(cfg.out_dir, "stage1"), stop_after=0)
             merged = os.path.join(s1.out_dir, "model")
-            if not os.path.isfile(os.path.join(merged, "config.json")):
+            if not os.path.isfile(os.path.join(merged, "config.json")):  # else reused (claim_out_dir: resumed)
                 train(s1, rank, world, local)
+                gc.collect()  # stage 1's model, optimizer and images go before stage 2 loads its own
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             cfg = replace(cfg, init_from=merged, vision_tower="", povid_stage1_steps=0)
         return train(cfg, rank, world, local)
+    except D.DataError as e:  # the user's data: one line naming the file and line or item, no traceback
+        raise SystemExit(str(e)) from None
     finally:
         if owns_group:
             dist.destroy_process_group()

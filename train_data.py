@@ -11,28 +11,35 @@ record without an image is a text-only sample, as in LLaVA's own instruction mix
 
 Bad input, by kind:
   * a malformed record (bad JSON, a missing key, a wrong type) names the file and line (JSONL) or item (JSON);
-    a missing or unreadable image names its path. With on_bad_sample="error" (default) it raises ValueError; with
-    "skip" it is counted by reason, and `Skips.report()` lists the counts with the first place each was seen.
+    a missing or unreadable image names the record's line or item and the image's path. With on_bad_sample="error"
+    (default) it raises DataError (a ValueError); with "skip" it is counted by reason, and `Skips.report()` lists
+    the counts with the first place each was seen.
   * an empty response and chosen == rejected carry no signal: always skipped and counted, never an error.
   * a sequence longer than max_len loses the end of its response, never image tokens or the prompt; truncations
     are counted. A prompt that alone exceeds max_len is a bad sample (it would score nothing).
 
     skips = Skips("skip"); images = ImageStore(size=336, pad=True, cache_mb=1024)
-    rows = check_images(load_pairs("pairs.jsonl", tok, 576, "vicuna_v1", 2048, skips, image_root="coco/train2014"),
-                        images, skips)
+    rows = load_pairs("pairs.jsonl", tok, 576, "vicuna_v1", 2048, skips, image_root="coco/train2014")
+    rows = check_images(rows, image_problems({r["image"] for r in rows if r["image"]}, images), skips)
     batch = collate_pairs(rows[:4], tok.pad_id, images)   # chosen rows then rejected rows, (2B, T)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter, OrderedDict
 
 import torch
+import torch.distributed as dist
 
 from model import load_image
 from model.image import open_image, pil_from_tensor01, pil_to_tensor01
 from model.tokenizer import IGNORE_INDEX, pad_sequences
+
+
+class DataError(ValueError):
+    """A bad input file or record, its message naming the file and line or item: train.py prints it as one line."""
 
 
 class Skips:
@@ -47,7 +54,7 @@ class Skips:
         """A malformed or unusable sample: raise (policy "error") or count it (policy "skip")."""
         msg = f"{where}: {reason}" + (f": {detail}" if detail else "")
         if self.policy == "error":
-            raise ValueError(msg + " (--on_bad_sample=skip counts and skips such samples)")
+            raise DataError(msg + " (--on_bad_sample=skip counts and skips such samples)")
         self.skip(reason, msg)
 
     def skip(self, reason: str, where: str):
@@ -65,14 +72,14 @@ class Skips:
 def read_records(path: str, skips: Skips):
     """[(where, record)] from a JSON list or a JSONL file. Malformed JSON names its line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist")
+        raise DataError(f"data file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:  # one list: nothing after the error can be trusted
-            raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
         return [(f"{path}: item {i}", it) for i, it in enumerate(items)]
     out = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -166,7 +173,8 @@ def load_sft(path: str, tok, num_image_tokens: int, template: str, max_len: int,
             continue
         fit = _fit(ids, labels, max_len, skips, where)
         if fit:
-            out.append({"id": str(rec.get("id", where)), "image": image, "input_ids": fit[0], "labels": fit[1]})
+            out.append({"id": str(rec.get("id", where)), "where": where, "image": image, "input_ids": fit[0],
+                        "labels": fit[1]})
     return out
 
 
@@ -176,6 +184,9 @@ def _parse_preference(rec: dict, root: str, tok, num_image_tokens: int, template
         raise ValueError(f"expected an object, got {type(rec).__name__}")
     image = _image_path(rec, root)
     n_img = num_image_tokens if image else 0
+    if "conversations" in rec and "rejected_conversations" not in rec:
+        raise ValueError("a POVID item (it has 'conversations') needs 'rejected_conversations', the same turns with "
+                         "the rejected last answer; a TRL line needs 'prompt', 'chosen', 'rejected' instead")
     if "rejected_conversations" in rec:  # POVID's JSON
         c, r = rec["conversations"], rec["rejected_conversations"]
         if not isinstance(c, list) or not isinstance(r, list) or len(c) != len(r) or len(c) < 2:
@@ -218,8 +229,9 @@ def load_pairs(path: str, tok, num_image_tokens: int, template: str, max_len: in
         if c == r:  # the two answers differ only past max_len
             skips.skip("chosen == rejected within max_len", where)
             continue
-        out.append({"id": str(rec.get("id", where)), "image": image, "strategy": rec.get("strategy", ""),
-                    "chosen_ids": c[0], "chosen_labels": c[1], "rejected_ids": r[0], "rejected_labels": r[1]})
+        out.append({"id": str(rec.get("id", where)), "where": where, "image": image,
+                    "strategy": rec.get("strategy", ""), "chosen_ids": c[0], "chosen_labels": c[1],
+                    "rejected_ids": r[0], "rejected_labels": r[1]})
     return out
 
 
@@ -268,19 +280,41 @@ class ImageStore:
         self.pixels(path)
 
 
-def check_images(rows, images: ImageStore, skips: Skips):
-    """Open every image once before training, so a missing or unreadable file is reported (or skipped) up front."""
+def image_problems(paths, images: ImageStore) -> dict:
+    """Open each image once (a full decode, so a truncated file fails here, not mid-run) -> {path: (reason,
+    detail)} of the missing and unreadable ones. train.py gives each rank its share and gathers the answers."""
+    bad = {}
+    for path in paths:
+        try:
+            images.check(path)
+        except FileNotFoundError:
+            bad[path] = ("missing image", path)
+        except (OSError, ValueError) as e:
+            bad[path] = ("unreadable image", f"{path}: {e}" if path not in str(e) else str(e))
+    return bad
+
+
+def shared_image_problems(rows, images: ImageStore, rank: int = 0, world: int = 1) -> dict:
+    """image_problems of the rows' images under torchrun: each image opened by one rank (every world-th path), the
+    verdicts gathered, so every rank drops the same rows without every rank decoding every image."""
+    paths = sorted({r["image"] for r in rows if r["image"] is not None})
+    bad = image_problems(paths[rank::world], images)
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, bad)
+        bad = {k: v for part in parts for k, v in part.items()}
+    return bad
+
+
+def check_images(rows, bad: dict, skips: Skips):
+    """The rows whose image is not in `bad` (image_problems); each bad one reported (or skipped, counted) naming the
+    data file's line or item, the record's id and the image, before any training."""
     kept = []
     for r in rows:
-        if r["image"] is not None:
-            try:
-                images.check(r["image"])
-            except FileNotFoundError:
-                skips.bad("missing image", r["id"], r["image"])
-                continue
-            except (OSError, ValueError) as e:
-                skips.bad("unreadable image", r["id"], str(e))
-                continue
+        if r["image"] in bad:
+            reason, detail = bad[r["image"]]
+            skips.bad(reason, f"{r['where']} (id {r['id']!r})", detail)
+            continue
         kept.append(r)
     return kept
 
@@ -390,3 +424,32 @@ class Prefetch:
 
     def __exit__(self, *exc):
         self.close()
+
+
+
+def rows_digest(rows) -> str:
+    """The identity of the kept samples, in order (where each came from): equal on every rank, and in a checkpoint."""
+    return hashlib.sha256("\n".join(r["where"] for r in rows).encode()).hexdigest()[:16]
+
+
+def agree_on_rows(rows, data: str, world: int):
+    """Under torchrun each rank reads and filters the data file on its own (the images' verdicts are shared): a file
+    that changed between the reads would give one rank other samples, then another permutation and step count, then
+    a hang. Compare the kept count and digest across the ranks; on a mismatch stop every rank, naming the rank and
+    the first kept sample that differs."""
+    if world < 2:
+        return
+    mine = (len(rows), rows_digest(rows))
+    parts = [None] * world
+    dist.all_gather_object(parts, mine)
+    if all(p == parts[0] for p in parts):
+        return
+    lists = [None] * world
+    dist.all_gather_object(lists, [r["where"] for r in rows])
+    r = next(i for i, p in enumerate(parts) if p != parts[0])
+    a, b = lists[0], lists[r]
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    at = {k: repr(v[i]) if i < len(v) else "none" for k, v in ((0, a), (r, b))}
+    raise SystemExit(f"{data}: the ranks kept different samples (rank 0: {len(a)}, rank {r}: {len(b)}); the first "
+                     f"difference is kept sample {i}: rank 0 has {at[0]}, rank {r} {at[r]} (did the file change "
+                     "while the ranks read it?)")

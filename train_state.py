@@ -12,11 +12,13 @@ uninterrupted run (tests/test_train.py): the RNG states and the data position ar
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
 import shutil
 from dataclasses import asdict
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,17 +39,25 @@ def _rng_state():
     return s
 
 
-def save_checkpoint(cfg, net, model, opt, step, rank):
+def long_wait_group():
+    """A gloo group whose barrier the other ranks wait in while rank 0 writes a checkpoint or merges and exports a
+    model (minutes on a 7B): it has a 24-hour timeout, where a collective of the default group gives up after 10
+    (NCCL) or 30 (gloo) minutes. Every rank makes it at the same point: Run's start."""
+    return dist.new_group(backend="gloo", timeout=timedelta(hours=24)) if dist.is_initialized() else None
+
+
+def save_checkpoint(cfg, net, model, opt, step, rank, wait=None, data_id=None):
     """ckpt/ = trainable.safetensors (full tensors) + optimizer.pt + rng_rank{r}.pt + state.json + config.json,
     written into ckpt.tmp/ and swapped in by renames: a crash at any moment leaves the previous checkpoint whole,
-    as ckpt/ or (between the two renames) ckpt.prev/."""
+    as ckpt/ or (between the two renames) ckpt.prev/. The ranks wait for rank 0's writes on `wait`
+    (long_wait_group). state.json keeps `data_id` (the usable samples' count and digest) for the resume's check."""
     final, tmp, prev = (os.path.join(cfg.out_dir, n) for n in ("ckpt", "ckpt.tmp", "ckpt.prev"))
     ddp = dist.is_initialized()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     if ddp:
-        dist.barrier()
+        dist.barrier(group=wait)
     if cfg.fsdp:  # collectives: every rank takes part, rank 0 receives the full tensors
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
         trainable = {n: p.full_tensor().cpu() for n, p in model.named_parameters() if p.requires_grad}
@@ -59,10 +69,10 @@ def save_checkpoint(cfg, net, model, opt, step, rank):
     if rank == 0:
         save_file({n: t.contiguous() for n, t in trainable.items()}, os.path.join(tmp, "trainable.safetensors"))
         torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        write_json(os.path.join(tmp, "state.json"), {"step": step, "data": cfg.data})
+        write_json(os.path.join(tmp, "state.json"), {"step": step, "data": cfg.data, **(data_id or {})})
         write_json(os.path.join(tmp, "config.json"), asdict(cfg))
     if ddp:
-        dist.barrier()
+        dist.barrier(group=wait)
     if rank == 0:
         sync_tree(tmp)  # on the disk before the swap: a power loss, not only a kill, leaves one checkpoint whole
         if os.path.exists(final):
@@ -72,17 +82,19 @@ def save_checkpoint(cfg, net, model, opt, step, rank):
         fsync(cfg.out_dir)
         shutil.rmtree(prev, ignore_errors=True)
     if ddp:
-        dist.barrier()
+        dist.barrier(group=wait)
 
 
-def load_checkpoint(cfg, net, model, opt, rank) -> int:
-    """Restore a checkpoint written by save_checkpoint; returns its step (0 when there is none)."""
+def load_checkpoint(cfg, net, model, opt, rank, data_id=None) -> int:
+    """Restore a checkpoint written by save_checkpoint; returns its step (0 when there is none). A run with other
+    settings or other usable samples (`data_id`) than the checkpoint's is refused, naming what differs."""
     for name in ("ckpt", "ckpt.prev"):  # ckpt.prev: a crash between the two renames
         d = os.path.join(cfg.out_dir, name)
         if os.path.isfile(os.path.join(d, "state.json")):
             break
     else:
         return 0
+    same_run(cfg, d, data_id or {})
     saved = load_file(os.path.join(d, "trainable.safetensors"))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if saved.keys() != params.keys():
@@ -115,7 +127,73 @@ def load_checkpoint(cfg, net, model, opt, rank) -> int:
     return read_json(os.path.join(d, "state.json"))["step"]
 
 
-def export_model(cfg, net, model, tok, rank, path=None, template=None):
+RUN_FILES = ("config.json", "metrics.jsonl", "ckpt", "ckpt.prev", "ckpt.tmp", "model", "exports", "stage1")
+# what a resume may change: where things go, how often they are logged or saved, what a test stops at, the device
+RESUME_MAY_DIFFER = {"resume", "overwrite", "out_dir", "data", "ref_cache_dir", "stop_after", "log_every", "save_every",
+                     "export_every", "image_cache_mb", "peak_tflops", "device", "fsdp", "grad_checkpointing"}
+
+
+def claim_out_dir(cfg, rank: int):
+    """A new run (no --resume=True) must not mix with another's files: an out_dir that holds a run is refused, unless
+    --overwrite=True, which removes that run's files first (a reference cache stays: its name is its content's
+    hash). Decided by rank 0 for every rank."""
+    found = [n for n in RUN_FILES if os.path.exists(os.path.join(cfg.out_dir, n))] if rank == 0 else None
+    if dist.is_initialized():
+        box = [found]
+        dist.broadcast_object_list(box, src=0)
+        found = box[0]
+    if not found or cfg.resume:
+        return
+    if not cfg.overwrite:
+        raise SystemExit(f"{cfg.out_dir} holds a run ({', '.join(found)}): --resume=True continues it, "
+                         "--overwrite=True replaces it; or give another --out_dir")
+    if rank == 0:
+        for name in found:
+            path = os.path.join(cfg.out_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def same_run(cfg, ckpt_dir: str, data_id: dict):
+    """--resume=True continues the checkpoint's run or nothing: every setting but RESUME_MAY_DIFFER as saved (a key
+    the checkpoint predates passes), and the same usable samples (count and digest, in order)."""
+    saved, state = (read_json(os.path.join(ckpt_dir, n)) for n in ("config.json", "state.json"))
+    now = asdict(cfg)
+    diff = [f"--{k} {saved[k]!r} -> {v!r}" for k, v in now.items()
+            if k not in RESUME_MAY_DIFFER and k in saved and saved[k] != v]
+    if any(k in state and state[k] != v for k, v in data_id.items()):
+        diff.append(f"the data: {state.get('samples')} usable samples (digest {state.get('samples_digest')}) -> "
+                    f"{data_id.get('samples')} ({data_id.get('samples_digest')}) from {cfg.data}")
+    if diff:
+        raise SystemExit(f"{ckpt_dir}: --resume=True with other settings than the checkpoint's: {'; '.join(diff)} "
+                         "(resume with the same ones, or start afresh with --overwrite=True)")
+
+
+def metrics_until(path: str, step: int) -> str:
+    """The lines of metrics.jsonl logged up to `step` (a killed run's lines after its checkpoint are dropped). A last
+    line without its newline was torn by the kill: dropped, with a note naming the file; a malformed line before it
+    is an error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if n == len(lines) and not line.endswith("\n"):
+            print(f"{path}:{n}: dropped the last line, torn when the run was killed")
+            break
+        try:
+            rec = json.loads(line)
+            last = rec["step"]
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise SystemExit(f"{path}:{n}: not a metrics line ({e}); fix or remove it to resume") from None
+        if last <= step:
+            kept.append(line)
+    return "".join(kept)
+
+
+def export_model(cfg, net, model, tok, rank, path=None, template=None, wait=None):
     """The model, adapters merged, into `path` (default out_dir/model, the final model) as a directory that
     transformers (AutoProcessor + LlavaForConditionalGeneration) and vLLM load: config.json, safetensors in the
     llava-hf layout, and the side files of model/hf_files.py (tokenizer, image processor, processor, chat template,
@@ -126,15 +204,22 @@ def export_model(cfg, net, model, tok, rank, path=None, template=None):
     LLaVA-1.5), not the dtype training held the frozen weights in. The frozen weights are re-read from the base
     checkpoint as stored (a bf16 copy made for training would round an fp16 base), each LoRA delta B A is added in
     fp32, and every tensor is rounded once into the file's dtype. Without a base (from scratch) the weights keep
-    their training dtype."""
+    their training dtype. Under torchrun every rank calls it and, after rank 0 wrote the model, leaves through a
+    barrier on `wait` (long_wait_group: a 7B merge outlasts the default group's timeout); rank 0 returns the path."""
     if cfg.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(net, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         state = {k.removeprefix("llava."): v for k, v in state.items()}
     else:
         state = model.state_dict()  # references, no copy
-    if rank != 0:
-        return None
+    if rank == 0:
+        path = _write_export(cfg, state, model, tok, path or os.path.join(cfg.out_dir, "model"), template)
+    if dist.is_initialized():
+        dist.barrier(group=wait)  # the others wait for the files (stage 2 of a POVID run reads them next)
+    return path if rank == 0 else None
+
+
+def _write_export(cfg, state, model, tok, path, template):
     base = cfg.init_from or None
     dtype = stored_dtype(base) if base else None
     if base:
@@ -146,7 +231,6 @@ def export_model(cfg, net, model, tok, rank, path=None, template=None):
     with torch.device("meta"):
         out = Llava(model.config)  # no memory, no init: the tensors are assigned below
     out.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)  # strict: every key matches
-    path = path or os.path.join(cfg.out_dir, "model")
     out.save_pretrained(path)
     write_hf_files(path, model.config, tok, template=template or getattr(cfg, "template", DEFAULT_TEMPLATE),
                    tokenizer_dir=cfg.tokenizer or cfg.init_from or getattr(cfg, "model_config", "") or None,

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -43,6 +42,7 @@ from dpo import dpo_loss, shift_labels  # noqa: E402
 from dpo_fused import pair_groups  # noqa: E402
 from model import Llava, LlavaConfig, TextConfig, VisionConfig  # noqa: E402
 from model.lora import adapters_disabled, apply_lora  # noqa: E402
+from train_mfu import model_flops, peak_flops  # noqa: E402
 
 VARIANTS = ["ours", "naive", "fused+copy", "logits+off"]
 
@@ -162,11 +162,11 @@ def run_one(name: str, a):
     n_layer = sum(p.numel() for n, p in model.language_model.layers.named_parameters() if ".lora_" not in n)
     n_lora = sum(p.numel() for p in params)
     tokens, scored = 2 * a.pairs * a.seq, 2 * a.pairs * a.response
-    flops = (train.model_flops(cfg, n_layer + n_lora, n_lora, tokens, a.seq, 2 * a.pairs, scored, backward=True)
-             + train.model_flops(cfg, n_layer, 0, tokens, a.seq, 2 * a.pairs, scored, backward=False))
-    peak_flops = train.peak_flops(SimpleNamespace(peak_tflops=a.peak_tflops), dev)
+    flops = (model_flops(cfg, n_layer + n_lora, n_lora, tokens, a.seq, 2 * a.pairs, scored, backward=True)
+             + model_flops(cfg, n_layer, 0, tokens, a.seq, 2 * a.pairs, scored, backward=False))
+    peak = peak_flops(a.peak_tflops, dev)
     return {"variant": name, "step_s": t, "pairs_per_s": a.pairs / t, "tokens_per_s": tokens / t, "peak_mb": peak,
-            "mfu": flops / t / peak_flops if peak_flops else None}
+            "mfu": flops / t / peak if peak else None}
 
 
 def main():

@@ -3,8 +3,10 @@ zero, so training starts exactly at the base model.
 
 Why it matters for DPO: the reference model is the same network with the adapters switched off
 (`adapters_disabled`), so no second copy of the weights is held (POVID's trainer does the same through PEFT's
-disable_adapter). `merge_lora` (modules) and `merge_lora_state` (a state dict, e.g. gathered from FSDP shards) fold
-B A into W0 and give back plain nn.Linear keys, so the merged model saves in the llava-hf layout.
+disable_adapter). A module trained beside the adapters (LLaVA's projector) is not switched off by it: train.py keeps
+a frozen copy of its initial weights for the reference's passes. `merge_lora` (modules) and `merge_lora_state` (a
+state dict, e.g. gathered from FSDP shards) fold B A into W0 and give back plain nn.Linear keys, so the merged model
+saves in the llava-hf layout.
 
 A and B are kept in fp32 whatever the base dtype (a bf16 base on GPU): they are the trained master weights; under
 autocast their matmuls run in bf16 like the rest.

@@ -31,6 +31,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -230,6 +231,8 @@ def rehearse(out: str, narrow: bool, steps: int, ngpu: int, chair_images: int, f
     t0 = time.time()
     inputs = build_inputs(out, narrow, model, layers, tiny_bench)
     t_inputs = round(time.time() - t0, 1)
+    for runs in ("ddp", "fsdp"):  # each rehearsal trains afresh: train.py refuses an out_dir that holds a run
+        shutil.rmtree(os.path.join(out, runs), ignore_errors=True)
     assigns, train_cmds = commands(readme_block("real-run", "bash"))
     _, eval_cmds = commands(readme_block("real-eval", "bash"))
     _, report_cmds = commands(readme_block("real-report", "bash"))

@@ -23,3 +23,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def train_world(tmp_path_factory):
+    """train.py's tests' inputs, built once for tests/test_train*.py: a 24-scene toy world, a tiny random checkpoint
+    (llava-hf layout + tokenizer) and rule-injected pairs (tests/train_fixtures.py)."""
+    from train_fixtures import build
+    return build(tmp_path_factory.mktemp("train"))

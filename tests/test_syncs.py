@@ -95,31 +95,10 @@ def test_sequence_logprobs_with_known_rows_reads_nothing_back():
     assert torch.equal(lp, ref) and torch.equal(h.grad, gh) and torch.equal(w.grad, gw)
 
 
-@pytest.fixture(scope="module")
-def run_setup(tmp_path_factory):
-    """A 10-scene toy world, a tiny random checkpoint of its vocabulary and rule-injected pairs."""
-    import hallucinate
-    from model import Tokenizer
-    from model.clip import init_weights
-    from toy import world as toyworld
-    d = tmp_path_factory.mktemp("syncs")
-    toyworld.build_world(str(d / "w"), n_train=10, n_test=1, seed=3)
-    cfg = LlavaConfig.from_dir(str(d / "w/llava_config"))
-    cfg.vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=16)
-    t = cfg.text
-    cfg.text = TextConfig(vocab_size=t.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=t.bos_token_id,
-                          eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
-    torch.manual_seed(0)
-    m = Llava(cfg)
-    init_weights(m, std=0.2)
-    m.save_pretrained(str(d / "ckpt"))
-    Tokenizer.from_pretrained(str(d / "w")).save_pretrained(str(d / "ckpt"))
-    assert hallucinate.main(["rules", "--input", str(d / "w/train.json"), "--annotations",
-                             str(d / "w/annotations.json"), "--vocab", str(d / "w/vocab.json"), "--output",
-                             str(d / "pairs.jsonl")]) == 0
-    return d
+@pytest.fixture
+def run_setup(train_world):
+    """train.py's tests' toy world, tiny checkpoint and rule-injected pairs (tests/conftest.py)."""
+    return train_world
 
 
 # per micro-batch of 2 pairs: (tower calls with their image counts, decoder passes); before issue 32 item 11 DPO ran
@@ -169,9 +148,9 @@ def test_training_step_never_waits_for_the_device_between_log_steps(run_setup, t
 
 def test_mfu_counts_the_frozen_tower_once_per_image(tiny):
     """POVID (noise from each), 2 pairs: the tower ran on 2 clean and 2 noisy images, not on 4 + 4 + 2 + 2."""
-    import train
+    from train_mfu import estimate_flops, model_flops
     mc, work = tiny.config, {"tokens": 120.0, "tokens_x_len": 120.0 * 60, "images": 4.0, "targets": 30.0}
-    one_image = train.model_flops(mc, 0, 0, 0, 60, 1, 0, False)
-    per_pass = train.estimate_flops(mc, 1000, 100, work, True, 2)
-    shared = train.estimate_flops(mc, 1000, 100, work, True, 2, shared_features=True)
+    one_image = model_flops(mc, 0, 0, 0, 60, 1, 0, False)
+    per_pass = estimate_flops(mc, 1000, 100, work, True, 2)
+    shared = estimate_flops(mc, 1000, 100, work, True, 2, shared_features=True)
     assert one_image > 0 and per_pass - shared == pytest.approx(8 * one_image)

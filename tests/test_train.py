@@ -1,54 +1,24 @@
-"""train.py on a tiny toy world: ln 2 at step 0, learning, accumulation and rank equivalence, exact resume, atomic
-checkpoints, bad input."""
+"""train.py on a tiny toy world, one process: ln 2 at step 0 in every mode and dtype, learning, accumulation and the
+plain loss, the reference cache, exact resume, atomic checkpoints, runs never mixed, bad input. Several ranks:
+tests/test_train_ranks.py; flags: tests/test_train_config.py."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from toy import world as toyworld
 import train
-from model import Llava, LlavaConfig, TextConfig, Tokenizer, VisionConfig
-from model.clip import init_weights
+from model import Llava, LlavaConfig, Tokenizer
+from train_fixtures import args, metrics, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A 24-scene world, a tiny random checkpoint (llava-hf layout + tokenizer) and rule-injected pairs."""
-    d = tmp_path_factory.mktemp("train")
-    toyworld.build_world(str(d / "w"), n_train=24, n_test=2, seed=5)
-    tok = Tokenizer.from_pretrained(str(d / "w"))
-    cfg = LlavaConfig.from_dir(str(d / "w/llava_config"))
-    cfg.vision = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=64, patch_size=16)
-    t = cfg.text
-    cfg.text = TextConfig(vocab_size=t.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=t.bos_token_id,
-                          eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
-    torch.manual_seed(0)
-    m = Llava(cfg)
-    init_weights(m, std=0.2)
-    m.save_pretrained(str(d / "ckpt"))
-    tok.save_pretrained(str(d / "ckpt"))
-    subprocess.check_call([sys.executable, "hallucinate.py", "rules", "--input", str(d / "w/train.json"),
-                           "--annotations", str(d / "w/annotations.json"), "--vocab", str(d / "w/vocab.json"),
-                           "--output", str(d / "pairs.jsonl")], cwd=ROOT, stdout=subprocess.DEVNULL)
-    return d
-
-
-def run(setup, out, *extra, mode="dpo"):
-    args = [f"--mode={mode}", f"--data={setup}/pairs.jsonl" if mode != "sft" else f"--data={setup}/w/train.json",
-            f"--init_from={setup}/ckpt", f"--out_dir={out}", "--max_steps=3", "--batch_size=4",
-            "--micro_batch_size=4", "--lr=1e-3", "--warmup_steps=1", "--log_every=1", *extra]
-    train.main(args)
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(x) for x in f]
+@pytest.fixture
+def setup(train_world):
+    return train_world  # tests/conftest.py
 
 
 def weights(out):
@@ -95,11 +65,6 @@ def test_gradient_checkpointing_changes_nothing_but_memory(setup, tmp_path, monk
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
 
 
-def test_povid_runs_and_starts_at_ln2(setup, tmp_path):
-    log = run(setup, tmp_path / "p", "--lora_rank=4", "--noise_t=800", mode="povid")
-    assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # both terms at ln 2: 0.5 ln2 + 0.5 ln2
-
-
 def test_rpo_adds_the_chosen_per_token_nll(setup, tmp_path):
     """Step 0, every pair in one batch: loss(alpha) = ln 2 + alpha x the mean over pairs of the chosen answer's
     per-token NLL, that NLL computed here from the checkpoint's full logits."""
@@ -126,32 +91,95 @@ def test_rpo_adds_the_chosen_per_token_nll(setup, tmp_path):
 
 
 def test_reference_cache_gives_the_same_run_and_is_reused(setup, tmp_path, capsys):
-    live = run(setup, tmp_path / "live", "--lora_rank=4")
-    cached = run(setup, tmp_path / "c1", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
+    """With the projector trained beside the adapters, the live reference keeps its initial copy (adapters off
+    alone would leave the moving projector in it): the live and the cached reference give the same run."""
+    flags = ["--lora_rank=4", "--train_projector=True"]
+    live = run(setup, tmp_path / "live", *flags)
+    cache = ["--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc"]
+    cached = run(setup, tmp_path / "c1", *flags, *cache)
     assert "cached in" in capsys.readouterr().out and len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 1
-    again = run(setup, tmp_path / "c2", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc")
+    again = run(setup, tmp_path / "c2", *flags, *cache)
     assert "reference log-probs of 24 pairs from" in capsys.readouterr().out  # read back, not recomputed
     for a, b, c in zip(live, cached, again):  # the cache's batches hold other images: the tower's GEMMs round
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-6) and b["loss"] == c["loss"]  # apart by ~1e-6
-    run(setup, tmp_path / "c3", "--lora_rank=4", "--ref_cache=True", f"--ref_cache_dir={tmp_path}/rc", "--max_len=90")
+    run(setup, tmp_path / "c3", *flags, *cache, "--max_len=90", "--max_steps=1")
     assert len(list((tmp_path / "rc").glob("refcache-*.pt"))) == 2  # other truncation: another key
 
 
-def test_kill_and_resume_is_bit_exact(setup, tmp_path):
+def test_the_stage1_recipes_reference_cache_changes_no_number(setup, tmp_path):
+    """recipes/povid_stage1.toml computes the reference once (ref_cache = true): with its one pair per forward the
+    cached log-probs are the live ones bit for bit, so the run is the same run."""
+    recipe = [f"{ROOT}/recipes/povid_stage1.toml", "--lora_rank=4", "--lr=1e-3", "--warmup_ratio=0"]
+    live = run(setup, tmp_path / "live", *recipe, "--ref_cache=False")
+    cached = run(setup, tmp_path / "cached", *recipe)
+    assert list((tmp_path / "cached").glob("refcache-*.pt")) and not list((tmp_path / "live").glob("refcache-*"))
+    assert [r["loss"] for r in live] == [r["loss"] for r in cached] and live[-1]["loss"] != live[0]["loss"]
+    a, b = weights(tmp_path / "live"), weights(tmp_path / "cached")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_on_the_cpu_starts_at_ln2_in_full_fine_tuning_and_lora(setup, tmp_path):
+    """--dtype=bfloat16 on the CPU runs under CPU autocast; the reference equals the policy at step 0 in both modes
+    (full fine-tuning copies the policy, fp32 masters included, instead of loading a bf16 reference)."""
+    for flags in (["--lora_rank=0"], ["--lora_rank=4"]):
+        log = run(setup, tmp_path / flags[0][2:], "--dtype=bfloat16", "--device=cpu", "--max_steps=1", *flags)
+        assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-7), flags
+
+
+def test_kill_and_resume_is_bit_exact(setup, tmp_path, capsys):
+    """Killed after step 2 (and once more while logging step 3: a torn metrics line), resumed: the weights of the
+    uninterrupted run, bit for bit; the torn line dropped with a note naming the file; a malformed line before the
+    end is an error naming file and line. What the run writes is readable by others (0644 under umask 022)."""
     full = tmp_path / "full"
     run(setup, full, "--max_steps=4", "--lora_rank=4", mode="povid")
     part = tmp_path / "part"
     run(setup, part, "--max_steps=4", "--lora_rank=4", "--stop_after=2", mode="povid")  # "killed" after step 2
+    log = (part / "metrics.jsonl").read_text()
+    (part / "metrics.jsonl").write_text(log + '{"step": 3, "loss": 0.69')  # killed mid-write of step 3's line
     run(setup, part, "--max_steps=4", "--lora_rank=4", "--resume=True", mode="povid")
+    assert f"{part}/metrics.jsonl:3: dropped the last line, torn" in capsys.readouterr().out
     a, b = weights(full), weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in metrics(part)] == [1, 2, 3, 4]
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in [*(part / "ckpt").iterdir(), *(part / "model").iterdir(), part / "metrics.jsonl", part / "config.json"]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    (part / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(SystemExit, match=rf"{part}/metrics.jsonl:2: not a metrics line"):
+        run(setup, part, "--max_steps=4", "--lora_rank=4", "--resume=True", mode="povid")
+
+
+def test_a_run_is_never_mixed_into_another(setup, tmp_path):
+    """An out_dir holding a run: a new run refuses it unless --overwrite=True replaces it; --resume=True refuses
+    other settings or other data than the checkpoint's, naming what differs."""
+    out = tmp_path / "o"
+    run(setup, out, "--max_steps=2", "--stop_after=1", "--lora_rank=4")
+    with pytest.raises(SystemExit, match=r"o holds a run \(config.json, metrics.jsonl, ckpt\): --resume=True "
+                                         r"continues it, --overwrite=True replaces it"):
+        run(setup, out, "--max_steps=2", "--lora_rank=4")
+    with pytest.raises(SystemExit, match=r"other settings than the checkpoint's: --lr 0.001 -> 0.002 \(resume"):
+        run(setup, out, "--max_steps=2", "--lora_rank=4", "--resume=True", "--lr=2e-3")
+    fewer = setup / "fewer.jsonl"  # beside the images its paths name
+    fewer.write_text("".join((setup / "pairs.jsonl").read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(SystemExit, match=r"the data: 24 usable samples \(digest \w+\) -> 23 \(\w+\) from .*fewer"):
+        train.main(args(setup, out, "--max_steps=2", "--lora_rank=4", "--resume=True") + [f"--data={fewer}"])
+    run(setup, out, "--max_steps=2", "--lora_rank=4", "--overwrite=True")  # a fresh run in its place
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert json.loads((out / "ckpt/state.json").read_text())["step"] == 2
 
 
 def test_interrupted_checkpoint_write_keeps_previous(setup, tmp_path, monkeypatch):
-    out = tmp_path / "c"
-    run(setup, out, "--max_steps=2", "--lora_rank=4")
-    before = weights(out)
+    """A kill inside a checkpoint's write leaves the previous one whole; a finished one is flushed to the disk
+    (fsync, model/files.py) before it is swapped in, so a power loss cannot leave a half-written ckpt/ either."""
     import train_state
+    synced, real_sync = [], train_state.sync_tree
+    monkeypatch.setattr(train_state, "sync_tree", lambda d: synced.append(
+        (os.path.basename(d), (out / "ckpt").exists())) or real_sync(d))
+    out = tmp_path / "c"
+    run(setup, out, "--max_steps=3", "--lora_rank=4", "--stop_after=2")
+    assert synced == [("ckpt.tmp", False)]  # the new checkpoint on the disk before ckpt/ names it
+    before = weights(out)
     real = train_state.save_file
 
     def crash(*a, **k):
@@ -178,7 +206,7 @@ def test_bad_input(setup, tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     base = [f"--mode=dpo", f"--data={bad}", f"--init_from={setup}/ckpt", f"--out_dir={tmp_path}/o",
             "--max_steps=1", "--batch_size=2", "--micro_batch_size=2"]
-    with pytest.raises(ValueError, match=r"bad.jsonl:3: malformed JSON"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:3: malformed JSON"):  # one line, no traceback
         train.main(base)
     with pytest.raises(SystemExit, match="unknown config key"):
         train.main(base + ["--lerning_rate=1"])
@@ -187,10 +215,11 @@ def test_bad_input(setup, tmp_path):
     skips = D.Skips("skip")
     kept = D.load_pairs(str(bad), tok, 16, "llava_hf", 512, skips)
     assert len(kept) == 7  # the missing image is found by check_images, before any training
-    kept = D.check_images(kept, D.ImageStore(16, pad=True), skips)
+    kept = D.check_images(kept, D.image_problems({r["image"] for r in kept}, D.ImageStore(16, pad=True)), skips)
     assert len(kept) == 6
     assert skips.counts["chosen == rejected"] == 1 and skips.counts["empty response"] == 1
     assert skips.counts["missing image"] == 1 and "nope.png" in skips.first["missing image"]
+    assert "bad.jsonl:8 (id" in skips.first["missing image"]  # the data file's line, then the image
     assert skips.counts["malformed JSON"] == 1 and "bad.jsonl:3" in skips.first["malformed JSON"]
     skips = D.Skips("skip")
     short = D.load_pairs(str(bad), tok, 16, "llava_hf", 30, skips)  # truncates answers, never the prompt
@@ -198,6 +227,11 @@ def test_bad_input(setup, tmp_path):
     assert all(r["chosen_ids"][:20] == k["chosen_ids"][:20] for r, k in zip(short, kept))
     with pytest.raises(ValueError, match=r"pairs.jsonl:1: prompt longer than max_len"):
         D.load_pairs(str(setup / "pairs.jsonl"), tok, 16, "llava_hf", 10, D.Skips("error"))
+    gone = tmp_path / "gone.jsonl"  # every record skipped: an error with the counts, not an empty run
+    gone.write_text("".join(json.dumps({**r, "image": "nope.png"}) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=r"gone.jsonl: no usable sample\n  skipped 24 x missing image \(first: "
+                                         r".*gone.jsonl:1 \(id"):
+        train.main(base[:1] + [f"--data={gone}", "--on_bad_sample=skip"] + base[2:])
 
 
 def test_nan_loss_stops_with_step_and_ids(setup, tmp_path, monkeypatch):
@@ -206,60 +240,12 @@ def test_nan_loss_stops_with_step_and_ids(setup, tmp_path, monkeypatch):
         run(setup, tmp_path / "n", "--lora_rank=4")
 
 
-@pytest.mark.parametrize("fsdp", [False, True])
-def test_two_ranks_match_one(setup, tmp_path, fsdp):
-    """DDP and FSDP2 (fully_shard per block, gloo on CPU): the same losses and the same exported model as one
-    process with the same global batch."""
-    one = run(setup, tmp_path / "r1", "--lora_rank=4", "--micro_batch_size=2")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          f"--master_port={29517 + fsdp}", "train.py", "--mode=dpo", f"--data={setup}/pairs.jsonl",
-                          f"--init_from={setup}/ckpt", f"--out_dir={tmp_path}/r2", "--max_steps=3", "--batch_size=4",
-                          "--micro_batch_size=2", "--lr=1e-3", "--warmup_steps=1", "--log_every=1", "--lora_rank=4",
-                          "--device=cpu", f"--fsdp={fsdp}"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    two = [json.loads(x) for x in (tmp_path / "r2/metrics.jsonl").read_text().splitlines()]
-    assert len(two) == 3
-    for a, b in zip(one, two):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    wa = load_file(str(tmp_path / "r1/model/model.safetensors"))
-    wb = load_file(str(tmp_path / "r2/model/model.safetensors"))
-    assert wa.keys() == wb.keys()
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4  # Adam-amplified summation order, as above
-
-
-# ------------------------------------------------------------------------------------------- the real job's config
-def test_recipes_parse_and_hold_povids_values():
-    """Every recipe under recipes/ loads as train.py's config (paths from the command line), with the values its
-    comments cite; a recipe key train.py does not know is an error naming the file and the key."""
-    s1 = train.parse_config([f"{ROOT}/recipes/povid_stage1.toml", "--data=d", "--init_from=c"])
-    s2 = train.parse_config([f"{ROOT}/recipes/povid_stage2.toml", "--data=d", "--init_from=c", "--max_steps=2"])
-    cd = train.parse_config([f"{ROOT}/recipes/clip_dpo.toml", "--data=d", "--init_from=c"])
-    for c in (s1, s2, cd):
-        assert (c.lora_rank, c.lora_alpha, c.beta, c.batch_size, c.micro_batch_size) == (128, 256, 0.1, 0, 1)
-        assert (c.template, c.image_aspect_ratio, c.warmup_ratio, c.min_lr_ratio) == ("vicuna_v1", "pad", 0.03, 0)
-        assert (c.adam_beta2, c.train_projector) == (0.999, False)
-    assert (s1.mode, s1.lr, s1.max_epochs, s2.mode, s2.max_epochs, s2.max_steps) == ("dpo", 1e-7, 3, "povid", 1, 2)
-    assert (s2.noise_t, s2.noise_tokens_from, s2.povid_weight_injected, s2.povid_weight_noise) == \
-        (500, "each", 0.5, 0.5)
-
-
-def test_recipe_errors_name_the_file_and_key(tmp_path):
-    (tmp_path / "r.toml").write_text("lora_rank = 8\nlerning_rate = 1e-5\n")
-    with pytest.raises(SystemExit, match=r"r.toml: unknown config key 'lerning_rate'"):
-        train.parse_config([str(tmp_path / "r.toml"), "--data=d", "--init_from=c"])
-    (tmp_path / "t.toml").write_text('lora_rank = "eight"\n')
-    with pytest.raises(SystemExit, match=r"t.toml: lora_rank='eight': expected int"):
-        train.parse_config([str(tmp_path / "t.toml"), "--data=d", "--init_from=c"])
-    with pytest.raises(SystemExit, match="projector_lr"):
-        train.parse_config(["--data=d", "--init_from=c", "--projector_lr=2e-5"])
-
-
 def test_epochs_warmup_ratio_and_one_micro_batch_per_rank(setup, tmp_path):
     """24 pairs, 2 epochs of batches of 4 -> 12 steps; warmup 10% -> ceil(1.2) = 2 steps; batch_size 0 -> one
-    micro-batch per rank. What ran is what config.json records."""
+    micro-batch per rank. What ran is what config.json records. (--warmup_steps=10: the default back, since the
+    ratio sets the warmup.)"""
     log = run(setup, tmp_path / "e", "--lora_rank=4", "--max_steps=0", "--max_epochs=2", "--batch_size=0",
-              "--warmup_ratio=0.1", "--log_every=1", "--lr=1e-3", "--min_lr_ratio=0")
+              "--warmup_ratio=0.1", "--warmup_steps=10", "--log_every=1", "--lr=1e-3", "--min_lr_ratio=0")
     saved = json.loads((tmp_path / "e" / "config.json").read_text())
     assert (saved["max_steps"], saved["warmup_steps"], saved["batch_size"]) == (12, 2, 4)
     assert [r["step"] for r in log] == list(range(1, 13))
@@ -310,7 +296,7 @@ def test_image_root_and_vision_tower_reach_the_loaders(setup, tmp_path, monkeypa
                 f"--out_dir={tmp_path}/o", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
                 "--lora_rank=4", f"--vision_tower={tmp_path}/clip"])
     assert seen["vision_tower"] == f"{tmp_path}/clip"
-    with pytest.raises(ValueError, match="missing image"):
+    with pytest.raises(SystemExit, match=r"povid.json: item 0 \(id '.*'\): missing image: .*png"):
         train.main([f"--mode=dpo", f"--data={tmp_path}/povid.json", f"--init_from={setup}/ckpt",
                     f"--out_dir={tmp_path}/p", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
                     "--lora_rank=4"])

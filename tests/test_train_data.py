@@ -108,6 +108,11 @@ def test_povid_json_format_scores_the_last_answer_only(world):
     assert len(rows) == 1 and skips.counts == {"malformed record": 1}
     scored = [i for i, l in zip(rows[0]["chosen_ids"], rows[0]["chosen_labels"]) if l != IGNORE_INDEX]
     assert scored == tok.encode("No.") + [tok.eos_id]  # the shared first answer is context, not scored
+    del items[0]["rejected_conversations"]  # said so, not read as a TRL line missing 'prompt'
+    path.write_text(json.dumps(items))
+    with pytest.raises(ValueError, match=r"povid.json: item 0: malformed record: a POVID item .* needs "
+                                         r"'rejected_conversations'"):
+        load(str(path), tok)
     path.write_text('[{"id": 1},\n{oops}]')
     with pytest.raises(ValueError, match=r"povid.json:2: malformed JSON"):
         load(str(path), tok)
@@ -119,11 +124,11 @@ def test_missing_and_unreadable_images_name_their_path(world):
     path = write(d / "img.jsonl", [pair(), pair(id="gone", image="nope/missing.png"),
                                    pair(id="junk", image="broken.png")])
     rows, skips = load(path, tok)
-    images = D.ImageStore(size=32, pad=True)
-    with pytest.raises(ValueError, match=r"gone: missing image: .*nope/missing.png"):
-        D.check_images(rows, images, skips)
+    bad = D.image_problems(sorted({r["image"] for r in rows}), D.ImageStore(size=32, pad=True, cache_mb=0))
+    with pytest.raises(ValueError, match=r"img.jsonl:2 \(id 'gone'\): missing image: .*nope/missing.png"):
+        D.check_images(rows, bad, skips)
     skips = D.Skips("skip")
-    kept = D.check_images(rows, D.ImageStore(size=32, pad=True, cache_mb=0), skips)
+    kept = D.check_images(rows, bad, skips)
     assert [r["id"] for r in kept] == ["p"]
     assert skips.counts == {"missing image": 1, "unreadable image": 1}
     assert "broken.png" in skips.report() and "missing.png" in skips.report()

@@ -70,6 +70,9 @@ POVID_WEIGHTS = ["--povid_weight_injected=0.6", "--povid_weight_noise=0.4"]
 # weight against the NLL term, so it would not tell the noise term's share apart
 INJECTION_ONLY = ["--povid_weight_injected=0.6", "--povid_weight_noise=0.0"]
 NOISE_ONLY = ["--povid_weight_injected=0.0", "--povid_weight_noise=1.0"]
+# the noise term at t = 500, its tokens picked by the policy and scored by the reference too: train.py's default when
+# docs/toy.md's numbers were made (now POVID's code's: each model picks its own)
+NOISE = ["--noise_t=500", "--noise_tokens_from=policy"]
 
 
 class Pipeline(Runner):
@@ -112,16 +115,16 @@ def declare(pl) -> dict:
     ranked = pairs.clip_rank(pl, sft, clip)
 
     def stage2(name, weights):
-        return training.dpo(pl, name, stage1, rules, mode="povid", extra=["--noise_t=500", *weights],
+        return training.dpo(pl, name, stage1, rules, mode="povid", extra=[*NOISE, *weights],
                             steps=p["dpo_steps"])
 
     runs = {"povid": stage2("povid", POVID_WEIGHTS), "injection_only": stage2("injection_only", INJECTION_ONLY)}
     runs["clip_dpo"] = training.dpo(pl, "clip_dpo", sft, pairs.clip_dpo_data(pl, ranked, rules), mode="clip-dpo",
                                     steps=p["clip_dpo_steps"])
-    runs["noise_only"] = training.dpo(pl, "noise_only", sft, rules, mode="povid", extra=["--noise_t=500", *NOISE_ONLY],
+    runs["noise_only"] = training.dpo(pl, "noise_only", sft, rules, mode="povid", extra=[*NOISE, *NOISE_ONLY],
                                       steps=p["dpo_steps"])
     # the control for the NLL term: the same LoRA trained on POVID's chosen answers alone, as long as both stages (the
-    # DPO flags in DPO_ARGS are unused by --mode=sft; its NLL is per token over the batch, the term's per answer)
+    # DPO flags are left out for --mode=sft; its NLL is per token over the batch, the term's per answer)
     runs["nll_only"] = training.dpo(pl, "nll_only", sft, pairs.chosen_as_sft(pl, rules), mode="sft",
                                     steps=p["stage1_steps"] + p["dpo_steps"])
     first = training.checkpoints(pl, stage1, p["stage1_steps"])  # POVID's and injection only's shared stage 1

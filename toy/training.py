@@ -45,7 +45,8 @@ def sft(pl, world: Output, init: Output) -> Output:
         f"--tokenizer={pl.world}", f"--out_dir={out}", f"--max_steps={p['sft_steps']}",
         f"--batch_size={p['sft_batch']}", f"--micro_batch_size={p['sft_batch'] // 2}", "--lr=2e-3",
         "--lora_rank=0", "--train_vision=False", f"--warmup_steps={min(50, p['sft_steps'] // 5)}",
-        "--log_every=100", f"--seed={pl.seed}", *PINNED]], needs=[world.stage, init.stage], cores=2, ddp=True)
+        "--log_every=100", f"--seed={pl.seed}", "--resume=True", *PINNED]], needs=[world.stage, init.stage], cores=2,
+        ddp=True)
     return Output(os.path.join(out, "model"), "sft")
 
 
@@ -62,10 +63,12 @@ def clip(pl, world: Output, negatives: Output) -> Output:
 def dpo(pl, name, init: Output, data: Output, mode="dpo", extra=(), steps=None) -> Output:
     """One LoRA run from `init` on `data` -> its final merged model; the exports along the way: checkpoints()."""
     p, out = pl.p, pl.path(name)
+    # --mode=sft reads no preference setting (train.py refuses one); --resume=True: a stage killed half-way goes on
+    args = [a for a in DPO_ARGS if not a.startswith(("--beta=", "--rpo_alpha="))] if mode == "sft" else DPO_ARGS
     pl.stage(name, os.path.join(out, "model", "model.safetensors"),
              [["train.py", f"--mode={mode}", f"--data={data.path}", f"--init_from={init.path}", f"--out_dir={out}",
                f"--max_steps={steps}", f"--batch_size={p['dpo_batch']}", f"--micro_batch_size={p['dpo_batch']}",
-               f"--export_every={p['export_every']}", *PINNED, *DPO_ARGS, *extra]],
+               f"--export_every={p['export_every']}", "--resume=True", *PINNED, *args, *extra]],
              needs=[init.stage, data.stage])
     return Output(os.path.join(out, "model"), name)
 
