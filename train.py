@@ -557,13 +557,15 @@ def main(argv):
     # torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a caller may have set the process group up already
     distributed = int(os.environ.get("RANK", -1)) != -1
     owns_group = distributed and not dist.is_initialized()
+    local = int(os.environ.get("LOCAL_RANK", 0))
     if owns_group:
         use_nccl = torch.cuda.is_available() and cfg.device != "cpu"
+        if use_nccl:
+            torch.cuda.set_device(local)  # this rank's GPU before the first collective (claim_out_dir's)
         dist.init_process_group("nccl" if use_nccl else "gloo")
     if cfg.fsdp and not distributed:
         raise SystemExit("--fsdp=True needs torchrun (e.g. torchrun --standalone --nproc_per_node=8 train.py ...)")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    local = int(os.environ.get("LOCAL_RANK", 0))
     try:
         claim_out_dir(cfg, rank)  # before any work: a new run never mixes with another's files
         if cfg.mode == "povid" and cfg.povid_stage1_steps > 0:

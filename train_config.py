@@ -249,7 +249,7 @@ def check(cfg: Config):
         raise SystemExit("--ref_cache needs static pairs; povid's noise-triggered answers are made online")
     if cfg.projector_lr and not (cfg.train_projector or cfg.lora_rank == 0):
         raise SystemExit("--projector_lr is the projector's learning rate: it needs --train_projector=True")
-    if cfg.stop_after and cfg.max_steps and cfg.stop_after >= cfg.max_steps:
+    if cfg.stop_after and cfg.max_steps and cfg.stop_after > cfg.max_steps:
         raise SystemExit(f"--stop_after={cfg.stop_after} would never stop a run of --max_steps={cfg.max_steps}")
     if cfg.resume and cfg.overwrite:
         raise SystemExit("--resume=True continues the run in out_dir, --overwrite=True replaces it: give one")

@@ -42,7 +42,7 @@ BAD = [  # each bad value alone, and each setting the run would silently ignore
     ("--mode=dpo --ref_cache_dir=x", "--ref_cache_dir=x would have no effect: it needs --ref_cache=True"),
     ("--warmup_ratio=0.1 --warmup_steps=5", "--warmup_steps=5 would have no effect: --warmup_ratio sets the warmup"),
     ("--lora_rank=8 --projector_lr=2e-5", "--projector_lr is the projector's learning rate: it needs"),
-    ("--mode=dpo --max_steps=3 --stop_after=3", "--stop_after=3 would never stop a run of --max_steps=3"),
+    ("--mode=dpo --max_steps=3 --stop_after=4", "--stop_after=4 would never stop a run of --max_steps=3"),
     ("--resume=True --overwrite=True", "give one"),
     ("--lerning_rate=1", "unknown config key 'lerning_rate' (train.py --help lists them)"),
 ]
