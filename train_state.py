@@ -7,7 +7,11 @@
     refcache-KEY.pt  the reference log-probs of every pair (--ref_cache=True).
 
 On CPU a run killed after any checkpoint and resumed with --resume=True ends with weights identical to an
-uninterrupted run (tests/test_train.py): the RNG states and the data position are part of the checkpoint.
+uninterrupted run (tests/test_train.py): the RNG states and the data position are part of the checkpoint. A resume
+is of the same run or refused (same_run: the settings and the usable samples' digest, naming what differs); a new
+run never writes into another's out_dir (claim_out_dir: --overwrite=True replaces it); metrics_until drops what a
+killed run logged after its checkpoint. Under torchrun the other ranks wait for rank 0's writes in a group of their
+own (long_wait_group), not against the default group's collective timeout.
 """
 from __future__ import annotations
 
