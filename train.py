@@ -66,6 +66,7 @@ import train_data as D
 from dpo import chosen_nll, dpo_loss, povid_loss, sequence_sums, shift_labels
 from dpo_fused import fused_preference_loss, pack, pair_groups, povid_groups, preference_logps, rewards
 from model import Llava, LlavaConfig, Tokenizer
+from model.checkpoint import takes_vision_tower
 from model.files import write_atomic, write_json
 from model.lora import adapters_disabled
 from train_config import Config, lr_factor, parse_config, resolve_length
@@ -579,7 +580,9 @@ def main(argv):
                 gc.collect()  # stage 1's model, optimizer and images go before stage 2 loads its own
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            cfg = replace(cfg, init_from=merged, vision_tower="", povid_stage1_steps=0)
+            # the export holds the tower, except in MobileVLM v1's layout, which is read with its CLIP dir again
+            tower = cfg.vision_tower if takes_vision_tower(merged) else ""
+            cfg = replace(cfg, init_from=merged, vision_tower=tower, povid_stage1_steps=0)
         return train(cfg, rank, world, local)
     except D.DataError as e:  # the user's data: one line naming the file and line or item, no traceback
         raise SystemExit(str(e)) from None

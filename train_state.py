@@ -228,7 +228,7 @@ def _write_export(cfg, state, model, tok, path, template):
     dtype = stored_dtype(base) if base else None
     if base:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state = _frozen_from_base(state, trainable, base, dtype)
+        state = _frozen_from_base(state, trainable, base, dtype, cfg.vision_tower or None)
     if cfg.lora_rank:
         state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)  # (W.float() + scale B A) -> W's dtype
     dtype = dtype or state["language_model.embed_tokens.weight"].dtype
@@ -242,11 +242,12 @@ def _write_export(cfg, state, model, tok, path, template):
     return path
 
 
-def _frozen_from_base(state, trainable, base, dtype):
+def _frozen_from_base(state, trainable, base, dtype, vision_tower=None):
     """`state` with every frozen tensor replaced by the base checkpoint's stored one (the trained ones and the
     adapters kept). A frozen tensor must match its stored value to the training dtype's rounding, else the model
-    was not built from `base` and the export refuses (naming the key)."""
-    disk = read_llava_state(base)
+    was not built from `base` and the export refuses (naming the key). `vision_tower`: the CLIP dir a liuhaotian or
+    MobileVLM v1 base is read with."""
+    disk = read_llava_state(base, vision_tower)
     out = {}
     for k, v in state.items():
         plain = k.replace(".base.weight", ".weight").replace(".base.bias", ".bias")  # LoRA-wrapped linears

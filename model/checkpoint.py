@@ -269,6 +269,15 @@ def llava_sources(path, vision_tower=None):
     return config, [(path, LIUHAOTIAN), (vision_tower, CLIP_AS_TOWER)], CLIP_UNUSED_BY_LLAVA
 
 
+def takes_vision_tower(path) -> bool:
+    """Whether the checkpoint in `path` is read with a separate openai CLIP directory (liuhaotian LLaVA-1.5, MobileVLM
+    v1) rather than with the tower in its own weights (llava-hf, MobileVLM V2): what llava_sources asks for."""
+    raw = _read_json(os.fspath(path))
+    if raw.get("model_type") == "mobilevlm":
+        return raw.get("mm_projector_type") == "ldpnet"
+    return "text_config" not in raw
+
+
 def load_llava(cls, path, dtype=torch.float32, device="cpu", vision_tower=None):
     config, sources, ignore = llava_sources(path, vision_tower)
     model = _empty(cls, config, dtype, device)

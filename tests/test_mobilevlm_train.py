@@ -110,3 +110,22 @@ def test_clip_rank_with_the_mobilevlm_policy_then_full_fine_tuning(setup, tmp_pa
     base = Llava.from_pretrained(setup / "mvlm")
     w = "language_model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(final.state_dict()[w], base.state_dict()[w])  # full fine-tuning moved the decoder
+
+
+def test_povid_both_stages_on_mobilevlm_v1_with_its_clip_dir(setup, tmp_path):
+    """v1 (ldpnet) is read with its openai CLIP directory, as the official loader does, so stage 2 must get that
+    directory again for the stage-1 export (which holds the tower, but in v1's layout a loader ignores it)."""
+    from model_fixtures import hf_mobilevlm_parts, projector_state, write_mobilevlm
+    cfg = mobilevlm_config(text_width=64, text_layers=2, heads=4, vision_width=64, projector="ldpnet",
+                           vocab=json.loads((setup / "mvlm/config.json").read_text())["vocab_size"])
+    llama, tower = hf_mobilevlm_parts(cfg, vision_layers=2)
+    write_mobilevlm(tmp_path / "v1", cfg, llama, tower, projector_state(cfg), clip_dir=tmp_path / "clip")
+    (tmp_path / "v1/tokenizer.model").write_bytes((setup / "mvlm/tokenizer.model").read_bytes())
+    out = tmp_path / "povid"
+    train.main(["--mode=povid", f"--data={setup}/pairs.jsonl", f"--init_from={tmp_path}/v1", f"--out_dir={out}",
+                f"--vision_tower={tmp_path}/clip", "--povid_stage1_steps=1", "--max_steps=1", "--batch_size=2",
+                "--micro_batch_size=2", "--lora_rank=4", "--lr=1e-3", "--warmup_steps=0", "--log_every=1",
+                "--noise_t=500"])
+    assert len(metrics(out)) == 1 and math.isfinite(metrics(out)[0]["loss"])
+    final = Llava.from_pretrained(out / "model", vision_tower=tmp_path / "clip")
+    assert final.config.projector_type == "ldpnet"
