@@ -228,7 +228,7 @@ def _write_export(cfg, state, model, tok, path, template):
     dtype = stored_dtype(base) if base else None
     if base:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state = _frozen_from_base(state, trainable, base, dtype, cfg.vision_tower or None)
+        state = _frozen_from_base(state, trainable, base, dtype, getattr(cfg, "vision_tower", "") or None)
     if cfg.lora_rank:
         state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)  # (W.float() + scale B A) -> W's dtype
     dtype = dtype or state["language_model.embed_tokens.weight"].dtype
