@@ -129,7 +129,7 @@ def make_assets(d: str, preset: str, n: int = 16):
 
 def main(a):
     """a: bench/train_step.py's parsed flags (device, preset, pairs, rank, grad_checkpointing, threads, repeats,
-    before)."""
+    before, rounds, modes)."""
     cuda = a.device == "cuda"
     preset = a.preset or ("7b" if cuda else "toy")
     warm, steps = 1, max(a.repeats, 2)
@@ -137,29 +137,36 @@ def main(a):
         model, data = make_assets(d, preset)
         trees = {"after": (ROOT, "thread"), "after, data inline": (ROOT, "inline")}
         trees |= {f"before ({a.before})": (tree_of(a.before), "-")} if a.before else {}
-        rows = []
-        for mode in ("dpo", "povid"):
-            for name, (tree, data_thread) in trees.items():
-                out = os.path.join(d, f"out_{mode}_{len(rows)}")
-                args = [f"--mode={mode}", f"--data={data}", *model, f"--out_dir={out}", f"--lora_rank={a.rank}",
-                        f"--batch_size={a.pairs}", f"--micro_batch_size={a.pairs}", f"--max_steps={warm + steps}",
-                        f"--stop_after={warm + steps}", "--log_every=1000", "--ref_cache=False",
-                        f"--grad_checkpointing={a.grad_checkpointing}", f"--device={a.device}"]
-                args += ["--noise_tokens_from=each"] if mode == "povid" else []
-                env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS=str(a.threads))
-                r = subprocess.run([sys.executable, "-c", DRIVER, tree, str(warm), data_thread, *args], cwd=tree,
-                                   env=env, capture_output=True, text=True)
-                if r.returncode:
-                    print(f"{mode} {name}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
-                    continue
-                rows.append({"mode": mode, "tree": name, **json.loads(r.stdout.strip().splitlines()[-1])})
+        runs = {}
+        plan = [(m, name, tree, how) for _ in range(a.rounds) for m in a.modes.split(",")
+                for name, (tree, how) in trees.items()]
+        for mode, name, tree, data_thread in plan:  # the rounds interleaved: the machine's drift shared by all
+            out = os.path.join(d, f"out_{mode}_{sum(map(len, runs.values()))}")
+            args = [f"--mode={mode}", f"--data={data}", *model, f"--out_dir={out}", f"--lora_rank={a.rank}",
+                    f"--batch_size={a.pairs}", f"--micro_batch_size={a.pairs}", f"--max_steps={warm + steps}",
+                    f"--stop_after={warm + steps}", "--log_every=1000", "--ref_cache=False",
+                    f"--grad_checkpointing={a.grad_checkpointing}", f"--device={a.device}"]
+            args += ["--noise_tokens_from=each"] if mode == "povid" else []
+            env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS=str(a.threads))
+            r = subprocess.run([sys.executable, "-c", DRIVER, tree, str(warm), data_thread, *args], cwd=tree,
+                               env=env, capture_output=True, text=True)
+            if r.returncode:
+                print(f"{mode} {name}: failed\n{r.stderr[-3000:]}", file=sys.stderr)
+                continue
+            runs.setdefault((mode, name), []).append(json.loads(r.stdout.strip().splitlines()[-1]))
+    rows = []
+    for (mode, name), got in runs.items():  # the median run of each
+        got.sort(key=lambda x: x["step_s"])
+        rows.append({"mode": mode, "tree": name, **got[len(got) // 2], "range": (got[0]["step_s"], got[-1]["step_s"])})
     print(f"train.py's loop: {preset}, {a.pairs} pair(s) per step, LoRA r{a.rank}, {a.device}"
-          f"{'' if cuda else ', %d thread(s)' % a.threads}, {steps} steps after {warm} warm-up, POVID noise from each")
-    print("| mode | tree | step s | after / before |" + (" peak MiB | MFU |" if cuda else ""))
-    print("|---|---|---|---|" + ("---|---|" if cuda else ""))
+          f"{'' if cuda else ', %d thread(s)' % a.threads}, {steps} steps after {warm} warm-up, POVID noise from each;"
+          f" median of {a.rounds} interleaved round(s)")
+    print("| mode | tree | step s | range | vs before |" + (" peak MiB | MFU |" if cuda else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if cuda else ""))
     for r in rows:
         base = next((x for x in rows if x["mode"] == r["mode"] and x["tree"].startswith("before")), None)
         ratio = f"{r['step_s'] / base['step_s']:.2f}x" if base else "-"
         extra = f" {r['peak_mb']:.0f} | {100 * r['mfu']:.1f}% |" if cuda and r["mfu"] else (" - | - |" if cuda else "")
-        print(f"| {r['mode']} | {r['tree']} | {r['step_s']:.3f} | {ratio} |{extra}")
+        print(f"| {r['mode']} | {r['tree']} | {r['step_s']:.3f} | {r['range'][0]:.3f}-{r['range'][1]:.3f} | {ratio} |"
+              f"{extra}")
     return rows

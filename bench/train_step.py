@@ -186,6 +186,8 @@ def main():
     ap.add_argument("--loop", action="store_true", help="train.py's own loop, DPO and POVID (bench/train_loop.py); "
                     "presets toy | 7b-2l | 7b")
     ap.add_argument("--before", default=None, help="--loop: also run this commit's tree, side by side")
+    ap.add_argument("--rounds", type=int, default=1, help="--loop: runs of each variant, interleaved (the median)")
+    ap.add_argument("--modes", default="dpo,povid", help="--loop: train.py modes to time")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cuda = a.device == "cuda"

@@ -60,20 +60,25 @@ class KVCache:
     """Keys and values for generation with K samples per prompt. The prefill keeps the B prompts' keys and values,
     (B, Hkv, T, hd), once; the K samples of a prompt share them, and each of the B*K rows gets its own room for N
     new tokens, (B*K, Hkv, N, hd): B*(T + K*N) positions in all, not B*K*(T + N) (CLIP-DPO's 6 samples per image on
-    a 7B at 16 images of 650 prompt tokens, 256 new: 17 GiB, not 42). `length` = positions filled so far, prompt
-    included."""
+    a 7B at 16 images of 650 prompt tokens, 256 new: 17 GiB, not 42). With one sample per prompt the new tokens
+    follow the prompt in one buffer, (B, Hkv, T + N, hd), and a decode step is one SDPA call (its fused decode
+    kernel). `length` = positions filled so far, prompt included."""
 
     def __init__(self, n_layers, prompt_mask, samples, max_new, kv_heads, head_dim, dtype):
         B, T = prompt_mask.shape
-        self.prompt_len, self.samples = T, samples
-        # additive bias on the prompt's keys: -inf on its (left) padding, (B, 1, 1, T)
-        self.prompt_bias = torch.zeros(B, 1, 1, T, device=prompt_mask.device).masked_fill(
-            ~prompt_mask.bool()[:, None, None], float("-inf"))
+        dev = prompt_mask.device
+        self.prompt_len, self.samples, self.max_new, self.length = T, samples, max_new, 0
         self.k, self.v = [None] * n_layers, [None] * n_layers  # the prompt's, set by the prefill
+        if samples == 1:  # which keys a decode step may see: the prompt's real ones and every new one, (B, 1, 1, T+N)
+            self.key_ok = torch.cat([prompt_mask.bool(), torch.ones(B, max_new, dtype=torch.bool, device=dev)],
+                                    1)[:, None, None]
+            return
+        # additive bias on the prompt's keys: -inf on its (left) padding, (B, 1, 1, T)
+        self.prompt_bias = torch.zeros(B, 1, 1, T, device=dev).masked_fill(~prompt_mask.bool()[:, None, None],
+                                                                           float("-inf"))
         shape = (B * samples, kv_heads, max_new, head_dim)
-        self.new_k = [torch.empty(shape, dtype=dtype, device=prompt_mask.device) for _ in range(n_layers)]
-        self.new_v = [torch.empty(shape, dtype=dtype, device=prompt_mask.device) for _ in range(n_layers)]
-        self.length = 0
+        self.new_k = [torch.empty(shape, dtype=dtype, device=dev) for _ in range(n_layers)]
+        self.new_v = [torch.empty(shape, dtype=dtype, device=dev) for _ in range(n_layers)]
 
     @staticmethod
     def nbytes(n_layers, kv_heads, head_dim, dtype, prompts, prompt_len, samples, max_new) -> int:
@@ -85,9 +90,18 @@ class KVCache:
         """The prefill (q (B, H, T, hd), every prompt position) stores k, v and attends like no cache; a decode step
         (q (B*K, H, 1, hd), one new token per row) attends to its prompt's keys and its own new ones."""
         if self.length == 0:
-            self.k[layer], self.v[layer] = k, v  # (B, Hkv, T, hd)
+            if self.samples == 1:  # (B, Hkv, T + N, hd): room for the new tokens after the prompt
+                self.k[layer], self.v[layer] = (torch.cat([x, x.new_empty(*x.shape[:2], self.max_new, x.shape[3])], 2)
+                                                for x in (k, v))
+            else:
+                self.k[layer], self.v[layer] = k, v  # (B, Hkv, T, hd)
             return attend(q, k, v, mask)
         assert q.shape[2] == 1, "after the prefill, one token per row and step"
+        if self.samples == 1:
+            S = self.length + 1
+            self.k[layer][:, :, S - 1:S], self.v[layer][:, :, S - 1:S] = k, v
+            return F.scaled_dot_product_attention(q, self.k[layer][:, :, :S], self.v[layer][:, :, :S],
+                                                  attn_mask=self.key_ok[..., :S], enable_gqa=k.shape[1] != q.shape[1])
         n = self.length - self.prompt_len  # new tokens before this one
         self.new_k[layer][:, :, n:n + 1], self.new_v[layer][:, :, n:n + 1] = k, v
         kn, vn = self.new_k[layer][:, :, :n + 1], self.new_v[layer][:, :, :n + 1]  # (R, Hkv, n+1, hd), R = B*K
