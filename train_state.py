@@ -29,7 +29,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from model import Llava
-from model.checkpoint import read_llava_state, stored_dtype
+from model.checkpoint import read_llava_state, stored_dtype, takes_vision_tower
 from model.files import atomic_path, fsync, read_json, sync_tree, write_json
 from model.hf_files import write_hf_files
 from model.lora import merge_lora_state
@@ -228,7 +228,8 @@ def _write_export(cfg, state, model, tok, path, template):
     dtype = stored_dtype(base) if base else None
     if base:
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state = _frozen_from_base(state, trainable, base, dtype, getattr(cfg, "vision_tower", "") or None)
+        tower = getattr(cfg, "vision_tower", "") if takes_vision_tower(base) else ""  # liuhaotian, MobileVLM v1
+        state = _frozen_from_base(state, trainable, base, dtype, tower or None)
     if cfg.lora_rank:
         state = merge_lora_state(state, cfg.lora_alpha / cfg.lora_rank)  # (W.float() + scale B A) -> W's dtype
     dtype = dtype or state["language_model.embed_tokens.weight"].dtype
