@@ -218,3 +218,20 @@ def test_stages_run_after_what_they_need_and_a_failure_stops_the_pipeline_naming
         r2.run()
     assert r2.reused == ["a"] and order == ["a", "b"] and "--no-such-flag" in (tmp_path / "pipeline.log").read_text()
     assert r2.running == {}
+
+
+def test_the_readmes_try_it_by_hand_block(quick, tmp_path):
+    """The README's "try it by hand" block, run as written on the quick demo's output (its first line made `quick`):
+    only the paths change - Q, the out/try folder - and `python` is this interpreter."""
+    import subprocess
+    from rehearsal.run import ROOT, readme_block
+    lines = readme_block("try", "bash").splitlines()
+    assert lines[0].startswith("make demo-quick")
+    script = ("\n".join(lines[1:]).replace("Q=out/toy_quick", f"Q={quick[0]}").replace("out/try", str(tmp_path))
+              .replace("python ", f"{sys.executable} "))
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-2000:]
+    assert "--max_steps" in r.stdout and "--lora_rank" in r.stdout  # the --help listing
+    assert len(json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[-1])) > 0
+    chair = json.loads((tmp_path / "chair.json").read_text())
+    assert chair["kind"] == "chair" and chair["metrics"]["n_captions"] == 24  # the quick world's test scenes
