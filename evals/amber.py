@@ -23,16 +23,17 @@ Generative scoring, per answer (official rules, each named in the tests):
   second never covered), Hal = answers with a hallucinated noun / answers, Cog = hit / hallu objects; pooled.
 Discriminative: only the exact strings "Yes" and "No" are answers (anything else is wrong, and counted here as
 unparsed); "No" is the positive class: precision = correct "No" / answered "No", recall = correct "No" / truth "no";
-per dimension, and overall. Every count starts at 0.001 (data/metrics.txt) and every value is printed as
-round(100 * x, 1); F1 = 2PR / (P + R + 1e-4) from the rounded P and R (existence: + 1e-3). The AMBER score is
-(100 - CHAIR + F1) / 2 with the overall F1 (the README's table; the script does not print it).
+per dimension, and overall. Every count starts at 0.001 (data/metrics.txt; attribute sums its three sub-blocks'
+counts, so its start is 0.003) and every value is printed as round(100 * x, 1); F1 = 2PR / (P + R + 1e-4) from the
+rounded P and R (existence: + 1e-3). The AMBER score is (100 - CHAIR + F1) / 2 with the overall F1 (the README's
+table; the script does not print it). `amber` prints what the script prints, line for line (`official_lines`).
 
 The official path needs nltk with its punkt, averaged_perceptron_tagger and wordnet data, and spaCy with
 en_core_web_lg; --matcher official uses them (auto: when all are installed). Neither the NLTK data nor en_core_web_lg
 is on a package registry, so the default on most machines is the built-in matcher (evals/amber_words.py): exact for
-the lemmatiser on the vocabulary, approximate for tokens and tags, and similarity = equality. Its differences are
-listed and measured in docs/amber.md. Either way, `amber` writes AMBER's own response file ([{"id", "response"}])
-beside the metrics, so the official script can score the same answers unchanged.
+the lemmatiser on the vocabulary, NLTK's cuts for tokens, approximate for tags, and similarity = equality. Its
+differences are listed and measured in docs/amber.md. Either way, `amber` writes AMBER's own response file
+([{"id", "response"}]) beside the metrics, so the official script can score the same answers unchanged.
 
     python eval.py generate --recipe recipes/eval.toml:amber --checkpoint CKPT --questions $AMBER/data/query/query_all.json \\
         --image-root $AMBER/image --output RUN/amber_answers.jsonl
@@ -219,7 +220,7 @@ def _f1(p: float, r: float, eps: float) -> float:
 def _block(c: dict, eps: float = 1e-4) -> dict:
     p, r = _pct(c["ans_no_correct"], c["ans_no"]), _pct(c["no_correct"], c["no"])
     return {"accuracy": _pct(c["correct"], c["n"]), "precision": p, "recall": r, "f1": _f1(p, r, eps),
-            "n": round(c["n"] - START), "n_unparsed": c["unparsed"]}
+            "n": c["questions"], "n_unparsed": c["unparsed"]}
 
 
 def amber_scores(answers: dict[int, str], data: AmberData, nouns, similar) -> dict:
@@ -228,7 +229,7 @@ def amber_scores(answers: dict[int, str], data: AmberData, nouns, similar) -> di
     g = {k: START for k in ("chair_num", "cover_num", "cog_num", "hal_num")}
     g.update(chair=0, cover=0, cog=0, hal_free=0)
     blocks = {k: {"n": START, "correct": 0, "no": START, "no_correct": 0, "ans_no": START, "ans_no_correct": 0,
-                  "unparsed": 0} for k in ("all", "existence", "attribute", "state", "number", "action", "relation")}
+                  "unparsed": 0, "questions": 0} for k in ("all", "existence", "state", "number", "action", "relation")}
     per_caption, n_gen, n_empty = {}, 0, 0
     for qid, text in answers.items():
         item = data.items[qid]
@@ -248,7 +249,8 @@ def amber_scores(answers: dict[int, str], data: AmberData, nouns, similar) -> di
             continue
         dim, sub = DIMENSIONS.get(item["type"], ("relation", None))
         truth_no = item["truth"] == "no"
-        for b in [blocks[k] for k in ("all", dim, sub) if k]:
+        for b in (blocks["all"], blocks[sub or dim]):
+            b["questions"] += 1
             b["n"] += 1
             b["correct"] += text == ("No" if truth_no else "Yes")
             b["no"] += truth_no
@@ -262,8 +264,11 @@ def amber_scores(answers: dict[int, str], data: AmberData, nouns, similar) -> di
                              "hal": round(100 - g["hal_free"] / g["hal_num"] * 100, 1),
                              "cog": _pct(g["cog"], g["cog_num"]), "n_mentions": round(g["chair_num"] - START),
                              "n_hallucinated": g["chair"]}
+    # the script pools attribute from its three sub-blocks' counts, so each of their 0.001 starts adds up (0.003)
+    parts = [blocks[k] for k in ("state", "number", "action")]
+    blocks["attribute"] = {k: parts[0][k] + parts[1][k] + parts[2][k] for k in parts[0]}
     for name, b in blocks.items():
-        if b["n"] > START:
+        if b["questions"]:
             out[name if name != "all" else "discriminative"] = _block(b, 1e-3 if name == "existence" else 1e-4)
     dims = ("existence", "attribute", "relation")
     if n_gen and all(d in out for d in dims):  # the README's score: generative CHAIR and the overall F1
@@ -295,6 +300,7 @@ def cmd_amber(a) -> dict:
     if missing:
         raise ValueError(f"{a.answers}: {len(missing)} of the {len(asked)} questions of {a.questions} have no answer, "
                          f"e.g. ids {missing[:5]}; finish `generate` first")
+    by_id = {q["id"]: by_id[q["id"]] for q in queries}  # the response file's order: float sums as inference.py's
     nouns, similar, matcher = make_matcher(a.matcher, data.vocabulary)
     scores = amber_scores(by_id, data, nouns, similar)
     per_caption = scores.pop("per_caption")
@@ -326,19 +332,45 @@ def _fractions(s: dict) -> dict:
     return m
 
 
+# inference.py's printout, in its order: (block, heading as it spells it, the --evaluation_type flag that prints it)
+OFFICIAL_PRINTOUT = (("generative", "Generative Task:", "g"), ("discriminative", "Descriminative Task:", "d"),
+                     ("existence", "Exsitence:", "de"), ("attribute", "Attribute:", "da"), ("state", "State:", "da"),
+                     ("number", "Number:", "da"), ("action", "Action:", "da"), ("relation", "Relation:", "dr"))
+
+
+def official_lines(s: dict) -> list[str]:
+    """inference.py's printout, line for line (tabs, trailing spaces and blank lines as its print calls make them),
+    of the dimensions answered: all four = --evaluation_type a, else g, d, de, da or dr. Within a printed dimension
+    a sub-block without questions prints 0.0 four times, as the script's 0 / 0.001 does."""
+    flags = {"g": "generative" in s, "de": "existence" in s, "dr": "relation" in s,
+             "da": any(k in s for k in ("state", "number", "action"))}
+    flags["d"] = flags["de"] and flags["da"] and flags["dr"]  # the script prints the pooled block only then
+    empty = {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    lines = []
+    for name, heading, flag in OFFICIAL_PRINTOUT:
+        if not flags[flag]:
+            continue
+        if name == "generative":
+            g = s[name]
+            lines += [heading, f"CHAIR:\t\t {g['chair']}", f"Cover:\t\t {g['cover']}", f"Hal:\t\t {g['hal']}",
+                      f"Cog:\t\t {g['cog']} ", ""]  # print(..., "\n"): a space, then an empty line
+            continue
+        b = s.get(name, empty)
+        lines += [heading, f"Accuracy:\t {b['accuracy']}", f"Precision:\t {b['precision']}",
+                  f"Recall:\t\t {b['recall']}"]
+        lines += [f"F1:\t\t {b['f1']}"] if name == "relation" else [f"F1:\t\t {b['f1']} ", ""]
+    return lines
+
+
 def _print(s: dict, matcher: str, out: str, responses: str) -> None:
-    lines = [f"AMBER ({matcher})"]
-    if "generative" in s:
-        g = s["generative"]
-        lines.append(f"  generative ({s['n_generative']} answers): CHAIR {g['chair']}  Cover {g['cover']}  Hal {g['hal']}"
-                     f"  Cog {g['cog']}")
-    for block in ("discriminative", "existence", "attribute", "state", "number", "action", "relation"):
-        if block in s:
-            b = s[block]
-            lines.append(f"  {block}: Accuracy {b['accuracy']}  Precision {b['precision']}  Recall {b['recall']}  "
-                         f"F1 {b['f1']}  ({b['n']} questions, {b['n_unparsed']} not exactly Yes/No)")
+    """inference.py's printout, then ours (lines starting "ours:"): bench/eval_parity.py compares the first part."""
+    lines = [f"AMBER ({matcher})"] + official_lines(s)
     if "amber_score" in s:
-        lines.append(f"  AMBER score {s['amber_score']:.2f}")
+        lines.append(f"ours: AMBER score {s['amber_score']:.2f} = (100 - CHAIR + F1) / 2 (AMBER's README; "
+                     f"inference.py does not print it)")
+    unparsed = s.get("discriminative", {}).get("n_unparsed", 0)
+    lines.append(f"ours: {s['n_generative']} descriptions ({s['n_empty_generative']} empty), "
+                 f"{s['n'] - s['n_generative']} yes/no questions ({unparsed} answers not exactly Yes/No, scored wrong)")
     print("\n".join(lines) + f"\n-> {out}; AMBER's response file {responses}")
 
 

@@ -3,9 +3,9 @@ WordNetLemmatizer) re-done without NLTK or its data, for AMBER's closed vocabula
 a noun outside it is dropped by the official scorer anyway). Used by evals/amber.py when the official path is not
 installed; its similarity is equality (the official one is spaCy en_core_web_lg cosine > 0.8).
 
-  tokens    words are runs of letters and digits, joined by inner hyphens ("e-book", "air-conditioning" stay one
-            token, as in NLTK's Treebank tokenizer); a possessive "'s" is split off; punctuation is never a word;
-            case is kept (the official match is case-sensitive: "Dog" at a sentence start is not "dog").
+  tokens    NLTK's word_tokenize cuts (`tokenize`): at spaces, punctuation, quotes and a sentence's final period; not at
+            a hyphen, a slash or an inner period ("e-book", "sky/grass", "dog.The" stay whole); a possessive "'s" is
+            split off; case is kept (the official match is case-sensitive: "Dog" at a sentence start is not "dog").
   lemmas    a word of the vocabulary is itself; a regular plural (-s, -es, -oes, -ies, -ves, -men) of a
             vocabulary word is that word; EXCEPTIONS override both. EXCEPTIONS holds every form, among the vocabulary
             words and their plurals and WordNet's irregular plurals of them, where WordNetLemmatizer (NLTK 3.10.3,
@@ -46,14 +46,24 @@ DETERMINERS = {"a", "an", "the", "this", "that", "these", "those", "one", "two",
 VERB_CONTEXT = {"to", "can", "could", "will", "would", "may", "might", "must", "should", "shall", "I", "you", "we",
                 "they", "he", "she", "You", "We", "They", "He", "She"}
 NEVER_NOUNS = {"hot"}
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?:'[A-Za-z]+)?")
+# Where NLTK's word_tokenize (Punkt sentences, then its Treebank rules) cuts a text: whitespace; , and : unless a digit
+# follows; ; @ # $ % & ? ! * and brackets; quotes (straight, curly, guillemets, backticks); -- and dashes; runs of
+# periods; and a period that ends a sentence (followed by closing quotes or brackets at most, then a space or the end).
+_CUT = re.compile(r"""\s+|[:,](?!\d)|[;@#$%&?!*()\[\]{}<>"`\u00ab\u00bb\u201c\u201d\u2018\u2019\u201e\u2012-\u2015]"""
+                  r"""|--|\.{2,}|\.(?=[\]\)}>"'\u00bb\u201d\u2019]*(?:\s|$))""")
+_OPENING_QUOTE = re.compile(r"^'(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)", re.I)  # 'dog -> dog; 's stays whole
+_CLITIC = re.compile(r"(?:'[sSmMdD]|'ll|'LL|'re|'RE|'ve|'VE|n't|N'T|')$")  # dog's -> dog ('s a token of its own)
 
 
 def tokenize(text: str) -> list[str]:
-    """Word tokens (module docstring); "dog's" -> "dog", "'s" is dropped (it is never a noun of the vocabulary)."""
+    """Word tokens as NLTK's word_tokenize cuts them (_CUT), with the pieces it splits off a word (punctuation, a
+    clitic such as 's or n't) dropped: they are never a noun of the vocabulary. A period inside a token stays
+    ("dog.The"), as does a hyphen or a slash ("e-book", "sky/grass"), as in NLTK."""
     out = []
-    for t in _TOKEN.findall(text.replace("\u2019", "'")):
-        out.append(t.split("'")[0] if "'" in t else t)
+    for t in _CUT.split(text):
+        t = _CLITIC.sub("", _OPENING_QUOTE.sub("", t)) if "'" in t else t
+        if t:
+            out.append(t)
     return out
 
 
@@ -69,20 +79,25 @@ def lemma(token: str, vocabulary: set[str]) -> str | None:
     return None
 
 
+def is_noun(toks: list[str], i: int, vocabulary: set[str]) -> bool:
+    """The built-in tagger: False where NLTK's tagger would not tag toks[i] NN* (module docstring), else True.
+    bench/eval_parity.py gives the official script this rule in place of the tagger's model."""
+    t = toks[i]
+    w = lemma(t, vocabulary)
+    if w in NEVER_NOUNS:
+        return False
+    prev = toks[i - 1] if i else ""
+    if w == "can" and t == "can" and prev not in DETERMINERS:
+        return False  # the modal: "can be seen"
+    if prev in VERB_CONTEXT and t == w and w != "can":
+        return False  # "to watch", "they ring": a verb
+    return True
+
+
 def noun_finder(vocabulary: set[str]):
     """nouns(text) -> the vocabulary lemmas that count as nouns, in order, repeats kept."""
     def nouns(text: str) -> list[str]:
         toks = tokenize(text)
-        out = []
-        for i, t in enumerate(toks):
-            w = lemma(t, vocabulary)
-            if w is None or w in NEVER_NOUNS:
-                continue
-            prev = toks[i - 1] if i else ""
-            if w == "can" and t == "can" and prev not in DETERMINERS:
-                continue  # the modal: "can be seen"
-            if prev in VERB_CONTEXT and t == w and w != "can":
-                continue  # "to watch", "they ring": a verb
-            out.append(w)
-        return out
+        return [w for i, t in enumerate(toks)
+                if (w := lemma(t, vocabulary)) is not None and is_noun(toks, i, vocabulary)]
     return nouns
