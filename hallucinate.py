@@ -161,8 +161,8 @@ def generate_answers(model, tok, prompts, pixels, template, max_new_tokens, temp
     for a, b in groups:
         ids, mask = pad_sequences(enc[a:b], tok.pad_id, side="left")  # (n, T) each
         gen = model.generate(ids.to(p0.device), pixels[a:b].to(p0.device, p0.dtype), mask.to(p0.device),
-                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                             eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, samples=samples,
+                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples,
+                             eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, vocab_size=tok.vocab_size,
                              generator=None if generators is None else generators[a * samples:b * samples])
         answers += [tok.decode(g.tolist()).strip() for g in gen.cpu()]
     return answers

@@ -4,9 +4,9 @@
                             [--recipe recipes/eval.toml:chair|pope|mmhal] [--vision-tower CLIP_DIR] [--shard I/N]
 
 Question files: every layout evals/files.py reads (ours, POPE's, LLaVA's), MMHal-Bench's template
-(evals/mmhal.py), AMBER's query files (evals/amber.py), and the benchmark files whose module builds the published prompts: LLaVA's ScienceQA
-llava_test_CQM-A.json (evals/sqa.py), LLaVA's llava_mme.jsonl or MME's folder (evals/mme.py), RLAIF-V's Object
-HalBench file with its images inline (evals/objhal.py). Each answer line holds the question's fields, "prompt"
+(evals/mmhal.py), AMBER's query files (evals/amber.py), and the benchmark files whose module builds the published
+prompts: LLaVA's ScienceQA llava_test_CQM-A.json (evals/sqa.py), LLaVA's llava_mme.jsonl or MME's folder
+(evals/mme.py), RLAIF-V's Object HalBench file with its images inline (evals/objhal.py). Each answer line holds the question's fields, "prompt"
 (what the model was asked), "text" (the answer), "model" and "gen" (template, decoding, suffix, image aspect ratio,
 recipe): scoring copies the distinct "gen" values into the metrics JSON as "protocol", since numbers are only
 comparable under the same protocol.
@@ -148,7 +148,8 @@ def _generate(a, todo: list[dict], previous: list[dict]) -> None:
                               for q in batch])
             new = model.generate(input_ids.to(device), px.to(device, dtype), mask.to(device),
                                  max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                                 eos_token_id=tok.eos_id, pad_token_id=pad, generator=row_generators(a.seed, [q["question_id"] for q in batch], device))  # (B, N)
+                                 eos_token_id=tok.eos_id, pad_token_id=pad, vocab_size=tok.vocab_size,
+                                 generator=row_generators(a.seed, [q["question_id"] for q in batch], device))  # (B, N)
             for q, row in zip(batch, new.tolist()):
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]

@@ -67,11 +67,12 @@ def sample_next(logits, temperature: float, top_p: float, u=None):
 @torch.no_grad()
 def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_tokens: int = 32,
              temperature: float = 0.0, top_p: float = 1.0, eos_token_id=None, pad_token_id=None,
-             generator=None, min_new_tokens: int = 0, samples: int = 1):
+             generator=None, min_new_tokens: int = 0, samples: int = 1, vocab_size: int | None = None):
     """Return the new tokens only, (B * samples, N) with N <= max_new_tokens, the `samples` rows of prompt b at
     b*samples ...; after a row's EOS the rest is padding. Each prompt (and its image) is run once; its samples
     share its cache (KVCache). generator: None, one torch.Generator, or a list of B * samples of them (one per
-    row; see the module docstring)."""
+    row; see the module docstring). vocab_size: the tokenizer's; the head's rows past it are never generated
+    (llava-hf pads its 32,002 tokens to 32,064 rows: untrained rows a sampler would otherwise pick now and then)."""
     cfg = model.config
     eos = cfg.text.eos_token_id if eos_token_id is None else eos_token_id
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else eos)
@@ -94,6 +95,8 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_t
     out = []
     for step in range(max_new_tokens):
         logits = model.lm_head(h)  # (R, V)
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits[:, vocab_size:] = float("-inf")
         if step < min_new_tokens:
             logits[:, eos] = float("-inf")
         tok = sample_next(logits, temperature, top_p, None if u is None else u[:, step])

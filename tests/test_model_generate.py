@@ -118,3 +118,22 @@ def test_samples_share_one_prefill_and_give_the_repeated_prompt_tokens(model, mo
     greedy = model.generate(ids, px, mask, samples=2, max_new_tokens=8, min_new_tokens=8)  # (4, 8)
     one = model.generate(ids, px, mask, max_new_tokens=8, min_new_tokens=8)  # (2, 8)
     assert torch.equal(greedy[::2], one) and torch.equal(greedy[1::2], one)
+
+
+def test_head_rows_past_the_tokenizer_are_never_generated(model):
+    """llava-hf's head has 32,064 rows for 32,002 tokens: the padding rows are no token a tokenizer can decode, so a
+    sampler must never pick one (the full-width rehearsal's random model did: clip-rank died in decode)."""
+    ids, mask = prompts()
+    px = pixels(2)
+    V = model.lm_head.weight.shape[0]
+    head = model.lm_head.weight.clone()
+    try:
+        model.lm_head.weight[V - 8:] = 0.0
+        model.lm_head.weight[V - 8:, 0] = 1e4  # the last 8 rows win whenever the state's first feature is positive
+        free = model.generate(ids, px, mask, max_new_tokens=16, min_new_tokens=16, temperature=1.0,
+                              generator=torch.Generator().manual_seed(0))
+        kept = model.generate(ids, px, mask, max_new_tokens=16, min_new_tokens=16, temperature=1.0,
+                              generator=torch.Generator().manual_seed(0), vocab_size=V - 8)
+    finally:
+        model.lm_head.weight.copy_(head)
+    assert (free >= V - 8).any() and not (kept >= V - 8).any()
