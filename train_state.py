@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from model import Llava
 from model.checkpoint import read_llava_state, stored_dtype, takes_vision_tower
-from model.files import atomic_path, fsync, read_json, sync_tree, write_json
+from model.files import atomic_path, fingerprint, fsync, read_json, sync_tree, write_json
 from model.hf_files import write_hf_files
 from model.lora import merge_lora_state
 from model.tokenizer import DEFAULT_TEMPLATE
@@ -281,15 +281,7 @@ def reference_cache(cfg, rows, ref_pair_logps, collate, images, tok, device, aut
         key.update(f"{k}={getattr(cfg, k)};".encode())
     # bf16 and fp32 references give different numbers
     key.update(f"seed={'' if cfg.init_from else cfg.seed};{device.split(':')[0]};{dtype}".encode())
-    src = cfg.init_from or cfg.model_config
-    for name in sorted(os.listdir(src)):  # the checkpoint's identity without reading 14 GB: sizes, heads, tails
-        p = os.path.join(src, name)
-        if name.endswith((".json", ".safetensors", ".bin")) and os.path.isfile(p):
-            key.update(f"{name}:{os.path.getsize(p)}".encode())
-            with open(p, "rb") as f:
-                key.update(f.read(1 << 20))
-                f.seek(max(0, os.path.getsize(p) - (1 << 20)))
-                key.update(f.read())
+    key.update(fingerprint(cfg.init_from or cfg.model_config).encode())  # the checkpoint's identity, 2 MiB a file
     path = os.path.join(cfg.ref_cache_dir or cfg.out_dir, f"refcache-{key.hexdigest()[:16]}.pt")
     if os.path.isfile(path):
         logps = torch.load(path, weights_only=True)

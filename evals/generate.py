@@ -21,6 +21,7 @@ import argparse
 import importlib
 import inspect
 import io
+import os
 import sys
 import time
 
@@ -69,16 +70,48 @@ def check_settings(a) -> None:
                          f"{a.top_p}")
 
 
-def check_resume(path: str, done: list[dict], model: str, settings: dict) -> None:
-    """Answers already in --output must come from the same checkpoint and generation settings as this run (the
-    suffix may differ between questions, the recipe's name is only a note); anything else would mix two runs."""
+def run_settings(a) -> dict:
+    """What this run's answers are made with, read without loading the weights: device, the checkpoint and its
+    fingerprint (model.files.fingerprint: names, sizes, first and last MiB of its files) and "gen", the decoding
+    settings every answer line records (numbers are only comparable under the same protocol). A sampled answer's
+    random numbers come from (seed, question id) alone, so the batch size and a resume do not change it."""
+    import torch
+    from model.files import fingerprint, read_json
+    from model.tokenizer import DEFAULT_TEMPLATE
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    config = os.path.join(a.checkpoint, "config.json")
+    if not os.path.isfile(config):
+        raise SystemExit(f"generate: --checkpoint {a.checkpoint}: no config.json there")
+    pad = read_json(config).get("image_aspect_ratio", "pad") == "pad"
+    gen = {"template": a.template or DEFAULT_TEMPLATE, "temperature": a.temperature, "top_p": a.top_p,
+           "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": dtype,
+           "image_aspect_ratio": a.image_aspect_ratio or ("pad" if pad else "square"),
+           "sampling": "per-item seeds (model.generate.row_generators)"}
+    if a.recipe:
+        gen["recipe"] = a.recipe
+    return {"device": device, "model": a.checkpoint, "model_fingerprint": fingerprint(a.checkpoint), "gen": gen}
+
+
+def check_resume(path: str, done: list[dict], run: dict) -> None:
+    """Answers already in --output must come from the same checkpoint (the same files: compared by fingerprint, so
+    a copy or another path to it is the same, and retrained weights at the old path are not) and the same
+    generation settings as this run (the suffix may differ between questions, the recipe's name is only a note);
+    anything else would mix two runs. Lines written before fingerprints were recorded compare the real path."""
     def key(g):
         return {k: v for k, v in g.items() if k not in ("suffix", "recipe")} if isinstance(g, dict) else g
+    settings = run["gen"]
     for r in done:
-        if r.get("model") != model or key(r.get("gen")) != key(settings):
+        if "model_fingerprint" in r:
+            same_model = r["model_fingerprint"] == run["model_fingerprint"]
+        else:
+            same_model = os.path.realpath(str(r.get("model"))) == os.path.realpath(run["model"])
+        if not same_model or key(r.get("gen")) != key(settings):
             old = key(r.get("gen")) if isinstance(r.get("gen"), dict) else {}
             diff = [k for k in sorted(set(old) | set(key(settings))) if old.get(k) != settings.get(k)]
-            what = (["model: " + repr(r.get("model")) + " -> " + repr(model)] if r.get("model") != model else []) + \
+            what = ([f"model: {r.get('model')!r} (fingerprint {r.get('model_fingerprint')}) -> {run['model']!r} "
+                     f"(fingerprint {run['model_fingerprint']})"] if not same_model else []) + \
                 [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff]
             raise SystemExit(f"generate: {path} holds answers of another run (question {r.get('question_id')!r}; "
                              f"{'; '.join(what)}); give another --output, or delete it to start over")
@@ -97,27 +130,29 @@ def cmd_generate(a) -> None:
             raise ValueError(f"--shard {a.shard}: expected I/N with 0 <= I < N")
         qs = qs[i::n]
     previous = resume_jsonl(a.output, "question_id")
+    run = run_settings(a)
+    check_resume(a.output, previous, run)  # before anything counts as done: a finished file of another run too
     done = {str(r["question_id"]) for r in previous}
     todo = [q for q in qs if str(q["question_id"]) not in done]
     print(f"generate: {len(qs)} questions, {len(qs) - len(todo)} already answered in {a.output}, "
           f"{len(todo)} to go", file=sys.stderr)
     if todo:
         check_images(todo, "" if a.image_root else "; pass --image-root, the folder the file names are in")
-        _generate(a, todo, previous)
+        _generate(a, todo, run)
     if a.filled_template:
         answers = {str(r["question_id"]): r["text"] for r in resume_jsonl(a.output, "question_id")}
         write_json(a.filled_template, fill_template(read_template(a.questions), answers))
         print(f"generate: the template with model_answer filled in -> {a.filled_template}", file=sys.stderr)
 
 
-def _generate(a, todo: list[dict], previous: list[dict]) -> None:
+def _generate(a, todo: list[dict], run: dict) -> None:
     import torch
     from model import Llava, Tokenizer, load_image
     from model.generate import row_generators
-    from model.tokenizer import DEFAULT_TEMPLATE, pad_sequences
+    from model.tokenizer import pad_sequences
 
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    device, settings = run["device"], run["gen"]
+    dtype_name, template, aspect = settings["dtype"], settings["template"], settings["image_aspect_ratio"]
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
     model = Llava.from_pretrained(a.checkpoint, dtype=dtype, device=device, vision_tower=a.vision_tower).eval()
     cfg = model.config
@@ -126,16 +161,6 @@ def _generate(a, todo: list[dict], previous: list[dict]) -> None:
                                     image_token_id=cfg.image_token_id if a.vision_tower else None)
     pad = tok.pad_id if tok.pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
                                                      else tok.eos_id)
-    aspect = a.image_aspect_ratio or ("pad" if cfg.image_aspect_ratio == "pad" else "square")
-    template = a.template or DEFAULT_TEMPLATE
-    # recorded with every answer: numbers are only comparable under the same protocol. A sampled answer's random
-    # numbers come from (seed, question id) alone, so the batch size and a resume do not change it
-    settings = {"template": template, "temperature": a.temperature, "top_p": a.top_p,
-                "max_new_tokens": a.max_new_tokens, "seed": a.seed, "dtype": dtype_name, "image_aspect_ratio": aspect,
-                "sampling": "per-item seeds (model.generate.row_generators)"}
-    if a.recipe:
-        settings["recipe"] = a.recipe
-    check_resume(a.output, previous, a.checkpoint, settings)
     print(f"generate: {a.checkpoint} on {device} ({dtype_name}), template {template}, images {aspect}",
           file=sys.stderr)
     start, last, n = time.time(), 0.0, 0
@@ -154,7 +179,8 @@ def _generate(a, todo: list[dict], previous: list[dict]) -> None:
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]
                 out.write({**q["answer_base"], "text": tok.decode(row, skip_special_tokens=True).strip(),
-                           "model": a.checkpoint, "gen": {**settings, "suffix": q["suffix"]}})
+                           "model": a.checkpoint, "model_fingerprint": run["model_fingerprint"],
+                           "gen": {**settings, "suffix": q["suffix"]}})
             n += len(batch)
             if time.time() - last > 10 or n == len(todo):
                 last, el = time.time(), time.time() - start

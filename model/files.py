@@ -17,6 +17,7 @@ Imports nothing of the project (model/ never does), so every layer can use it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -89,3 +90,20 @@ def read_json(path: str):
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def fingerprint(directory: str) -> str:
+    """A checkpoint directory's identity without reading 14 GB: each weight, config and tokenizer file's name, size,
+    first and last MiB, hashed (16 hex digits). Two copies of one checkpoint agree; retrained or re-saved weights
+    differ (their headers or their last tensors change). Used to refuse resuming a run with another model."""
+    key = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        p = os.path.join(directory, name)
+        if name.endswith((".json", ".safetensors", ".bin", ".model")) and os.path.isfile(p):
+            size = os.path.getsize(p)
+            key.update(f"{name}:{size};".encode())
+            with open(p, "rb") as f:
+                key.update(f.read(1 << 20))
+                f.seek(max(0, size - (1 << 20)))
+                key.update(f.read())
+    return key.hexdigest()[:16]

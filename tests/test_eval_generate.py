@@ -259,21 +259,35 @@ def test_empty_question_file(tmp_path):
 
 
 def test_resume_refuses_another_checkpoint_or_settings(tmp_path):
+    import shutil
     args = _small_run(tmp_path)
     out = tmp_path / "a.jsonl"
     ev.main(args + ["--output", str(out)])
-    out.write_text("".join(open(out).readlines()[:2]))  # a run stopped after two answers
-    with pytest.raises(SystemExit, match=r"holds answers of another run .*max_new_tokens: 6 -> 5"):
-        ev.main(args[:-1] + ["5", "--output", str(out)])
+    full = open(out).read()
+    # a finished file is checked too: rerunning it with other settings or retrained weights must not exit 0
+    # with the old answers
     with pytest.raises(SystemExit, match=r"holds answers of another run .*temperature: 0.0 -> 0.7"):
         ev.main(args + ["--temperature", "0.7", "--output", str(out)])
-    import shutil
-    shutil.copytree(tmp_path / "ckpt", tmp_path / "other")
-    with pytest.raises(SystemExit, match=r"model: .*ckpt' -> .*other'"):
-        ev.main(["generate", "--checkpoint", str(tmp_path / "other"), *args[3:], "--output", str(out)])
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "before")
+    weights = next(p for p in (tmp_path / "ckpt").iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    assert data[-4:] != b"\x00\x00\x00\x40"
+    data[-4:] = b"\x00\x00\x00\x40"  # the last float becomes 2.0: the same path, other weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match=r"holds answers of another run .*model: .*ckpt' \(fingerprint \w+\) -> "):
+        ev.main(args + ["--output", str(out)])
+    shutil.rmtree(tmp_path / "ckpt")
+    shutil.copytree(tmp_path / "before", tmp_path / "ckpt")
+    out.write_text("".join(full.splitlines(keepends=True)[:2]))  # a run stopped after two answers
+    with pytest.raises(SystemExit, match=r"holds answers of another run .*max_new_tokens: 6 -> 5"):
+        ev.main(args[:-1] + ["5", "--output", str(out)])
     assert len(open(out).readlines()) == 2  # nothing was added
-    ev.main(args + ["--batch-size", "3", "--output", str(out)])  # the batch size may change
+    # the same files under another path are the same model; the batch size may change
+    shutil.copytree(tmp_path / "ckpt", tmp_path / "copy")
+    ev.main(["generate", "--checkpoint", str(tmp_path / "copy") + "/", *args[3:], "--batch-size", "3",
+             "--output", str(out)])
     assert len(open(out).readlines()) == 5
+    assert [json.loads(x)["text"] for x in open(out)] == [json.loads(x)["text"] for x in full.splitlines()]
 
 
 def test_sampled_answers_resume_byte_for_byte(tmp_path):
