@@ -26,7 +26,9 @@
 noise and clip-rank are long GPU jobs: each finished image is appended to OUTPUT.parts/ (under torchrun the ranks
 share the images), a rerun of the same command - with any --batch-size or number of processes - does only the
 images left and writes what an uninterrupted run writes; OUTPUT appears, in input order, when every image is done,
-and the parts are removed. --kv-cache-gb bounds the generation cache (a batch that needs more runs in parts).
+and the parts are removed. A rerun with other settings (OUTPUT.parts/settings.json records them: the
+checkpoints' fingerprints, decoding and noise values) refuses rather than mix two runs in one file.
+--kv-cache-gb bounds the generation cache (a batch that needs more runs in parts).
 
 DATA (read by hallucinate_data.py): LLaVA conversation JSON (prompt = a human turn, answer = the gpt turn after
 it; the first pair only unless --all-turns), COCO captions files (clip-rank's prompt pool) or JSONL of {id, image,
@@ -196,6 +198,26 @@ def _distributed():
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
+# what a resumed noise / clip-rank run may change: how the work is split and where it runs (each answer is seeded
+# from its item, so the batch, the number of processes and the GPU index change no byte), and where the files are
+RESUMABLE_WITH_OTHER = {"output", "input", "image_root", "recipe", "batch_size", "kv_cache_gb", "device", "limit"}
+
+
+def run_settings(a) -> dict:
+    """Everything else that makes a noise / clip-rank record, recorded in OUTPUT.parts/settings.json and compared
+    when a run resumes; checkpoints by fingerprint (model.files: a copy elsewhere is the same model, retrained
+    weights at the same path are not)."""
+    from model.files import fingerprint
+    out = {}
+    for k, v in sorted(vars(a).items()):
+        if k in RESUMABLE_WITH_OTHER or k in ("clip_model", "pad"):  # loaded / derived values, not flags
+            continue
+        if k in ("checkpoint", "vision_tower", "tokenizer", "clip") and v and not os.path.isdir(v):
+            raise ValueError(f"--{k.replace('_', '-')} {v}: no such directory")
+        out[k] = fingerprint(v) if k in ("checkpoint", "vision_tower", "tokenizer", "clip") and v else v
+    return out
+
+
 def run_items(a, name, items, work, transform=None):
     """The resumable loop of the long jobs: the items not yet in OUTPUT.parts/ (hallucinate_data.ItemLog), split
     over the torchrun ranks item by item, in batches of --batch-size images; work(a, model, tok, chunk, px) -> one
@@ -203,10 +225,14 @@ def run_items(a, name, items, work, transform=None):
     rank, world, local = _distributed()
     resolve_runtime(a, local)
     log = ItemLog(a.output, rank)
+    settings = run_settings(a)
+    log.check_settings(settings)
     done = log.read()
     if world > 1:  # every rank reads the same progress before any rank adds to it
         import torch.distributed as dist
         dist.barrier()
+    if rank == 0:
+        log.write_settings(settings)
     todo = [it for it in items if it["id"] not in done]
     mine = todo[rank::world]
     if rank == 0:

@@ -16,7 +16,7 @@ import os
 import shutil
 from collections import Counter
 
-from model.files import write_jsonl
+from model.files import read_json, write_json, write_jsonl
 
 
 class Summary:
@@ -90,6 +90,8 @@ def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns:
     root = image_root or os.path.dirname(os.path.abspath(path))
     with open(path, encoding="utf-8") as f:
         raw = _records(path, f.read(), summary, prompts)
+    if not raw:
+        raise ValueError(f"input file {path}: it holds no records (empty)")
     items, seen = [], set()
     for where, r in raw:
         try:
@@ -155,6 +157,26 @@ class ItemLog:
                 if name.endswith(".jsonl"):
                     done.update({r["id"]: r for r in resume_jsonl(os.path.join(self.dir, name), "id")})
         return done
+
+    def check_settings(self, settings: dict) -> None:
+        """The parts must come from this run's settings (hallucinate.run_settings: the command, checkpoint
+        fingerprints, decoding and noise values); resuming with others would mix two runs in one file."""
+        path = os.path.join(self.dir, "settings.json")
+        if os.path.isfile(path):
+            old = read_json(path)
+            diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)]
+            if diff:
+                raise SystemExit(f"{self.dir} holds the work of another run ({'; '.join(diff)}); rerun with its "
+                                 f"settings, or give another --output (or delete {self.dir} to start over)")
+        elif self.read():
+            raise SystemExit(f"{self.dir} holds work that records no settings (an older version wrote it): finish "
+                             f"it with that version, or delete {self.dir} to start over")
+
+    def write_settings(self, settings: dict) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        if not os.path.isfile(os.path.join(self.dir, "settings.json")):
+            write_json(os.path.join(self.dir, "settings.json"), settings)
 
     def appender(self):
         from chat_api import JsonlAppender

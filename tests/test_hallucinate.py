@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -524,6 +525,11 @@ def test_bad_value_and_empty_input_exit_nonzero_with_one_line(world, tiny, tmp_p
                         str(tmp_path / f"{cmd}.jsonl")] + (["--clip", str(tiny[1])] if cmd == "clip-rank" else []))
                 == 1)
         assert (tmp_path / f"{cmd}.jsonl").read_text() == ""
+    (tmp_path / "empty.jsonl").write_text("\n")  # an empty input says so (it read as "done 0, skipped 0")
+    for cmd in ("rules", "noise"):
+        with pytest.raises(ValueError, match=r"empty.jsonl: it holds no records \(empty\)"):
+            H.main([cmd, "--input", str(tmp_path / "empty.jsonl"), "--output", str(tmp_path / "e.jsonl")]
+                   + (["--checkpoint", str(tiny[0])] if cmd == "noise" else []))
 
 
 def test_recipe_sets_defaults_and_rejects_unknown_keys(world, tiny, tmp_path):
@@ -644,3 +650,35 @@ def test_api_killed_run_resumes_without_repeats(world, tmp_path):
         ids = [json.loads(x)["id"] for x in (tmp_path / "o.jsonl").read_text().splitlines()]
         assert len(ids) == N == len(set(ids)) and ids[:10] == first
         assert len(srv.requests) - n_before == N - len(first)  # nothing done before the kill is asked again
+
+
+def test_long_jobs_refuse_to_resume_with_other_settings(world, tiny, tmp_path, monkeypatch):
+    """A killed noise run resumed with another --t or retrained weights, or a clip-rank run resumed with another
+    --temperature, refuses (its parts hold the first run's answers; finishing would mix two runs in one file); the
+    batch size and a copy of the checkpoint elsewhere are no change."""
+    args = ["noise", "--input", f"{world}/train.json", "--max-new-tokens", "4", "--output", str(tmp_path / "n.jsonl")]
+    kill_after(monkeypatch, "generate_answers", 1)
+    with pytest.raises(KeyboardInterrupt):
+        H.main(args + ["--checkpoint", str(tiny[0]), "--batch-size", "8"])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"n.jsonl.parts holds the work of another run \(t: 500 -> 400\)"):
+        H.main(args + ["--checkpoint", str(tiny[0]), "--t", "400"])
+    other = tmp_path / "retrained"
+    shutil.copytree(tiny[0], other)
+    weights = next(p for p in other.iterdir() if p.suffix == ".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4) if data[-4:] != bytes(4) else b"\x00\x00\x80\x3f"
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match=r"holds the work of another run \(checkpoint: '\w+' -> '\w+'\)"):
+        H.main(args + ["--checkpoint", str(other)])
+    shutil.copytree(tiny[0], tmp_path / "copy")
+    assert H.main(args + ["--checkpoint", str(tmp_path / "copy"), "--batch-size", "5"]) == 0
+    assert not (tmp_path / "n.jsonl.parts").exists()
+
+    kill_after(monkeypatch, "rank_batch", 1)
+    with pytest.raises(KeyboardInterrupt):
+        clip_rank(tiny, f"{world}/train.json", tmp_path / "c.jsonl")
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"holds the work of another run \(temperature: 1.0 -> 0.5\)"):
+        clip_rank(tiny, f"{world}/train.json", tmp_path / "c.jsonl", "--temperature", "0.5")
+    assert clip_rank(tiny, f"{world}/train.json", tmp_path / "c.jsonl", "--batch-size", "3") == 0
