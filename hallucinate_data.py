@@ -117,7 +117,7 @@ def read_items(path: str, summary: Summary, need_answer: bool = True, all_turns:
             continue
         image = image if os.path.isabs(image) else os.path.join(root, image)
         if not os.path.isfile(image):
-            summary.skip("missing image", image)
+            summary.skip("missing image", f"{where} (id {rid!r}): {image}")  # the input's line or item, then the file
             continue
         for k, (prompt, answer) in enumerate(pairs if all_turns else pairs[:1]):
             iid = rid if k == 0 else f"{rid}#{k}"

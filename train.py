@@ -330,7 +330,8 @@ class Run:
             resumed = self.start and os.path.isfile(self.metrics_path)
             write_atomic(self.metrics_path, metrics_until(self.metrics_path, self.start) if resumed else "")
             self.print0(f"resumed from {cfg.out_dir}/ckpt at step {self.start}" if self.start
-                        else f"writing to {cfg.out_dir}")
+                        else f"--resume=True: no checkpoint in {cfg.out_dir}/ckpt, so this run starts at step 0; "
+                             f"writing to {cfg.out_dir}" if cfg.resume else f"writing to {cfg.out_dir}")
         self.peak = peak_flops(cfg.peak_tflops, self.device)
         return self
 

@@ -511,7 +511,7 @@ def test_bad_values_are_refused_before_any_work(cmd, flag, value, message, tmp_p
     assert str(e.value).startswith(message)
 
 
-def test_bad_value_and_empty_input_exit_nonzero_with_one_line(world, tiny, tmp_path):
+def test_bad_value_and_empty_input_exit_nonzero_with_one_line(world, tiny, tmp_path, capsys):
     """From the shell: a bad value is one line naming the flag, exit 1; an input whose every record is skipped
     writes nothing and exits 1 with the count."""
     r = subprocess.run([sys.executable, "hallucinate.py", "clip-rank", "--checkpoint", "x", "--clip", "y", "--input",
@@ -525,6 +525,8 @@ def test_bad_value_and_empty_input_exit_nonzero_with_one_line(world, tiny, tmp_p
                         str(tmp_path / f"{cmd}.jsonl")] + (["--clip", str(tiny[1])] if cmd == "clip-rank" else []))
                 == 1)
         assert (tmp_path / f"{cmd}.jsonl").read_text() == ""
+    H.main(["rules", "--input", str(tmp_path / "gone.jsonl"), "--output", str(tmp_path / "r.jsonl")])
+    assert re.search(r"skipped 3 x missing image: \S*gone.jsonl:1 \(id 'g0'\): \S*gone0.png, ", capsys.readouterr().out)
     (tmp_path / "empty.jsonl").write_text("\n")  # an empty input says so (it read as "done 0, skipped 0")
     for cmd in ("rules", "noise"):
         with pytest.raises(ValueError, match=r"empty.jsonl: it holds no records \(empty\)"):

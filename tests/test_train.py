@@ -150,10 +150,14 @@ def test_kill_and_resume_is_bit_exact(setup, tmp_path, capsys):
         run(setup, part, "--max_steps=4", "--lora_rank=4", "--resume=True", mode="povid")
 
 
-def test_a_run_is_never_mixed_into_another(setup, tmp_path):
+def test_a_run_is_never_mixed_into_another(setup, tmp_path, capsys):
     """An out_dir holding a run: a new run refuses it unless --overwrite=True replaces it; --resume=True refuses
-    other settings or other data than the checkpoint's, naming what differs."""
+    other settings or other data than the checkpoint's, naming what differs, and says so when there is nothing to
+    resume (a job script that always passes it; a mistyped out_dir)."""
     out = tmp_path / "o"
+    run(setup, tmp_path / "new", "--max_steps=1", "--lora_rank=4", "--resume=True")
+    assert f"--resume=True: no checkpoint in {tmp_path / 'new'}/ckpt, so this run starts at step 0" in \
+        capsys.readouterr().out
     run(setup, out, "--max_steps=2", "--stop_after=1", "--lora_rank=4")
     with pytest.raises(SystemExit, match=r"o holds a run \(config.json, metrics.jsonl, ckpt\): --resume=True "
                                          r"continues it, --overwrite=True replaces it"):
