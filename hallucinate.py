@@ -226,13 +226,13 @@ def run_items(a, name, items, work, transform=None):
     resolve_runtime(a, local)
     log = ItemLog(a.output, rank)
     settings = run_settings(a)
-    log.check_settings(settings)
     done = log.read()
+    log.check_settings(settings, done)
+    if rank == 0:  # before any rank can add an item (the barrier below)
+        log.write_settings(settings, done)
     if world > 1:  # every rank reads the same progress before any rank adds to it
         import torch.distributed as dist
         dist.barrier()
-    if rank == 0:
-        log.write_settings(settings)
     todo = [it for it in items if it["id"] not in done]
     mine = todo[rank::world]
     if rank == 0:

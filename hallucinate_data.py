@@ -158,24 +158,28 @@ class ItemLog:
                     done.update({r["id"]: r for r in resume_jsonl(os.path.join(self.dir, name), "id")})
         return done
 
-    def check_settings(self, settings: dict) -> None:
-        """The parts must come from this run's settings (hallucinate.run_settings: the command, checkpoint
-        fingerprints, decoding and noise values); resuming with others would mix two runs in one file."""
+    def check_settings(self, settings: dict, done: dict) -> None:
+        """The finished items `done` must come from this run's settings (hallucinate.run_settings: the command,
+        checkpoint fingerprints, decoding and noise values); resuming with others would mix two runs in one file.
+        With nothing done yet there is nothing to mix: a run that failed before its first item (a truncated
+        download, say) may be rerun with anything."""
         path = os.path.join(self.dir, "settings.json")
-        if os.path.isfile(path):
-            old = read_json(path)
-            diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                    if old.get(k) != settings.get(k)]
-            if diff:
-                raise SystemExit(f"{self.dir} holds the work of another run ({'; '.join(diff)}); rerun with its "
-                                 f"settings, or give another --output (or delete {self.dir} to start over)")
-        elif self.read():
+        if not done:
+            return
+        if not os.path.isfile(path):
             raise SystemExit(f"{self.dir} holds work that records no settings (an older version wrote it): finish "
                              f"it with that version, or delete {self.dir} to start over")
+        old = read_json(path)
+        diff = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                if old.get(k) != settings.get(k)]
+        if diff:
+            raise SystemExit(f"{self.dir} holds the work of another run ({'; '.join(diff)}); rerun with its "
+                             f"settings, or give another --output (or delete {self.dir} to start over)")
 
-    def write_settings(self, settings: dict) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        if not os.path.isfile(os.path.join(self.dir, "settings.json")):
+    def write_settings(self, settings: dict, done: dict) -> None:
+        """Record the settings when this run starts the work (nothing done yet; call before any item is added)."""
+        if not done:
+            os.makedirs(self.dir, exist_ok=True)
             write_json(os.path.join(self.dir, "settings.json"), settings)
 
     def appender(self):

@@ -684,3 +684,31 @@ def test_long_jobs_refuse_to_resume_with_other_settings(world, tiny, tmp_path, m
     with pytest.raises(SystemExit, match=r"holds the work of another run \(temperature: 1.0 -> 0.5\)"):
         clip_rank(tiny, f"{world}/train.json", tmp_path / "c.jsonl", "--temperature", "0.5")
     assert clip_rank(tiny, f"{world}/train.json", tmp_path / "c.jsonl", "--batch-size", "3") == 0
+
+
+def test_a_truncated_or_empty_checkpoint_is_one_line_in_each_command(world, tiny, tmp_path):
+    """From the shell, eval.py generate and hallucinate.py noise on a half-copied or empty model.safetensors: one
+    line naming the file, exit 1 (it was a 21-27 line SafetensorError traceback; train.py's one line is
+    tests/test_mobilevlm_files.py::test_train_command_says_it_in_one_line)."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny[0], ckpt)
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    image = json.loads((world / "train.json").read_text())[0]["image"]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 0, "image": str(world / image),
+                                                  "prompt": "Describe this image ."}) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for content, why in ((data[: len(data) // 2], "not a readable safetensors file, truncated or corrupt"),
+                         (b"", "the file is empty")):
+        weights.write_bytes(content)
+        for cmd in (["eval.py", "generate", "--checkpoint", str(ckpt), "--questions", str(tmp_path / "q.jsonl"),
+                     "--output", str(tmp_path / "a.jsonl")],
+                    ["hallucinate.py", "noise", "--checkpoint", str(ckpt), "--input", f"{world}/train.json",
+                     "--output", str(tmp_path / "n.jsonl")]):
+            r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 1 and len(lines) >= 1 and "Traceback" not in r.stderr, r.stderr[-800:]
+            assert f"{weights}: {why}" in lines[-1], (cmd[0], lines)
+    weights.write_bytes(data)  # downloaded again: the failed runs left nothing that refuses the rerun
+    assert H.main(["noise", "--checkpoint", str(ckpt), "--input", f"{world}/train.json", "--max-new-tokens", "2",
+                   "--output", str(tmp_path / "n.jsonl")]) == 0
