@@ -132,6 +132,8 @@ def cmd_generate(a) -> None:
     previous = resume_jsonl(a.output, "question_id")
     run = run_settings(a)
     check_resume(a.output, previous, run)  # before anything counts as done: a finished file of another run too
+    if previous:  # the same files, maybe under another path: the lines keep one "model", so they score as one run
+        run["model"] = previous[0].get("model", run["model"])
     done = {str(r["question_id"]) for r in previous}
     todo = [q for q in qs if str(q["question_id"]) not in done]
     print(f"generate: {len(qs)} questions, {len(qs) - len(todo)} already answered in {a.output}, "
@@ -179,7 +181,7 @@ def _generate(a, todo: list[dict], run: dict) -> None:
                 if tok.eos_id in row:
                     row = row[:row.index(tok.eos_id)]
                 out.write({**q["answer_base"], "text": tok.decode(row, skip_special_tokens=True).strip(),
-                           "model": a.checkpoint, "model_fingerprint": run["model_fingerprint"],
+                           "model": run["model"], "model_fingerprint": run["model_fingerprint"],
                            "gen": {**settings, "suffix": q["suffix"]}})
             n += len(batch)
             if time.time() - last > 10 or n == len(todo):

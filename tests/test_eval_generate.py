@@ -288,6 +288,7 @@ def test_resume_refuses_another_checkpoint_or_settings(tmp_path):
              "--output", str(out)])
     assert len(open(out).readlines()) == 5
     assert [json.loads(x)["text"] for x in open(out)] == [json.loads(x)["text"] for x in full.splitlines()]
+    assert {json.loads(x)["model"] for x in open(out)} == {str(tmp_path / "ckpt")}  # one run, so it scores as one
 
 
 def test_sampled_answers_resume_byte_for_byte(tmp_path):
