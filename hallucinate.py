@@ -212,9 +212,11 @@ def run_settings(a) -> dict:
     for k, v in sorted(vars(a).items()):
         if k in RESUMABLE_WITH_OTHER or k in ("clip_model", "pad"):  # loaded / derived values, not flags
             continue
-        if k in ("checkpoint", "vision_tower", "tokenizer", "clip") and v and not os.path.isdir(v):
-            raise ValueError(f"--{k.replace('_', '-')} {v}: no such directory")
-        out[k] = fingerprint(v) if k in ("checkpoint", "vision_tower", "tokenizer", "clip") and v else v
+        if k in ("checkpoint", "vision_tower", "tokenizer", "clip") and v:  # model directories
+            if not os.path.isdir(v):
+                raise ValueError(f"--{k.replace('_', '-')} {v}: no such directory")
+            v = fingerprint(v)
+        out[k] = v
     return out
 
 
