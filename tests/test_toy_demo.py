@@ -5,7 +5,6 @@ the pipeline works, not the hallucination targets (those need the full run)."""
 import json
 import os
 import sys
-from types import SimpleNamespace
 
 import pytest
 

@@ -208,7 +208,7 @@ def test_bad_input(setup, tmp_path):
     lines.append(json.dumps({**rows[0], "image": img, "rejected": rows[0]["chosen"]}))
     lines.append(json.dumps({**rows[0], "image": img, "chosen": "  "}))
     bad.write_text("\n".join(lines) + "\n")
-    base = [f"--mode=dpo", f"--data={bad}", f"--init_from={setup}/ckpt", f"--out_dir={tmp_path}/o",
+    base = ["--mode=dpo", f"--data={bad}", f"--init_from={setup}/ckpt", f"--out_dir={tmp_path}/o",
             "--max_steps=1", "--batch_size=2", "--micro_batch_size=2"]
     with pytest.raises(SystemExit, match=r"bad.jsonl:3: malformed JSON"):  # one line, no traceback
         train.main(base)
@@ -296,11 +296,11 @@ def test_image_root_and_vision_tower_reach_the_loaders(setup, tmp_path, monkeypa
         seen["vision_tower"] = kw.get("vision_tower")
         return real(path, **{k: v for k, v in kw.items() if k != "vision_tower"})
     monkeypatch.setattr(train.Llava, "from_pretrained", spy)
-    train.main([f"--mode=dpo", f"--data={tmp_path}/povid.json", f"--image_root={img_dir}", f"--init_from={setup}/ckpt",
+    train.main(["--mode=dpo", f"--data={tmp_path}/povid.json", f"--image_root={img_dir}", f"--init_from={setup}/ckpt",
                 f"--out_dir={tmp_path}/o", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
                 "--lora_rank=4", f"--vision_tower={tmp_path}/clip"])
     assert seen["vision_tower"] == f"{tmp_path}/clip"
     with pytest.raises(SystemExit, match=r"povid.json: item 0 \(id '.*'\): missing image: .*png"):
-        train.main([f"--mode=dpo", f"--data={tmp_path}/povid.json", f"--init_from={setup}/ckpt",
+        train.main(["--mode=dpo", f"--data={tmp_path}/povid.json", f"--init_from={setup}/ckpt",
                     f"--out_dir={tmp_path}/p", "--max_steps=1", "--batch_size=4", "--micro_batch_size=4",
                     "--lora_rank=4"])

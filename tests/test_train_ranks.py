@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train_fixtures import ROOT, args, metrics, run
+from train_fixtures import ROOT, args, metrics
 
 BASE = ["--micro_batch_size=2", "--lora_rank=4", "--max_steps=2", "--device=cpu"]
 POVID = ["--mode=povid", "--povid_stage1_steps=2", "--noise_t=800"]
