@@ -12,6 +12,9 @@ the name.
         save_file(state, tmp)
     cfg = read_json("ckpt/config.json")                   # ValueError: 'ckpt/config.json: not valid JSON (...)'
 
+`fingerprint(dir)` names a checkpoint directory's contents in 16 hex digits (2 MiB read per file), so a resumed job
+(reference cache, eval.py generate, hallucinate.py noise / clip-rank) can tell the same model from another.
+
 Imports nothing of the project (model/ never does), so every layer can use it.
 """
 from __future__ import annotations
